@@ -1,0 +1,34 @@
+"""sparsetrain: dynamic sparse training for PyTorch.
+
+Three lines on top of an unchanged training loop::
+
+    import sparsetrain as st
+    sp = st.Sparsifier(model, optimizer, st.RigL(density=0.1), total_steps=len(loader) * epochs)
+    ...  # loss.backward(); optimizer.step(); optimizer.zero_grad()
+    print(sp.summary())
+"""
+
+from . import distributions, schedules, scores
+from .algorithms import ALGORITHMS, SET, Algorithm, RigL, Static, make_algorithm, register
+from .flops import FlopsReport, flops, training_flops_per_step
+from .sparsifier import Sparsifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sparsifier",
+    "Algorithm",
+    "Static",
+    "SET",
+    "RigL",
+    "ALGORITHMS",
+    "register",
+    "make_algorithm",
+    "flops",
+    "FlopsReport",
+    "training_flops_per_step",
+    "distributions",
+    "schedules",
+    "scores",
+    "__version__",
+]

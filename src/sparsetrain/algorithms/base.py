@@ -1,0 +1,169 @@
+"""The algorithm interface: an algorithm is a choice of scores and schedules.
+
+An :class:`Algorithm` never touches the optimizer or the weights: the
+:class:`~sparsetrain.Sparsifier` owns all mutation. An algorithm answers
+
+- which per-layer densities to start from (``density``, ``distribution``);
+- when to update (:class:`~sparsetrain.schedules.UpdateSchedule`) and by how much
+  (:class:`~sparsetrain.schedules.DropSchedule`);
+- which active weights to drop (:meth:`Algorithm.select_drop`, by default the lowest
+  :meth:`Algorithm.drop_score`) and which inactive positions to grow
+  (:meth:`Algorithm.select_grow`, by default the highest :meth:`Algorithm.grow_score`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+
+from .. import scores
+from ..distributions import DistributionSpec
+from ..masks import LayerState
+from ..schedules import DropSchedule, UpdateSchedule, make_drop_schedule
+
+__all__ = ["Algorithm", "UpdateContext", "GROW_INITS"]
+
+#: How regrown weights start: exactly zero, or a draw from N(0, std of the layer's initial weights).
+GROW_INITS = ("zero", "init")
+
+
+@dataclass
+class UpdateContext:
+    """What an algorithm may read during one topology update."""
+
+    step: int
+    total_steps: Optional[int]
+    drop_fraction: float
+    generator: torch.Generator
+
+
+class Algorithm:
+    """Base class of every sparse-training method.
+
+    Args:
+        density: global fraction of prunable weights that are active, in (0, 1].
+        distribution: ``"uniform"``, ``"er"``, ``"erk"`` (default), a dict name -> density or a
+            callable ``f(names, shapes, density)``.
+        update_interval: ΔT, optimizer steps between topology updates.
+        drop_fraction: initial drop fraction (α for RigL's cosine), or a
+            :class:`~sparsetrain.schedules.DropSchedule` object.
+        drop_schedule: name of the drop-fraction schedule when ``drop_fraction`` is a float:
+            ``"cosine"``, ``"cosine_annealing"``, ``"constant"`` or ``"linear"``.
+        end: last update as a fraction of ``total_steps`` (or an absolute step if an int > 1);
+            ``None``: updates until the end of training.
+        start: no update before this step.
+        seed: seed of the sparsifier's own generator (mask sampling, random growth).
+        grow_init: ``"zero"`` (default) or ``"init"`` (draw from N(0, σ²) with σ the std of the
+            layer's weights at attach time).
+        erk_power: exponent of the ERK scores (0 gives uniform).
+    """
+
+    #: registry name
+    name: str = "base"
+    #: whether growth needs the dense gradient at update steps
+    needs_dense_grad: bool = False
+    #: whether topology updates happen at all
+    dynamic: bool = True
+
+    def __init__(
+        self,
+        density: float,
+        *,
+        distribution: DistributionSpec = "erk",
+        update_interval: int = 100,
+        drop_fraction: Union[float, DropSchedule] = 0.3,
+        drop_schedule: str = "cosine",
+        end: Union[float, int, None] = 0.75,
+        start: int = 0,
+        seed: int = 0,
+        grow_init: str = "zero",
+        erk_power: float = 1.0,
+    ):
+        try:
+            density = float(density)
+        except (TypeError, ValueError):
+            raise TypeError(f"density must be a number in (0, 1], got {density!r}") from None
+        if not 0.0 < density <= 1.0 or density != density:
+            raise ValueError(
+                f"density must lie in (0, 1] (the fraction of weights kept), got {density}; "
+                f"for 90% sparsity pass density=0.1"
+            )
+        if grow_init not in GROW_INITS:
+            raise ValueError(f"unknown grow_init {grow_init!r}; valid values are {', '.join(GROW_INITS)}")
+        self.density = density
+        self.distribution = distribution
+        self.update_schedule = UpdateSchedule(int(update_interval), int(start), end)
+        self.drop_schedule = make_drop_schedule(drop_fraction, drop_schedule)
+        self.seed = int(seed)
+        self.grow_init = grow_init
+        self.erk_power = float(erk_power)
+
+    # -- configuration -----------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The hyper-parameters as plain containers (for logs, summaries and checkpoints)."""
+        dist = self.distribution if isinstance(self.distribution, (str, dict)) else repr(self.distribution)
+        return {
+            "name": self.name,
+            "density": self.density,
+            "distribution": dist,
+            "update_interval": self.update_schedule.interval,
+            "start": self.update_schedule.start,
+            "end": self.update_schedule.end,
+            "drop_schedule": repr(self.drop_schedule),
+            "seed": self.seed,
+            "grow_init": self.grow_init,
+            "erk_power": self.erk_power,
+        }
+
+    def check_total_steps(self, total_steps: Optional[int]) -> None:
+        """Raise a clear error if the schedules need the run length and it is missing."""
+        if not self.dynamic:
+            return
+        try:
+            self.update_schedule.end_step(total_steps)
+            self.drop_fraction(self.update_schedule.interval, total_steps)
+        except ValueError as exc:
+            raise ValueError(
+                f"{type(self).__name__}: {exc}. Pass total_steps=len(loader) * epochs to the Sparsifier."
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(density={self.density}, distribution={self.distribution!r})"
+
+    # -- schedule ----------------------------------------------------------------------
+    def is_update_step(self, step: int, total_steps: Optional[int]) -> bool:
+        """Whether a topology update follows optimizer step ``step``."""
+        return self.dynamic and self.update_schedule.is_update_step(step, total_steps)
+
+    def drop_fraction(self, step: int, total_steps: Optional[int]) -> float:
+        """The drop fraction p_t at ``step``."""
+        end = self.update_schedule.end_step(total_steps)
+        return float(self.drop_schedule.fraction(step, end, total_steps))
+
+    # -- scores --------------------------------------------------------------------------
+    def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:
+        """Importance of active weights; the lowest are dropped. Default: ``|w|``."""
+        return scores.magnitude(layer.param)
+
+    def grow_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:  # pragma: no cover
+        """Promise of inactive positions; the highest are grown."""
+        raise NotImplementedError
+
+    def select_drop(self, layer: LayerState, k: int, ctx: UpdateContext) -> torch.Tensor:
+        """Bool tensor of the ``k`` active weights to drop."""
+        return scores.select_lowest(self.drop_score(layer, ctx), layer.mask, k)
+
+    def select_grow(self, layer: LayerState, k: int, available: torch.Tensor, ctx: UpdateContext) -> torch.Tensor:
+        """Bool tensor of ``k`` positions among ``available`` (inactive after the drop) to grow."""
+        return scores.select_highest(self.grow_score(layer, ctx), available, k)
+
+    # -- extra state (for algorithms that keep some) -----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm-specific state to checkpoint (plain containers and tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+

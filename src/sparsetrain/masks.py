@@ -1,0 +1,89 @@
+"""Per-parameter sparse state: the mask and the bookkeeping that travels with it.
+
+One :class:`LayerState` per sparse parameter holds
+
+- ``mask``: bool tensor, ``True`` where the weight is active;
+- ``ever_active``: bool tensor, ``True`` where the weight has been active at least once
+  (initial mask included) — the numerator of the ITOP rate R_s;
+- ``counter``: int32 tensor, the number of optimizer steps each weight has been active
+  (usage counter N of DST-EE). It is updated *lazily*: between topology updates the mask does
+  not change, so ``counter += mask * (t - count_step)`` is applied only when the mask is about
+  to change, when the counters are read, or when the state is saved — no per-step cost;
+- ``active_steps``: ``sum_t n_active(t)`` over the steps so far (exact training-FLOPs accounting);
+- ``grad_buffer``: the dense gradient of the current step, captured only when the next
+  optimizer step is followed by a topology update that needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+__all__ = ["LayerState", "random_mask"]
+
+
+def random_mask(shape: torch.Size, count: int, generator: torch.Generator, device=None) -> torch.Tensor:
+    """A bool mask of ``shape`` with exactly ``count`` ``True`` entries at random positions."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    flat = torch.zeros(numel, dtype=torch.bool)
+    if count >= numel:
+        flat.fill_(True)
+    elif count > 0:
+        flat[torch.randperm(numel, generator=generator)[:count]] = True
+    return flat.view(shape).to(device) if device is not None else flat.view(shape)
+
+
+@dataclass
+class LayerState:
+    """The sparse state of one parameter (see the module docstring)."""
+
+    name: str
+    param: torch.nn.Parameter
+    target_density: float
+    n_active: int
+    mask: torch.Tensor
+    ever_active: torch.Tensor
+    counter: Optional[torch.Tensor] = None
+    count_step: int = 0
+    active_steps: int = 0
+    init_std: float = 0.0
+    grad_buffer: Optional[torch.Tensor] = field(default=None, repr=False)
+    grad_buffer_step: int = -1
+
+    @property
+    def numel(self) -> int:
+        """Number of entries of the parameter."""
+        return self.param.numel()
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether every entry is active (no topology updates apply)."""
+        return self.n_active >= self.numel
+
+    @property
+    def density(self) -> float:
+        """Realised density of this layer."""
+        return self.n_active / self.numel
+
+    def flush(self, step: int) -> None:
+        """Bring ``counter`` and ``active_steps`` up to ``step`` (exact, integer arithmetic)."""
+        elapsed = step - self.count_step
+        if elapsed <= 0:
+            return
+        if self.counter is not None:
+            self.counter.add_(self.mask.to(torch.int32), alpha=elapsed)
+        self.active_steps += self.n_active * elapsed
+        self.count_step = step
+
+    def sync_device(self) -> None:
+        """Move the bookkeeping tensors to the parameter's device if the model was moved."""
+        dev = self.param.device
+        if self.mask.device != dev:
+            self.mask = self.mask.to(dev)
+            self.ever_active = self.ever_active.to(dev)
+            if self.counter is not None:
+                self.counter = self.counter.to(dev)

@@ -1,0 +1,64 @@
+"""Drop and grow scores shared by the algorithms, and top-k selection over masked tensors.
+
+Conventions: a *drop* score ranks active weights by importance (the lowest are dropped); a
+*grow* score ranks inactive positions by promise (the highest are grown).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["magnitude", "gradient_magnitude", "random_scores", "select_lowest", "select_highest", "signed_drop"]
+
+
+def magnitude(weight: torch.Tensor) -> torch.Tensor:
+    """``|w|``: magnitude drop score."""
+    return weight.detach().abs()
+
+
+def gradient_magnitude(grad: torch.Tensor) -> torch.Tensor:
+    """``|dL/dw|``: RigL's grow score on the dense gradient."""
+    return grad.detach().abs()
+
+
+def random_scores(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform random scores shaped like ``like``, drawn from a CPU ``generator``.
+
+    Drawn on the CPU and moved, so the same seed gives the same choice on every device and rank.
+    """
+    return torch.rand(like.shape, generator=generator).to(like.device)
+
+
+def select_lowest(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool tensor marking the ``k`` candidates with the lowest score (ties: deterministic)."""
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        s = scores.detach().reshape(-1).float().masked_fill(~candidates.reshape(-1), float("inf"))
+        out[torch.topk(s, k, largest=False, sorted=False).indices] = True
+    return out.view(scores.shape)
+
+
+def select_highest(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool tensor marking the ``k`` candidates with the highest score (ties: deterministic)."""
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        s = scores.detach().reshape(-1).float().masked_fill(~candidates.reshape(-1), float("-inf"))
+        out[torch.topk(s, k, largest=True, sorted=False).indices] = True
+    return out.view(scores.shape)
+
+
+def signed_drop(weight: torch.Tensor, active: torch.Tensor, k: int) -> torch.Tensor:
+    """SET's signed drop: the ``k//2`` smallest positive and ``k - k//2`` largest negative weights.
+
+    If one sign has too few active weights, the rest comes from the other sign, so exactly ``k``
+    weights are dropped (the reference code's version of this is buggy; this follows the definition).
+    """
+    w = weight.detach()
+    pos = active & (w > 0)
+    neg = active & ~(w > 0)
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    k_pos = min(k // 2, n_pos)
+    k_neg = min(k - k_pos, n_neg)
+    k_pos = min(k - k_neg, n_pos)
+    # smallest positive: lowest w among positives; largest negative: highest w among non-positives
+    return select_lowest(w, pos, k_pos) | select_highest(w, neg, k_neg)

@@ -1,0 +1,547 @@
+"""The Sparsifier: attaches an algorithm to a model and its optimizer and keeps them sparse.
+
+It works through public PyTorch hooks only, so the training loop does not change:
+
+- a tensor hook on every sparse parameter masks its gradient during ``backward()`` (the
+  optimizer, gradient clipping and everything between backward and step see masked
+  gradients) and, only when the coming optimizer step is followed by a topology update that
+  needs it, keeps the dense gradient (summed over micro-batches);
+- an optimizer step pre-hook, at update steps, brings the dense gradient to the scale the
+  optimizer sees (GradScaler's unscaling, gradient clipping) and checks it is finite;
+- an optimizer step post-hook counts the step, zeroes masked weights and every optimizer
+  state tensor shaped like a sparse weight, and runs the topology update on schedule.
+
+A step skipped by ``torch.amp.GradScaler`` never calls ``optimizer.step()``, so it is not
+counted and does not advance any schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import math
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import distributions
+from .algorithms import Algorithm, UpdateContext, make_algorithm
+from .masks import LayerState, random_mask
+
+__all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+#: Module types whose ``weight`` is sparse by default (spec §1.1).
+DEFAULT_SPARSE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+#: Version tag written into :meth:`Sparsifier.state_dict`.
+STATE_FORMAT = "sparsetrain.sparsifier/1"
+
+Selector = Union[str, type, Callable[[str, nn.Parameter, nn.Module], bool]]
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple, set)):
+        return list(x)
+    return [x]
+
+
+def _matches(selector: Selector, name: str, param: nn.Parameter, module: nn.Module, attr: str) -> bool:
+    """Whether a selector (glob on the parameter name, module type, or predicate) matches."""
+    if isinstance(selector, str):
+        return fnmatch.fnmatchcase(name, selector)
+    if isinstance(selector, type):
+        return isinstance(module, selector) and attr == "weight"
+    if callable(selector):
+        return bool(selector(name, param, module))
+    raise TypeError(f"a selector must be a name glob, a module type or a predicate, got {selector!r}")
+
+
+class Sparsifier:
+    """Keep ``model`` sparse while ``optimizer`` trains it, moving connections per ``algorithm``.
+
+    Args:
+        model: any ``nn.Module``.
+        optimizer: any ``torch.optim.Optimizer`` holding the sparse parameters.
+        algorithm: an :class:`~sparsetrain.algorithms.Algorithm` (``st.RigL(density=0.1)``) or a
+            registered name (``"rigl"``), in which case ``algorithm_kwargs`` build it.
+        total_steps: the number of optimizer steps of the run (needed by schedules that end at a
+            fraction of training or anneal over it).
+        include: which parameters are sparse: name globs (``"features.*.weight"``), module types
+            (the module's ``weight``), or predicates ``f(name, param, module) -> bool``. Default:
+            the weights of Linear and Conv1d/2d/3d modules.
+        exclude: the same kinds of selectors, removed from the sparse set.
+        dense: name globs of sparse layers pinned dense (kept in the density budget).
+        track_usage: keep per-weight usage counters (steps active); costs 4 bytes per weight,
+            nothing per step.
+
+    Attributes:
+        masks: dict of fully-qualified parameter name -> bool mask.
+        history: list of per-update records (plain dicts).
+        step: optimizer steps counted so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        algorithm: Union[Algorithm, str] = "rigl",
+        *,
+        total_steps: Optional[int] = None,
+        include: Union[Selector, Sequence[Selector], None] = None,
+        exclude: Union[Selector, Sequence[Selector], None] = None,
+        dense: Union[str, Sequence[str], None] = None,
+        track_usage: bool = True,
+        **algorithm_kwargs: Any,
+    ):
+        if isinstance(algorithm, str):
+            algorithm = make_algorithm(algorithm, **algorithm_kwargs)
+        elif algorithm_kwargs:
+            raise TypeError(
+                f"unexpected arguments {sorted(algorithm_kwargs)}: pass them to the algorithm, "
+                f"e.g. st.{type(algorithm).__name__}(..., {next(iter(algorithm_kwargs))}=...)"
+            )
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(f"algorithm must be an Algorithm or a registered name, got {type(algorithm).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if total_steps is not None and int(total_steps) <= 0:
+            raise ValueError(f"total_steps must be a positive number of optimizer steps, got {total_steps}")
+        self.model = model
+        self.optimizer = optimizer
+        self.algorithm = algorithm
+        self.total_steps = int(total_steps) if total_steps is not None else None
+        self.algorithm.check_total_steps(self.total_steps)
+        self.track_usage = bool(track_usage)
+        self.step = 0
+        self.updates = 0
+        self.dense_grad_steps = 0
+        self.history: list[dict[str, Any]] = []
+        self.generator = torch.Generator().manual_seed(self.algorithm.seed)
+        self._enabled = True
+        self._handles: list[Any] = []
+
+        named = self._select(model, include, exclude)
+        self._check_optimizer(named)
+        self.layers: dict[str, LayerState] = {}
+        self._init_layers(named, _as_list(dense))
+        self._attach()
+        self.apply_masks()
+        log.info("sparsetrain: %s on %d layers, density %.4f", algorithm, len(self.layers), self.density)
+
+    # ------------------------------------------------------------------ selection / init
+    @staticmethod
+    def _select(model, include, exclude) -> list[tuple[str, nn.Parameter]]:
+        include, exclude = _as_list(include), _as_list(exclude)
+        chosen: list[tuple[str, nn.Parameter]] = []
+        seen: set[int] = set()
+        for mod_name, module in model.named_modules():
+            for attr, param in module.named_parameters(recurse=False):
+                name = f"{mod_name}.{attr}" if mod_name else attr
+                if id(param) in seen:
+                    continue  # a tied / shared weight is one sparse parameter, under its first name
+                if include:
+                    hit = any(_matches(s, name, param, module, attr) for s in include)
+                else:
+                    hit = isinstance(module, DEFAULT_SPARSE_MODULES) and attr == "weight"
+                if not hit or any(_matches(s, name, param, module, attr) for s in exclude):
+                    continue
+                seen.add(id(param))
+                if not param.requires_grad:
+                    log.info("sparsetrain: %s is frozen (requires_grad=False); left dense", name)
+                    continue
+                chosen.append((name, param))
+        if not chosen:
+            raise ValueError(
+                "no prunable parameter matched: by default the weights of Linear and Conv1d/2d/3d modules "
+                "are sparse; pass include=[...] with parameter-name globs (e.g. 'encoder.*.weight'), module "
+                "types or a predicate, and check that exclude=[...] does not remove everything"
+            )
+        return chosen
+
+    def _check_optimizer(self, named):
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        missing = [n for n, p in named if id(p) not in held]
+        if missing:
+            raise ValueError(
+                f"parameter(s) {', '.join(missing)} are sparse but not held by the optimizer, so their "
+                "masks could not be enforced; create the optimizer over model.parameters() (or add them "
+                f"with optimizer.add_param_group), or leave them dense with exclude={missing!r}"
+            )
+
+    def _init_layers(self, named, dense_globs):
+        names = [n for n, _ in named]
+        shapes = [p.shape for _, p in named]
+        pinned = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in dense_globs)]
+        dens = distributions.layer_densities(
+            names, shapes, self.algorithm.density, self.algorithm.distribution, dense=pinned,
+            power=self.algorithm.erk_power,
+        )
+        sizes = {n: p.numel() for n, p in named}
+        total = None
+        if isinstance(self.algorithm.distribution, str):
+            total = int(round(self.algorithm.density * sum(sizes.values())))
+        counts = distributions.layer_counts(dens, sizes, total)
+        for name, param in named:
+            with torch.no_grad():
+                init_std = float(param.detach().float().std()) if param.numel() > 1 else 0.0
+            mask = random_mask(param.shape, counts[name], self.generator, param.device)
+            self.layers[name] = LayerState(
+                name=name,
+                param=param,
+                target_density=dens[name],
+                n_active=counts[name],
+                mask=mask,
+                ever_active=mask.clone(),
+                counter=torch.zeros(param.shape, dtype=torch.int32, device=param.device) if self.track_usage else None,
+                init_std=init_std,
+            )
+
+    # ------------------------------------------------------------------ hooks
+    def _attach(self):
+        for layer in self.layers.values():
+            self._handles.append(layer.param.register_hook(self._make_grad_hook(layer)))
+        self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
+        self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+
+    def remove(self) -> None:
+        """Detach every hook; the model keeps its current (sparse) weights."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @contextlib.contextmanager
+    def hooks_disabled(self):
+        """Context in which gradients are neither masked nor captured (e.g. for saliency passes)."""
+        prev, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = prev
+
+    def _capture_next(self) -> bool:
+        return self.algorithm.needs_dense_grad and self.algorithm.is_update_step(self.step + 1, self.total_steps)
+
+    def _make_grad_hook(self, layer: LayerState):
+        def hook(grad: torch.Tensor):
+            if not self._enabled:
+                return None
+            if self._capture_next():
+                # Dense gradient for growth; micro-batches of one step are summed. A buffer from a
+                # step that never completed (skipped by GradScaler) is dropped when .grad was reset.
+                fresh = layer.grad_buffer is None or layer.grad_buffer_step != self.step or layer.param.grad is None
+                if not fresh and not layer.param.grad.any():
+                    fresh = True
+                layer.grad_buffer = grad.detach() if fresh else layer.grad_buffer + grad.detach()
+                layer.grad_buffer_step = self.step
+            mask = layer.mask
+            if mask.device != grad.device:
+                layer.sync_device()
+                mask = layer.mask
+            return grad * mask
+
+        return hook
+
+    def _pre_step(self, optimizer, args, kwargs):
+        if not self._enabled or not self._capture_next():
+            return
+        # Bring the dense gradient to the scale the optimizer sees: GradScaler unscales .grad in
+        # place and clipping rescales it after backward; both are per-step scalings we propagate.
+        for layer in self.layers.values():
+            buf, g = layer.grad_buffer, layer.param.grad
+            if buf is None or g is None or layer.grad_buffer_step != self.step:
+                layer.grad_buffer = None
+                continue
+            seen = torch.linalg.vector_norm(buf * layer.mask)
+            actual = torch.linalg.vector_norm(g)
+            if float(seen) > 0:
+                ratio = float(actual) / float(seen)
+                if math.isfinite(ratio) and abs(ratio - 1.0) > 1e-6:
+                    layer.grad_buffer = buf * ratio
+
+    def _post_step(self, optimizer, args, kwargs):
+        if not self._enabled:
+            return
+        self.step += 1
+        self.apply_masks()
+        if self.algorithm.is_update_step(self.step, self.total_steps):
+            self.update()
+        for layer in self.layers.values():
+            layer.grad_buffer = None
+
+    # ------------------------------------------------------------------ enforcement
+    def _state_tensors(self, param: nn.Parameter) -> Iterable[torch.Tensor]:
+        state = self.optimizer.state.get(param)
+        if not state:
+            return ()
+        return [v for v in state.values() if torch.is_tensor(v) and v.shape == param.shape]
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero every masked weight and every optimizer-state tensor shaped like a sparse weight."""
+        for layer in self.layers.values():
+            if layer.is_dense:
+                continue
+            if layer.mask.device != layer.param.device:
+                layer.sync_device()
+            layer.param.mul_(layer.mask)
+            for t in self._state_tensors(layer.param):
+                t.mul_(layer.mask)
+
+    # ------------------------------------------------------------------ topology update
+    def _grads_finite(self) -> Optional[str]:
+        for layer in self.layers.values():
+            if layer.is_dense:
+                continue
+            if layer.grad_buffer is not None and not bool(torch.isfinite(layer.grad_buffer).all()):
+                return layer.name
+        return None
+
+    @torch.no_grad()
+    def update(self) -> dict[str, Any]:
+        """Run one drop-and-grow topology update now (normally called on schedule by the hooks)."""
+        t = self.step
+        p_t = self.algorithm.drop_fraction(t, self.total_steps)
+        record: dict[str, Any] = {"step": t, "drop_fraction": p_t}
+        if self.algorithm.needs_dense_grad:
+            bad = self._grads_finite()
+            if bad is not None:
+                warnings.warn(
+                    f"sparsetrain: non-finite gradient in {bad} at step {t}; topology update skipped, "
+                    "masks unchanged (check the learning rate / loss scaling)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                record.update(skipped="non-finite gradient", grown=0, turnover=0.0, itop_rate=self.itop_rate)
+                self.history.append(record)
+                return record
+            self.dense_grad_steps += 1
+        ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator)
+        grown_total = 0
+        active_total = 0
+        per_layer: dict[str, dict[str, float]] = {}
+        for layer in self.layers.values():
+            if layer.is_dense:
+                continue
+            if self.algorithm.needs_dense_grad and layer.grad_buffer is None:
+                log.warning("sparsetrain: %s received no gradient before step %d; its topology is kept", layer.name, t)
+                continue
+            k = int(round(p_t * layer.n_active))
+            k = min(k, layer.n_active)
+            if k <= 0:
+                continue
+            layer.flush(t)
+            old = layer.mask
+            dropped = self.algorithm.select_drop(layer, k, ctx)
+            after_drop = old & ~dropped
+            grown = self.algorithm.select_grow(layer, k, ~after_drop, ctx)
+            new = after_drop | grown
+            if int(new.sum()) != layer.n_active:  # an algorithm bug, never user input
+                raise RuntimeError(f"{type(self.algorithm).__name__} changed the active count of {layer.name}")
+            newly = new & ~old
+            kept = old & new
+            self._apply_new_mask(layer, new, kept, newly)
+            n_new = int(newly.sum())
+            grown_total += n_new
+            active_total += layer.n_active
+            per_layer[layer.name] = {"grown": n_new, "turnover": n_new / layer.n_active}
+        self.updates += 1
+        record.update(
+            grown=grown_total,
+            turnover=grown_total / active_total if active_total else 0.0,
+            itop_rate=self.itop_rate,
+            layers=per_layer,
+        )
+        self.history.append(record)
+        log.debug("sparsetrain update at step %d: p=%.4f turnover=%.4f R_s=%.4f", t, p_t, record["turnover"], record["itop_rate"])
+        return record
+
+    def _apply_new_mask(self, layer: LayerState, new, kept, newly) -> None:
+        param = layer.param
+        param.mul_(kept)
+        if self.algorithm.grow_init == "init" and layer.init_std > 0:
+            noise = torch.randn(param.shape, generator=self.generator).to(param.device, param.dtype)
+            param.add_(noise * layer.init_std * newly)
+        # fresh optimizer state for grown weights, zero state for dropped ones
+        for t in self._state_tensors(param):
+            t.mul_(kept)
+        layer.mask = new
+        layer.ever_active |= new
+
+    # ------------------------------------------------------------------ metrics
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Fully-qualified parameter name -> bool mask (``True`` = active)."""
+        return {n: layer.mask for n, layer in self.layers.items()}
+
+    @property
+    def density(self) -> float:
+        """Realised global density over the sparse parameters."""
+        return sum(l.n_active for l in self.layers.values()) / sum(l.numel for l in self.layers.values())
+
+    @property
+    def itop_rate(self) -> float:
+        """R_s: fraction of sparse-parameter weights active at least once (initial mask included)."""
+        ever = sum(int(l.ever_active.sum()) for l in self.layers.values())
+        return ever / sum(l.numel for l in self.layers.values())
+
+    def usage_counters(self) -> dict[str, torch.Tensor]:
+        """Per-weight number of optimizer steps active so far (``track_usage=True``)."""
+        if not self.track_usage:
+            raise RuntimeError("usage counters are not tracked: construct the Sparsifier with track_usage=True")
+        for layer in self.layers.values():
+            layer.flush(self.step)
+        return {n: l.counter for n, l in self.layers.items()}
+
+    def metrics(self) -> dict[str, Any]:
+        """Global and per-layer metrics as plain numbers (see ``docs/metrics.md``)."""
+        last = next((h for h in reversed(self.history) if "skipped" not in h), None)
+        return {
+            "step": self.step,
+            "updates": self.updates,
+            "density": self.density,
+            "itop_rate": self.itop_rate,
+            "turnover": last["turnover"] if last else 0.0,
+            "active": sum(l.n_active for l in self.layers.values()),
+            "total": sum(l.numel for l in self.layers.values()),
+            "layer_density": {n: l.density for n, l in self.layers.items()},
+            "layer_itop_rate": {n: float(l.ever_active.float().mean()) for n, l in self.layers.items()},
+        }
+
+    def training_flops(self, report) -> dict[str, float]:
+        """Training FLOPs of the steps so far, from a :func:`sparsetrain.flops` report.
+
+        Counts forward+backward as 3 forward passes of the *actual* per-layer active counts
+        over time, plus at each dense-gradient step the extra dense weight-gradient cost
+        (``f_D - f_S``), as in spec §1.7. Returns ``{"sparse", "dense", "fraction"}`` in FLOPs
+        per training example.
+        """
+        for layer in self.layers.values():
+            layer.flush(self.step)
+        steps = max(self.step, 1)
+        fixed = report.dense - sum(report.layers[n].dense for n in self.layers if n in report.layers)
+        sparse_sum = 0.0
+        for n, layer in self.layers.items():
+            per_weight = report.layers[n].per_weight if n in report.layers else 0.0
+            sparse_sum += per_weight * (layer.active_steps if self.step else layer.n_active)
+        mean_fs = fixed + sparse_sum / steps
+        sparse_total = 3.0 * mean_fs * steps + self.dense_grad_steps * (report.dense - report.sparse)
+        dense_total = 3.0 * report.dense * steps
+        return {"sparse": sparse_total, "dense": dense_total, "fraction": sparse_total / dense_total}
+
+    def summary(self, file=None) -> str:
+        """A readable per-layer table (shape, target and realised density, R_s); also written to ``file``."""
+        m = self.metrics()
+        rows = [("layer", "shape", "active", "target", "density", "R_s")]
+        for n, l in self.layers.items():
+            rows.append((n, "x".join(map(str, l.param.shape)), f"{l.n_active}/{l.numel}",
+                         f"{l.target_density:.4f}", f"{l.density:.4f}", f"{m['layer_itop_rate'][n]:.4f}"))
+        rows.append(("total", "", f"{m['active']}/{m['total']}", f"{self.algorithm.density:.4f}",
+                     f"{m['density']:.4f}", f"{m['itop_rate']:.4f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [f"{self.algorithm!r}  step {self.step}, {self.updates} topology updates"]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0 or i == len(rows) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        text = "\n".join(lines)
+        if file is not None:
+            file.write(text + "\n")
+        return text
+
+    def __repr__(self) -> str:
+        return f"Sparsifier({self.algorithm!r}, layers={len(self.layers)}, step={self.step}, density={self.density:.4f})"
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Masks, usage counters, ever-active masks, schedule position, RNG state and history.
+
+        Only tensors and plain containers, so ``torch.load(..., weights_only=True)`` reads it.
+        """
+        layers = {}
+        for n, l in self.layers.items():
+            l.flush(self.step)
+            layers[n] = {
+                "shape": list(l.param.shape),
+                "n_active": l.n_active,
+                "target_density": l.target_density,
+                "mask": l.mask.clone(),
+                "ever_active": l.ever_active.clone(),
+                "counter": l.counter.clone() if l.counter is not None else None,
+                "count_step": l.count_step,
+                "active_steps": l.active_steps,
+                "init_std": l.init_std,
+            }
+        return {
+            "format": STATE_FORMAT,
+            "algorithm": self.algorithm.name,
+            "config": {k: v for k, v in self.algorithm.config().items() if isinstance(v, (int, float, str, type(None)))},
+            "step": self.step,
+            "updates": self.updates,
+            "dense_grad_steps": self.dense_grad_steps,
+            "total_steps": self.total_steps,
+            "rng_state": self.generator.get_state(),
+            "history": [dict(h) for h in self.history],
+            "layers": layers,
+            "algorithm_state": self.algorithm.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; checks that it comes from the same model and layers."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                "not a sparsetrain Sparsifier state (missing format tag "
+                f"{STATE_FORMAT!r}); pass the dict returned by Sparsifier.state_dict()"
+            )
+        saved = state["layers"]
+        ours, theirs = set(self.layers), set(saved)
+        if ours != theirs:
+            raise ValueError(
+                "this checkpoint is from a different model or sparse-layer selection: "
+                f"missing here {sorted(theirs - ours)}, not in checkpoint {sorted(ours - theirs)}; "
+                "build the same model with the same include/exclude before loading"
+            )
+        for n, s in saved.items():
+            shape = list(self.layers[n].param.shape)
+            if list(s["shape"]) != shape:
+                raise ValueError(
+                    f"checkpoint shape of {n} is {s['shape']} but the model's is {shape}: this checkpoint "
+                    "comes from a different model"
+                )
+        if state["algorithm"] != self.algorithm.name:
+            warnings.warn(
+                f"sparsetrain: loading a {state['algorithm']!r} state into a {self.algorithm.name!r} sparsifier",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        for n, s in saved.items():
+            l = self.layers[n]
+            dev = l.param.device
+            l.mask = s["mask"].to(dev, torch.bool).clone()
+            l.n_active = int(s["n_active"])
+            l.target_density = float(s["target_density"])
+            l.ever_active = s["ever_active"].to(dev, torch.bool).clone()
+            if self.track_usage:
+                c = s.get("counter")
+                l.counter = c.to(dev, torch.int32).clone() if c is not None else torch.zeros(l.param.shape, dtype=torch.int32, device=dev)
+            l.count_step = int(s["count_step"])
+            l.active_steps = int(s["active_steps"])
+            l.init_std = float(s["init_std"])
+            l.grad_buffer = None
+            if int(l.mask.sum()) != l.n_active:
+                raise ValueError(f"corrupt checkpoint: mask of {n} has {int(l.mask.sum())} active weights, expected {l.n_active}")
+        self.step = int(state["step"])
+        self.updates = int(state["updates"])
+        self.dense_grad_steps = int(state["dense_grad_steps"])
+        if state.get("total_steps") is not None and self.total_steps is None:
+            self.total_steps = int(state["total_steps"])
+        self.generator.set_state(state["rng_state"])
+        self.history = [dict(h) for h in state["history"]]
+        self.algorithm.load_state_dict(state.get("algorithm_state", {}))
+        self.apply_masks()
