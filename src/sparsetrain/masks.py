@@ -2,7 +2,9 @@
 
 One :class:`LayerState` per sparse parameter holds
 
-- ``mask``: bool tensor, ``True`` where the weight is active;
+- ``mask``: bool tensor, ``True`` where the weight is active, and ``mask_mul``, the same mask
+  in the parameter's dtype (multiplying by a float mask is ~10× faster than by a bool one, and
+  the per-step enforcement does exactly that);
 - ``ever_active``: bool tensor, ``True`` where the weight has been active at least once
   (initial mask included) — the numerator of the ITOP rate R_s;
 - ``counter``: int32 tensor, the number of optimizer steps each weight has been active
@@ -53,6 +55,15 @@ class LayerState:
     init_std: float = 0.0
     grad_buffer: Optional[torch.Tensor] = field(default=None, repr=False)
     grad_buffer_step: int = -1
+    mask_mul: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.set_mask(self.mask)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask (bool) and refresh its multiplicative copy."""
+        self.mask = mask
+        self.mask_mul = mask.to(self.param.dtype)
 
     @property
     def numel(self) -> int:
@@ -82,8 +93,8 @@ class LayerState:
     def sync_device(self) -> None:
         """Move the bookkeeping tensors to the parameter's device if the model was moved."""
         dev = self.param.device
-        if self.mask.device != dev:
-            self.mask = self.mask.to(dev)
+        if self.mask.device != dev or self.mask_mul.dtype != self.param.dtype:
+            self.set_mask(self.mask.to(dev))
             self.ever_active = self.ever_active.to(dev)
             if self.counter is not None:
                 self.counter = self.counter.to(dev)

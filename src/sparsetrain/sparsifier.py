@@ -240,11 +240,9 @@ class Sparsifier:
                     fresh = True
                 layer.grad_buffer = grad.detach() if fresh else layer.grad_buffer + grad.detach()
                 layer.grad_buffer_step = self.step
-            mask = layer.mask
-            if mask.device != grad.device:
+            if layer.mask_mul.device != grad.device:
                 layer.sync_device()
-                mask = layer.mask
-            return grad * mask
+            return grad * layer.mask_mul
 
         return hook
 
@@ -288,11 +286,11 @@ class Sparsifier:
         for layer in self.layers.values():
             if layer.is_dense:
                 continue
-            if layer.mask.device != layer.param.device:
+            if layer.mask_mul.device != layer.param.device:
                 layer.sync_device()
-            layer.param.mul_(layer.mask)
+            layer.param.mul_(layer.mask_mul)
             for t in self._state_tensors(layer.param):
-                t.mul_(layer.mask)
+                t.mul_(layer.mask_mul)
 
     # ------------------------------------------------------------------ topology update
     def _grads_finite(self) -> Optional[str]:
@@ -371,7 +369,7 @@ class Sparsifier:
         # fresh optimizer state for grown weights, zero state for dropped ones
         for t in self._state_tensors(param):
             t.mul_(kept)
-        layer.mask = new
+        layer.set_mask(new)
         layer.ever_active |= new
 
     # ------------------------------------------------------------------ metrics
@@ -523,7 +521,7 @@ class Sparsifier:
         for n, s in saved.items():
             l = self.layers[n]
             dev = l.param.device
-            l.mask = s["mask"].to(dev, torch.bool).clone()
+            l.set_mask(s["mask"].to(dev, torch.bool).clone())
             l.n_active = int(s["n_active"])
             l.target_density = float(s["target_density"])
             l.ever_active = s["ever_active"].to(dev, torch.bool).clone()

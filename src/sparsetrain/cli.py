@@ -1,0 +1,182 @@
+"""The ``sparsetrain`` command line: ``demo`` and ``compare`` (methods × densities × seeds).
+
+The command line is a user of the library: it prints to the terminal; the library only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["main", "format_table", "aggregate"]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group run results by (method, density) and average over seeds (mean ± sample std)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        key = (r["config"]["method"], 1.0 if r["config"]["method"] == "dense" else r["config"]["density"])
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (method, density), rs in groups.items():
+        acc_m, acc_s = _mean_std([100 * r["test_acc"] for r in rs])
+        rows.append({
+            "method": method,
+            "density": density,
+            "seeds": len(rs),
+            "acc_mean": acc_m,
+            "acc_std": acc_s,
+            "realised_density": _mean_std([r["density"] for r in rs])[0],
+            "itop_rate": _mean_std([r["itop_rate"] for r in rs])[0],
+            "train_flops": _mean_std([r["train_flops_fraction"] for r in rs])[0],
+            "inference_flops": _mean_std([r["inference_flops_fraction"] for r in rs])[0],
+            "wall_time_s": _mean_std([r["wall_time_s"] for r in rs])[0],
+        })
+    order = {"dense": 0, "static": 1, "set": 2, "rigl": 3}
+    rows.sort(key=lambda r: (-r["density"], order.get(r["method"], 9), r["method"]))
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of aggregated rows."""
+    head = "| method | sparsity | test acc. (%) | seeds | density | R_s | train FLOPs | inference FLOPs | time/run (s) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["seeds"] > 1 else f"{r['acc_mean']:.2f}"
+        lines.append(
+            f"| {r['method']} | {100 * (1 - r['density']):.0f}% | {acc} | {r['seeds']} | {r['realised_density']:.4f} | "
+            f"{r['itop_rate']:.3f} | {r['train_flops']:.3f}× | {r['inference_flops']:.3f}× | {r['wall_time_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+
+
+def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path], quiet: bool = False) -> list[dict]:
+    from .experiments.runner import RunConfig, run
+
+    results = []
+    plan = [("dense", 1.0, s) for s in seeds if "dense" in methods]
+    plan += [(m, d, s) for d in densities for m in methods if m != "dense" for s in seeds]
+    if out is not None:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    for i, (method, density, seed) in enumerate(plan, 1):
+        cfg = RunConfig(method=method, density=density, seed=seed, **base)
+        tag = f"{method}-d{density:g}-s{seed}"
+        if not quiet:
+            print(f"[{i}/{len(plan)}] {tag} ...", end="", flush=True)
+        r = run(cfg)
+        results.append(r)
+        if not quiet:
+            print(f" acc {100 * r['test_acc']:.2f}%  density {r['density']:.4f}  R_s {r['itop_rate']:.3f}  "
+                  f"({r['wall_time_s']:.1f}s)", flush=True)
+        if out is not None:
+            (out / "runs" / f"{tag}.json").write_text(json.dumps(r, indent=1))
+    return results
+
+
+def _write_report(out: Path, results, command: str, title: str, protocol: str, wall: float) -> str:
+    import torch
+
+    rows = aggregate(results)
+    table = format_table(rows)
+    meta = (
+        f"# {title}\n\nProtocol: {protocol}\n\nCommand: `{command}`\n\n"
+        f"Commit: {_git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads · total wall time {wall / 60:.1f} min\n\n"
+    )
+    (out / "results.md").write_text(meta + table + "\n")
+    with open(out / "results.csv", "w") as f:
+        keys = list(rows[0])
+        f.write(",".join(keys) + "\n")
+        for r in rows:
+            f.write(",".join(str(r[k]) for k in keys) + "\n")
+    return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``sparsetrain`` / ``python -m sparsetrain``."""
+    parser = argparse.ArgumentParser(prog="sparsetrain", description="Dynamic sparse training for PyTorch.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="quick comparison: dense vs static vs SET vs RigL on Fashion-MNIST",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("--epochs", type=int, default=5, help="epochs per run")
+    demo.add_argument("--density", type=float, default=0.1, help="fraction of weights kept (0.1 = 90%% sparsity)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--out", default="runs/demo", help="output directory for the table and per-run JSON")
+    demo.add_argument("--data-root", default=None, help="directory with the Fashion-MNIST idx files")
+
+    cmp_ = sub.add_parser("compare", help="methods × densities × seeds on one protocol; writes results.md/csv",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cmp_.add_argument("--methods", default="dense,static,set,rigl", help="comma-separated methods (dense or algorithm names)")
+    cmp_.add_argument("--densities", default="0.1,0.05,0.02", help="comma-separated densities")
+    cmp_.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    cmp_.add_argument("--model", default="lenet300-100", help="model name")
+    cmp_.add_argument("--dataset", default="fashion-mnist", help="dataset name")
+    cmp_.add_argument("--epochs", type=int, default=30, help="epochs per run")
+    cmp_.add_argument("--batch-size", type=int, default=128, help="batch size")
+    cmp_.add_argument("--lr", type=float, default=0.1, help="initial learning rate (cosine to 0)")
+    cmp_.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
+    cmp_.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    cmp_.add_argument("--out", required=True, help="output directory")
+    cmp_.add_argument("--title", default="Accuracy comparison", help="title of results.md")
+    cmp_.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line for results.md")
+    cmp_.add_argument("--data-root", default=None, help="dataset directory")
+
+    args = parser.parse_args(argv)
+    command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    if args.command == "demo":
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"sparsetrain demo: LeNet-300-100 on Fashion-MNIST, {args.epochs} epochs, "
+              f"{100 * (1 - args.density):.0f}% sparsity, seed {args.seed}")
+        base = dict(model="lenet300-100", dataset="fashion-mnist", epochs=args.epochs, data_root=args.data_root)
+        results = _compare(["dense", "static", "set", "rigl"], [args.density], [args.seed], base, out)
+        table = _write_report(out, results, command, "sparsetrain demo", f"fmnist-mlp, {args.epochs} epochs",
+                              time.perf_counter() - start)
+        print()
+        print(table)
+        print(f"\nwritten to {out.resolve()}/results.md (and results.csv, runs/*.json)")
+        return 0
+    if args.command == "compare":
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        base = dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        densities = [float(d) for d in args.densities.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        results = _compare(methods, densities, seeds, base, out)
+        table = _write_report(out, results, command, args.title, args.protocol, time.perf_counter() - start)
+        print()
+        print(table)
+        return 0
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
