@@ -17,7 +17,7 @@ from torch import nn
 
 import sparsetrain as st
 
-from .data import Loader, load_dataset
+from .data import InMemoryDataset, Loader, load_dataset
 from .models import build_model
 
 __all__ = ["RunConfig", "run", "evaluate"]
@@ -74,7 +74,8 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
     torch.manual_seed(cfg.seed)
     train_set, test_set, info = load_dataset(cfg.dataset, root=cfg.data_root)
     if cfg.train_subset:
-        train_set = train_set.subset(int(cfg.train_subset)) if hasattr(train_set, "subset") else train_set
+        n = int(cfg.train_subset)
+        train_set = InMemoryDataset(train_set.x[:n], train_set.y[:n], train_set.mean, train_set.std, train_set.name)
     train = Loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed)
     test = Loader(test_set, 1000, shuffle=False, seed=cfg.seed)
     model = build_model(cfg.model, info["in_channels"], info["num_classes"], info["image_size"])
@@ -103,7 +104,7 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            loss_sum += float(loss) * y.numel()
+            loss_sum += loss.item() * y.numel()
             seen += y.numel()
         test_loss, test_acc = evaluate(model, test)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": test_loss, "test_acc": test_acc}
