@@ -140,6 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmp_.add_argument("--batch-size", type=int, default=128, help="batch size")
     cmp_.add_argument("--lr", type=float, default=0.1, help="initial learning rate (cosine to 0)")
     cmp_.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
+    cmp_.add_argument("--update-interval", type=int, default=None,
+                      help="ΔT in optimizer steps for dynamic methods (default: each method's own)")
     cmp_.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     cmp_.add_argument("--out", required=True, help="output directory")
     cmp_.add_argument("--title", default="Accuracy comparison", help="title of results.md")
@@ -167,6 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         base = dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root)
+        if args.update_interval is not None:
+            base["algorithm_kwargs"] = {"update_interval": args.update_interval}
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         densities = [float(d) for d in args.densities.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]

@@ -87,9 +87,11 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
 
     sparsifier = None
     if cfg.method != "dense":
-        algorithm = st.make_algorithm(
-            cfg.method, density=cfg.density, distribution=cfg.distribution, seed=cfg.seed, **cfg.algorithm_kwargs
-        )
+        kwargs = dict(cfg.algorithm_kwargs)
+        if cfg.method == "static":  # a static mask has no schedule
+            kwargs.pop("update_interval", None)
+        algorithm = st.make_algorithm(cfg.method, density=cfg.density, distribution=cfg.distribution,
+                                      seed=cfg.seed, **kwargs)
         sparsifier = st.Sparsifier(model, optimizer, algorithm, total_steps=total_steps)
 
     start = time.perf_counter()
