@@ -8,8 +8,8 @@ Three lines on top of an unchanged training loop::
     print(sp.summary())
 """
 
-from . import distributions, schedules, scores
-from .algorithms import ALGORITHMS, SET, Algorithm, RigL, Static, make_algorithm, register
+from . import distributions, presets, schedules, scores
+from .algorithms import ALGORITHMS, DSTEE, SET, Algorithm, RigL, Static, make_algorithm, register
 from .flops import FlopsReport, flops, training_flops_per_step
 from .sparsifier import Sparsifier
 
@@ -21,6 +21,8 @@ __all__ = [
     "Static",
     "SET",
     "RigL",
+    "DSTEE",
+    "presets",
     "ALGORITHMS",
     "register",
     "make_algorithm",

@@ -22,6 +22,7 @@ import fnmatch
 import logging
 import math
 import warnings
+import weakref
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -42,6 +43,9 @@ DEFAULT_SPARSE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 STATE_FORMAT = "sparsetrain.sparsifier/1"
 
 Selector = Union[str, type, Callable[[str, nn.Parameter, nn.Module], bool]]
+
+# optimizer -> the Sparsifier attached to it (two sparsifiers on one optimizer would fight)
+_ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weakref.WeakKeyDictionary()
 
 
 def _as_list(x) -> list:
@@ -111,6 +115,11 @@ class Sparsifier:
             raise TypeError(f"algorithm must be an Algorithm or a registered name, got {type(algorithm).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if optimizer in _ATTACHED:
+            raise RuntimeError(
+                "a Sparsifier is already attached to this optimizer; call .remove() on it first "
+                "(or load its state with load_state_dict instead of building a second one)"
+            )
         if total_steps is not None and int(total_steps) <= 0:
             raise ValueError(f"total_steps must be a positive number of optimizer steps, got {total_steps}")
         self.model = model
@@ -209,12 +218,15 @@ class Sparsifier:
             self._handles.append(layer.param.register_hook(self._make_grad_hook(layer)))
         self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
         self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+        _ATTACHED[self.optimizer] = self
 
     def remove(self) -> None:
         """Detach every hook; the model keeps its current (sparse) weights."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if _ATTACHED.get(self.optimizer) is self:
+            del _ATTACHED[self.optimizer]
 
     @contextlib.contextmanager
     def hooks_disabled(self):
@@ -320,42 +332,67 @@ class Sparsifier:
                 self.history.append(record)
                 return record
             self.dense_grad_steps += 1
-        ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator)
-        grown_total = 0
-        active_total = 0
-        per_layer: dict[str, dict[str, float]] = {}
+        ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator,
+                            update_index=self.updates + 1)
         for layer in self.layers.values():
-            if layer.is_dense:
-                continue
-            if self.algorithm.needs_dense_grad and layer.grad_buffer is None:
+            layer.flush(t)
+        candidates = []
+        for layer in self.layers.values():
+            if self.algorithm.needs_dense_grad and layer.grad_buffer is None and not layer.is_dense:
                 log.warning("sparsetrain: %s received no gradient before step %d; its topology is kept", layer.name, t)
                 continue
-            k = int(round(p_t * layer.n_active))
-            k = min(k, layer.n_active)
-            if k <= 0:
+            candidates.append(layer)
+        plan = self.algorithm.plan(candidates, ctx)
+        self.algorithm.on_update_start(self.layers, ctx)
+        grown_total = new_total = changed_total = active_total = 0
+        exploit_num = 0.0
+        exploit_w = 0
+        per_layer: dict[str, dict[str, float]] = {}
+        for layer in candidates:
+            k_drop, k_grow = plan.get(layer.name, (0, 0))
+            k_drop = max(0, min(int(k_drop), layer.n_active))
+            if k_drop == 0 and k_grow == 0:
                 continue
-            layer.flush(t)
             old = layer.mask
-            dropped = self.algorithm.select_drop(layer, k, ctx)
+            dropped = self.algorithm.select_drop(layer, k_drop, ctx) if k_drop else torch.zeros_like(old)
             after_drop = old & ~dropped
-            grown = self.algorithm.select_grow(layer, k, ~after_drop, ctx)
+            available = ~after_drop
+            k_grow = max(0, min(int(k_grow), int(available.sum())))
+            grown = self.algorithm.select_grow(layer, k_grow, available, ctx) if k_grow else torch.zeros_like(old)
             new = after_drop | grown
-            if int(new.sum()) != layer.n_active:  # an algorithm bug, never user input
-                raise RuntimeError(f"{type(self.algorithm).__name__} changed the active count of {layer.name}")
+            expected = layer.n_active - k_drop + k_grow
+            if int(new.sum()) != expected or bool((grown & after_drop).any()):  # an algorithm bug, never user input
+                raise RuntimeError(f"{type(self.algorithm).__name__} selected an inconsistent drop/grow set in {layer.name}")
             newly = new & ~old
-            kept = old & new
-            self._apply_new_mask(layer, new, kept, newly)
             n_new = int(newly.sum())
-            grown_total += n_new
+            info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": n_new / max(layer.n_active, 1)}
+            if k_grow:
+                info["exploration"] = int((grown & ~layer.ever_active).sum()) / k_grow
+                if layer.grad_buffer is not None:
+                    g = layer.grad_buffer.abs()
+                    base = float(g[available].mean())
+                    if base > 0:
+                        info["exploitation"] = float(g[grown].mean()) / base
+                        exploit_num += info["exploitation"] * k_grow
+                        exploit_w += k_grow
+                new_total += int((grown & ~layer.ever_active).sum())
+            changed_total += n_new
             active_total += layer.n_active
-            per_layer[layer.name] = {"grown": n_new, "turnover": n_new / layer.n_active}
+            self._apply_new_mask(layer, new, old & new, newly)
+            layer.n_active = expected
+            grown_total += k_grow
+            per_layer[layer.name] = info
         self.updates += 1
         record.update(
             grown=grown_total,
-            turnover=grown_total / active_total if active_total else 0.0,
+            turnover=changed_total / active_total if active_total else 0.0,
+            exploration=new_total / grown_total if grown_total else 0.0,
             itop_rate=self.itop_rate,
+            density=self.density,
             layers=per_layer,
         )
+        if exploit_w:
+            record["exploitation"] = exploit_num / exploit_w
         self.history.append(record)
         log.debug("sparsetrain update at step %d: p=%.4f turnover=%.4f R_s=%.4f", t, p_t, record["turnover"], record["itop_rate"])
         return record

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Type
 
 from .base import Algorithm, UpdateContext
+from .dstee import DSTEE
 from .rigl import RigL
 from .set import SET
 from .static import Static
 
-__all__ = ["Algorithm", "UpdateContext", "Static", "SET", "RigL", "ALGORITHMS", "register", "make_algorithm"]
+__all__ = ["Algorithm", "UpdateContext", "Static", "SET", "RigL", "DSTEE", "ALGORITHMS", "register", "make_algorithm"]
 
 #: name -> algorithm class
 ALGORITHMS: dict[str, Type[Algorithm]] = {}
@@ -23,7 +24,7 @@ def register(cls: Type[Algorithm]) -> Type[Algorithm]:
     return cls
 
 
-for _cls in (Static, SET, RigL):
+for _cls in (Static, SET, RigL, DSTEE):
     register(_cls)
 
 

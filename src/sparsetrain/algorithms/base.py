@@ -14,7 +14,7 @@ An :class:`Algorithm` never touches the optimizer or the weights: the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -37,6 +37,8 @@ class UpdateContext:
     total_steps: Optional[int]
     drop_fraction: float
     generator: torch.Generator
+    #: 1 for the first topology update, 2 for the second, ...
+    update_index: int = 1
 
 
 class Algorithm:
@@ -141,6 +143,26 @@ class Algorithm:
         """The drop fraction p_t at ``step``."""
         end = self.update_schedule.end_step(total_steps)
         return float(self.drop_schedule.fraction(step, end, total_steps))
+
+    # -- one update ----------------------------------------------------------------------
+    def plan(self, layers: Sequence[LayerState], ctx: UpdateContext) -> dict[str, tuple[int, int]]:
+        """How many weights each layer drops and grows: ``{name: (k_drop, k_grow)}``.
+
+        Default: ``k = round(p_t · n_active)`` for both, so every layer keeps its count exactly.
+        Methods that move the budget across layers (SNFS) or change the density (GraNet)
+        return different numbers; layers left out are not touched.
+        """
+        out = {}
+        for layer in layers:
+            if layer.is_dense:
+                continue
+            k = min(int(round(ctx.drop_fraction * layer.n_active)), layer.n_active)
+            if k > 0:
+                out[layer.name] = (k, k)
+        return out
+
+    def on_update_start(self, layers: Mapping[str, LayerState], ctx: UpdateContext) -> None:
+        """Called once per update, after the counters are brought up to date, before any selection."""
 
     # -- scores --------------------------------------------------------------------------
     def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:
