@@ -188,24 +188,33 @@ class Sparsifier:
         names = [n for n, _ in named]
         shapes = [p.shape for _, p in named]
         pinned = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in dense_globs)]
+        start_density = self.algorithm.initial_density
         dens = distributions.layer_densities(
-            names, shapes, self.algorithm.density, self.algorithm.distribution, dense=pinned,
+            names, shapes, start_density, self.algorithm.distribution, dense=pinned,
             power=self.algorithm.erk_power,
         )
         sizes = {n: p.numel() for n, p in named}
         total = None
         if isinstance(self.algorithm.distribution, str):
-            total = int(round(self.algorithm.density * sum(sizes.values())))
+            total = int(round(start_density * sum(sizes.values())))
         counts = distributions.layer_counts(dens, sizes, total)
+        # Scored initial masks (SNIP, GraSP, ...) come from the algorithm; random otherwise.
+        with self.hooks_disabled():
+            given = self.algorithm.initial_masks(self.model, named, counts, self.generator)
         for name, param in named:
             with torch.no_grad():
                 init_std = float(param.detach().float().std()) if param.numel() > 1 else 0.0
-            mask = random_mask(param.shape, counts[name], self.generator, param.device)
+            target = dens[name]
+            if given is not None and name in given:
+                mask = given[name].to(param.device, torch.bool).reshape(param.shape).clone()
+                target = float(mask.sum()) / param.numel()
+            else:
+                mask = random_mask(param.shape, counts[name], self.generator, param.device)
             self.layers[name] = LayerState(
                 name=name,
                 param=param,
-                target_density=dens[name],
-                n_active=counts[name],
+                target_density=target,
+                n_active=int(mask.sum()),
                 mask=mask,
                 ever_active=mask.clone(),
                 counter=torch.zeros(param.shape, dtype=torch.int32, device=param.device) if self.track_usage else None,
@@ -238,7 +247,10 @@ class Sparsifier:
             self._enabled = prev
 
     def _capture_next(self) -> bool:
-        return self.algorithm.needs_dense_grad and self.algorithm.is_update_step(self.step + 1, self.total_steps)
+        alg = self.algorithm
+        if alg.dense_grad_every_step:
+            return True
+        return alg.needs_dense_grad and alg.is_update_step(self.step + 1, self.total_steps)
 
     def _make_grad_hook(self, layer: LayerState):
         def hook(grad: torch.Tensor):
@@ -280,6 +292,10 @@ class Sparsifier:
             return
         self.step += 1
         self.apply_masks()
+        if self.algorithm.dense_grad_every_step:
+            # e.g. SNFS's momentum of dense gradients; every such step costs a dense weight gradient
+            self.dense_grad_steps += 1
+            self.algorithm.on_step(self.layers, self.step)
         if self.algorithm.is_update_step(self.step, self.total_steps):
             self.update()
         for layer in self.layers.values():
@@ -331,7 +347,8 @@ class Sparsifier:
                 record.update(skipped="non-finite gradient", grown=0, turnover=0.0, itop_rate=self.itop_rate)
                 self.history.append(record)
                 return record
-            self.dense_grad_steps += 1
+            if not self.algorithm.dense_grad_every_step:
+                self.dense_grad_steps += 1
         ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator,
                             update_index=self.updates + 1)
         for layer in self.layers.values():

@@ -68,6 +68,8 @@ class Algorithm:
     needs_dense_grad: bool = False
     #: whether topology updates happen at all
     dynamic: bool = True
+    #: whether the dense gradient is needed at *every* step (then :meth:`on_step` receives it)
+    dense_grad_every_step: bool = False
 
     def __init__(
         self,
@@ -143,6 +145,23 @@ class Algorithm:
         """The drop fraction p_t at ``step``."""
         end = self.update_schedule.end_step(total_steps)
         return float(self.drop_schedule.fraction(step, end, total_steps))
+
+    @property
+    def initial_density(self) -> float:
+        """Global density of the initial mask (GraNet starts denser than it ends)."""
+        return self.density
+
+    def initial_masks(self, model, named_params, counts, generator) -> Optional[dict[str, torch.Tensor]]:
+        """Scored initial masks ``{name: bool mask}``; ``None`` (default) for random masks with ``counts``.
+
+        Called once when the Sparsifier is built, with its gradient hooks disabled. Masks may
+        have other counts than ``counts`` (SNIP's global ranking sets its own per-layer counts).
+        """
+        return None
+
+    def on_step(self, layers: Mapping[str, LayerState], step: int) -> None:
+        """Called after every optimizer step when :attr:`dense_grad_every_step` is set; each
+        ``layer.grad_buffer`` then holds that step's dense gradient."""
 
     # -- one update ----------------------------------------------------------------------
     def plan(self, layers: Sequence[LayerState], ctx: UpdateContext) -> dict[str, tuple[int, int]]:
