@@ -73,3 +73,21 @@ def test_static_never_updates_and_set_growth_depends_on_seed():
     assert a.updates == 2  # steps 5 and 10; none from the end, 15 = 0.75 * 20
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
     assert any(not torch.equal(a.masks[n], c.masks[n]) for n in a.masks)
+
+
+def test_parse_method_specs():
+    from sparsetrain.algorithms import parse_method
+
+    assert parse_method("rigl") == ("rigl", {})
+    assert parse_method("dstee:c=0.001:bonus=ucb:grad_norm=none:count=updates") == (
+        "dstee", {"c": 0.001, "bonus": "ucb", "grad_norm": None, "count": "updates"})
+    assert parse_method("set:update-interval=50:drop=signed") == ("set", {"update_interval": 50, "drop": "signed"})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_method("rigl:fast")
+
+
+def test_preset_names_work_through_the_registry():
+    a = make_algorithm("rigl-itop", density=0.1, update_interval=500)
+    assert isinstance(a, st.RigL) and a.update_schedule.end is None and a.update_schedule.interval == 500
+    with pytest.raises(ValueError, match="rigl-itop"):
+        make_algorithm("itop", density=0.1)

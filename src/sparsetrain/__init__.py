@@ -8,7 +8,7 @@ Three lines on top of an unchanged training loop::
     print(sp.summary())
 """
 
-from . import distributions, presets, schedules, scores
+from . import algorithms, distributions, presets, schedules, scores
 from .algorithms import ALGORITHMS, DSTEE, SET, Algorithm, RigL, Static, make_algorithm, register
 from .flops import FlopsReport, flops, training_flops_per_step
 from .sparsifier import Sparsifier

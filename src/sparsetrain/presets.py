@@ -12,7 +12,7 @@ from __future__ import annotations
 from .algorithms import SET, RigL
 from .schedules import CosineAnnealing
 
-__all__ = ["set_itop", "rigl_itop"]
+__all__ = ["set_itop", "rigl_itop", "PRESETS"]
 
 
 def set_itop(density: float, *, update_interval: int = 1500, p0: float = 0.5, eta_min: float = 0.005, **kwargs) -> SET:
@@ -27,3 +27,7 @@ def rigl_itop(density: float, *, update_interval: int = 4000, p0: float = 0.5, e
     longer training (more epochs) raises R_s further."""
     kwargs.setdefault("distribution", "erk")
     return RigL(density, update_interval=update_interval, drop_fraction=CosineAnnealing(p0, eta_min), end=None, **kwargs)
+
+
+#: preset name -> factory ``f(density, **kwargs)``; usable wherever an algorithm name is.
+PRESETS = {"set-itop": set_itop, "rigl-itop": rigl_itop}

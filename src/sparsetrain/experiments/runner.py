@@ -87,11 +87,13 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
 
     sparsifier = None
     if cfg.method != "dense":
-        kwargs = dict(cfg.algorithm_kwargs)
-        if cfg.method == "static":  # a static mask has no schedule
+        name, spec_kwargs = st.algorithms.parse_method(cfg.method)
+        kwargs = {**cfg.algorithm_kwargs, **spec_kwargs}
+        cls = st.ALGORITHMS.get(name.lower())
+        if cls is not None and not cls.dynamic:  # a static mask has no schedule
             kwargs.pop("update_interval", None)
-        algorithm = st.make_algorithm(cfg.method, density=cfg.density, distribution=cfg.distribution,
-                                      seed=cfg.seed, **kwargs)
+        kwargs.setdefault("distribution", cfg.distribution)
+        algorithm = st.make_algorithm(name, density=cfg.density, seed=cfg.seed, **kwargs)
         sparsifier = st.Sparsifier(model, optimizer, algorithm, total_steps=total_steps)
 
     start = time.perf_counter()
