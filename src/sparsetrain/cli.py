@@ -96,14 +96,15 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
     return results
 
 
-def _write_report(out: Path, results, command: str, title: str, protocol: str, wall: float) -> str:
+def _write_report(out: Path, results, command: str, title: str, protocol: str, wall: float,
+                  commit: Optional[str] = None) -> str:
     import torch
 
     rows = aggregate(results)
     table = format_table(rows)
     meta = (
         f"# {title}\n\nProtocol: {protocol}\n\nCommand: `{command}`\n\n"
-        f"Commit: {_git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
+        f"Commit: {commit or _git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads · total wall time {wall / 60:.1f} min\n\n"
     )
     (out / "results.md").write_text(meta + table + "\n")
@@ -151,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
+    commit = _git_commit()  # the code the runs use, even if the checkout moves on meanwhile
     if args.command == "demo":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base = dict(model="lenet300-100", dataset="fashion-mnist", epochs=args.epochs, data_root=args.data_root)
         results = _compare(["dense", "static", "set", "rigl"], [args.density], [args.seed], base, out)
         table = _write_report(out, results, command, "sparsetrain demo", f"fmnist-mlp, {args.epochs} epochs",
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, commit)
         print()
         print(table)
         print(f"\nwritten to {out.resolve()}/results.md (and results.csv, runs/*.json)")
@@ -175,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         densities = [float(d) for d in args.densities.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
         results = _compare(methods, densities, seeds, base, out)
-        table = _write_report(out, results, command, args.title, args.protocol, time.perf_counter() - start)
+        table = _write_report(out, results, command, args.title, args.protocol, time.perf_counter() - start, commit)
         print()
         print(table)
         return 0
