@@ -40,3 +40,19 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "demo" in capsys.readouterr().out
+
+
+def test_report_aggregates_hand_made_run_directories(tmp_path):
+    a, b = tmp_path / "a" / "runs", tmp_path / "b" / "runs"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    (a / "r0.json").write_text(json.dumps(_result("rigl", 0.05, 0, 0.80)))
+    (a / "r1.json").write_text(json.dumps(_result("rigl", 0.05, 1, 0.84)))
+    (b / "d0.json").write_text(json.dumps(_result("dense", 1.0, 0, 0.90)))
+    (b / "junk.json").write_text("{not json")
+    out = tmp_path / "rep"
+    assert cli.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    text = (out / "results.md").read_text()
+    assert "| rigl | 95% | 82.00 ± 2.83 | 2 |" in text and "| dense | 0% | 90.00 | 1 |" in text
+    assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
+    assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1

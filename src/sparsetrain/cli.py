@@ -116,6 +116,54 @@ def _write_report(out: Path, results, command: str, title: str, protocol: str, w
     return table
 
 
+def load_runs(dirs: Sequence[str]) -> list[dict[str, Any]]:
+    """Every run result (``runs/*.json`` or ``*.json`` with a ``config``) under the given directories."""
+    results = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("*.json")):
+            try:
+                r = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(r, dict) and "config" in r and "test_acc" in r:
+                results.append(r)
+    return results
+
+
+def plot_accuracy_vs_sparsity(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Optional[Path]:
+    """Accuracy (mean ± std over seeds) vs sparsity per method, dense as a horizontal band.
+
+    Needs matplotlib (the ``plot`` extra); returns ``None`` without it.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "dense"]
+    for r in rows:
+        if r["method"] == "dense":
+            ax.axhline(r["acc_mean"], color="black", ls="--", lw=1, label=f"dense ({r['acc_mean']:.2f}%)")
+            ax.axhspan(r["acc_mean"] - r["acc_std"], r["acc_mean"] + r["acc_std"], color="black", alpha=0.08)
+    markers = "osD^v<>pPX*h"
+    for i, m in enumerate(methods):
+        pts = sorted((100 * (1 - r["density"]), r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == m)
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, label=m, lw=1.2, ms=5)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``sparsetrain`` / ``python -m sparsetrain``."""
     parser = argparse.ArgumentParser(prog="sparsetrain", description="Dynamic sparse training for PyTorch.",
@@ -149,6 +197,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmp_.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line for results.md")
     cmp_.add_argument("--data-root", default=None, help="dataset directory")
 
+    rep = sub.add_parser("report", help="aggregate run JSON files from directories into results.md/csv and a plot",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rep.add_argument("dirs", nargs="+", help="directories searched recursively for run JSON files")
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--title", default="Accuracy comparison", help="title of results.md and the plot")
+    rep.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line")
+    rep.add_argument("--command-note", default="", help="the command(s) that produced the runs, for results.md")
+
     args = parser.parse_args(argv)
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
@@ -180,6 +236,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         table = _write_report(out, results, command, args.title, args.protocol, time.perf_counter() - start, commit)
         print()
         print(table)
+        return 0
+    if args.command == "report":
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        results = load_runs(args.dirs)
+        if not results:
+            print(f"no run results found under {', '.join(args.dirs)}", file=sys.stderr)
+            return 1
+        wall = sum(r["wall_time_s"] for r in results)
+        note = args.command_note or command
+        table = _write_report(out, results, note, args.title, args.protocol, wall)
+        png = plot_accuracy_vs_sparsity(aggregate(results), out / "accuracy_vs_sparsity.png", args.title)
+        print(table)
+        print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {png}" if png else ""))
         return 0
     return 2  # pragma: no cover
 
