@@ -42,7 +42,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(name: str, steps: int, batch: int, optimizer: str = "sgd") -> dict:
+def measure(name: str, steps: int, batch: int, optimizer: str = "sgd", nan_safe: bool = True) -> dict:
     torch.manual_seed(0)
     image = 32 if name.startswith(("resnet", "vgg", "wrn")) else 28
     base = build_model(name, 1, 10, image)
@@ -55,7 +55,8 @@ def measure(name: str, steps: int, batch: int, optimizer: str = "sgd") -> dict:
 
     opt_p, opt_s = make_opt(plain), make_opt(sparse)
     total = 10 * steps
-    sp = st.Sparsifier(sparse, opt_s, st.RigL(density=0.1, update_interval=100, end=None), total_steps=total)
+    sp = st.Sparsifier(sparse, opt_s, st.RigL(density=0.1, update_interval=100, end=None), total_steps=total,
+                       nan_safe=nan_safe)
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch, 1, image, image, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
                for _ in range(8)]
@@ -83,7 +84,8 @@ def measure(name: str, steps: int, batch: int, optimizer: str = "sgd") -> dict:
 
     # Phase B: update cost, ΔT = 10 (more samples), sparse model only, interleaved with plain steps.
     sp.remove()
-    sp2 = st.Sparsifier(sparse, opt_s, st.RigL(density=0.1, update_interval=10, end=None), total_steps=total)
+    sp2 = st.Sparsifier(sparse, opt_s, st.RigL(density=0.1, update_interval=10, end=None), total_steps=total,
+                        nan_safe=nan_safe)
     upd, normal, plain_b = [], [], []
     for i in range(max(60, steps // 2)):
         x, y = batches[i % 8]
@@ -97,6 +99,7 @@ def measure(name: str, steps: int, batch: int, optimizer: str = "sgd") -> dict:
     return {
         "model": name,
         "optimizer": optimizer,
+        "nan_safe": nan_safe,
         "batch": batch,
         "params": sum(p.numel() for p in base.parameters()),
         "median_plain_ms": 1e3 * med_p,
@@ -113,15 +116,20 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=200, help="interleaved steps per model")
     ap.add_argument("--batch", type=int, default=128, help="batch size")
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer")
+    ap.add_argument("--nan-safe", default="1", help="1, 0 or 1,0 (both): gradient masking by selection or multiplication")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    rows = [measure(m.strip(), args.steps, args.batch, args.optimizer) for m in args.models.split(",")]
-    header = "| model | optimizer | batch | plain step (ms) | sparse step (ms) | step ratio | update (steps) | amortised ratio, ΔT=100 |"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [measure(m.strip(), args.steps, args.batch, args.optimizer, bool(int(ns)))
+            for m in args.models.split(",") for ns in args.nan_safe.split(",")]
+    header = "| model | optimizer | nan_safe | batch | plain step (ms) | sparse step (ms) | step ratio | update (steps) | amortised ratio, ΔT=100 |"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     print(header)
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['optimizer']} | {r['batch']} | {r['median_plain_ms']:.1f} | {r['median_sparse_ms']:.1f} | "
+        print(f"| {r['model']} | {r['optimizer']} | {r['nan_safe']} | {r['batch']} | {r['median_plain_ms']:.1f} | {r['median_sparse_ms']:.1f} | "
               f"{r['step_ratio']:.3f}× | {r['update_cost_steps']:.2f} | {r['amortised_ratio_dt100']:.3f}× |")
     if args.out:
         with open(args.out, "w") as f:

@@ -55,6 +55,7 @@ class LayerState:
     init_std: float = 0.0
     grad_buffer: Optional[torch.Tensor] = field(default=None, repr=False)
     grad_buffer_step: int = -1
+    grad_signature: tuple = field(default=(), repr=False)
     mask_mul: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self):

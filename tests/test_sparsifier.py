@@ -1,0 +1,875 @@
+"""Behavioural tests of the Sparsifier: invariants for every optimizer, growth from dense
+gradients, gradient accumulation, GradScaler, odd parameter layouts, errors, metrics, state.
+
+Every test is seeded and uses models with tens of units, so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+from torch import nn
+
+import sparsetrain as st
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: intra-op threads only add overhead (and thrash on a busy 2-core machine)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "sgd_wd": lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.05),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adam_amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True, weight_decay=1e-3),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9, centered=True, weight_decay=1e-3),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.05, initial_accumulator_value=0.1),
+    "adamax": lambda p: torch.optim.Adamax(p, lr=1e-2),
+    "nadam": lambda p: torch.optim.NAdam(p, lr=1e-2),
+    "radam": lambda p: torch.optim.RAdam(p, lr=1e-2),
+}
+# optimizers that keep no weight-shaped state
+STATELESS = {"sgd", "sgd_wd"}
+
+ALGOS = {
+    "static": lambda d, **kw: st.Static(density=d),
+    "set": lambda d, **kw: st.SET(density=d, **kw),
+    "rigl": lambda d, **kw: st.RigL(density=d, **kw),
+}
+
+
+class Net(nn.Module):
+    """A small CNN + MLP: 2 convs with BatchNorm, 2 linears."""
+
+    def __init__(self, n_out: int = 5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8 * 3 * 3, 24)
+        self.fc2 = nn.Linear(24, n_out)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def mlp(seed=0, sizes=(12, 20, 16, 4), bias=True, dtype=torch.float32):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers).to(dtype)
+
+
+def net_batch(step: int, n: int = 6):
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def mlp_batch(step: int, n: int = 8, d_in: int = 12, n_out: int = 4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(2000 + step)
+    return torch.randn(n, d_in, generator=g, dtype=dtype), torch.randint(0, n_out, (n,), generator=g)
+
+
+def weight_state(opt, param):
+    """Optimizer-state tensors shaped like ``param``."""
+    return {k: v for k, v in opt.state.get(param, {}).items() if torch.is_tensor(v) and v.shape == param.shape}
+
+
+def check_invariants(sp, opt, counts, density=None):
+    """Spec §1.5 after an optimizer step; returns how many optimizer-state tensors were checked."""
+    n_state = 0
+    for name, layer in sp.layers.items():
+        mask = sp.masks[name]
+        assert mask.dtype == torch.bool and mask.shape == layer.param.shape
+        assert torch.equal(mask, layer.mask)
+        w = layer.param.detach()
+        assert torch.all(w[~mask] == 0), f"masked weights of {name} are not exactly 0"
+        for key, t in weight_state(opt, layer.param).items():
+            n_state += 1
+            assert torch.all(t[~mask] == 0), f"optimizer state {key!r} of {name} is not 0 at masked positions"
+        assert int(mask.sum()) == layer.n_active == counts[name], name
+    if density is not None:
+        total = sum(l.numel for l in sp.layers.values())
+        assert sum(l.n_active for l in sp.layers.values()) == round(density * total)
+    return n_state
+
+
+def masks_of(sp):
+    return {n: m.clone() for n, m in sp.masks.items()}
+
+
+def spy_updates(sp):
+    """Record, at each topology update, the (post-step, pre-update) weights, masks and state."""
+    seen = []
+    orig = sp.update
+
+    def update():
+        seen.append({
+            "step": sp.step,
+            "weights": {n: l.param.detach().clone() for n, l in sp.layers.items()},
+            "masks": {n: l.mask.clone() for n, l in sp.layers.items()},
+            "state": {n: {k: v.clone() for k, v in weight_state(sp.optimizer, l.param).items()}
+                      for n, l in sp.layers.items()},
+        })
+        return orig()
+
+    sp.update = update
+    return seen
+
+
+def reference_rigl(weight, old_mask, dense_grad, k):
+    """Spec §1.4 for RigL: drop the k smallest |w| among active, grow the k largest dense |g|
+    among the positions inactive after the drop."""
+    w = weight.abs().flatten().masked_fill(~old_mask.flatten(), float("inf"))
+    drop = torch.zeros_like(old_mask.flatten())
+    drop[torch.topk(w, k, largest=False).indices] = True
+    after = old_mask.flatten() & ~drop
+    g = dense_grad.abs().flatten().masked_fill(after, float("-inf"))
+    grow = torch.zeros_like(drop)
+    grow[torch.topk(g, k).indices] = True
+    return (after | grow).view_as(old_mask), grow.view_as(old_mask)
+
+
+def dense_grad_of(model_fn, state, loss_fn, name):
+    """The dense gradient of ``name`` computed on a hook-free copy of a model state."""
+    ref = model_fn()
+    ref.load_state_dict(state)
+    loss_fn(ref).backward()
+    return dict(ref.named_parameters())[name].grad.detach().clone()
+
+
+# ----------------------------------------------------------------------------- 1. invariants
+
+
+@pytest.mark.parametrize("algo", ["set", "rigl"])
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_invariants_after_every_step(opt_name, algo):
+    torch.manual_seed(0)
+    model = Net()
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    density = 0.2
+    sp = st.Sparsifier(model, opt, ALGOS[algo](density, update_interval=3), total_steps=20)
+    counts = {n: l.n_active for n, l in sp.layers.items()}
+    assert set(counts) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    first = masks_of(sp)
+    check_invariants(sp, opt, counts, density)
+    crit = nn.CrossEntropyLoss()
+    checked = 0
+    for step in range(20):
+        x, y = net_batch(step)
+        crit(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        assert sp.step == step + 1
+        checked += check_invariants(sp, opt, counts, density)
+    assert sp.updates == 4  # steps 3, 6, 9, 12 (end = 0.75 * 20 = 15)
+    assert [h["step"] for h in sp.history] == [3, 6, 9, 12]
+    assert any(not torch.equal(first[n], sp.masks[n]) for n in first), "no update moved any connection"
+    if opt_name not in STATELESS:
+        assert checked > 0, "no weight-shaped optimizer state was checked"
+
+
+# ----------------------------------------------------------------------------- 2. random models
+
+
+@hs.composite
+def model_specs(draw):
+    return {
+        "kind": draw(hs.sampled_from(["linear", "conv1d", "conv2d"])),
+        "widths": draw(hs.lists(hs.integers(2, 12), min_size=1, max_size=3)),
+        "bn": draw(hs.booleans()),
+        "bias": draw(hs.booleans()),
+        "seed": draw(hs.integers(0, 2**16)),
+    }
+
+
+def build_random(spec):
+    torch.manual_seed(spec["seed"])
+    kind, bn, bias = spec["kind"], spec["bn"], spec["bias"]
+    layers, c = [], 3
+    for w in spec["widths"]:
+        if kind == "linear":
+            layers += [nn.Linear(c, w, bias=bias)] + ([nn.BatchNorm1d(w)] if bn else [])
+        elif kind == "conv1d":
+            layers += [nn.Conv1d(c, w, 3, padding=1, bias=bias)] + ([nn.BatchNorm1d(w)] if bn else [])
+        else:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=bias)] + ([nn.BatchNorm2d(w)] if bn else [])
+        layers.append(nn.ReLU())
+        c = w
+    if kind == "conv1d":
+        layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten()]
+    elif kind == "conv2d":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers.append(nn.Linear(c, 3))
+    shape = {"linear": (6, 3), "conv1d": (6, 3, 5), "conv2d": (6, 3, 4, 4)}[kind]
+    return nn.Sequential(*layers), shape
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    spec=model_specs(),
+    opt_name=hs.sampled_from(sorted(OPTIMIZERS)),
+    density=hs.floats(0.05, 1.0, exclude_min=True, allow_nan=False),
+    algo=hs.sampled_from(sorted(ALGOS)),
+)
+def test_invariants_random_models(spec, opt_name, density, algo):
+    model, shape = build_random(spec)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    sp = st.Sparsifier(model, opt, ALGOS[algo](density, update_interval=2, end=None, drop_schedule="constant"),
+                       total_steps=6)
+    # biases and norm parameters are never sparse by default
+    expected = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    assert set(sp.layers) == expected
+    counts = {n: l.n_active for n, l in sp.layers.items()}
+    total = sum(l.numel for l in sp.layers.values())
+    target = round(density * total)
+    if all(l.target_density * l.numel >= 1 for l in sp.layers.values()):
+        assert sum(counts.values()) == target
+    else:  # a layer whose ideal count is below one keeps one weight (never a dead layer)
+        assert target <= sum(counts.values()) <= target + len(counts)
+    assert all(c >= 1 for c in counts.values())
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(spec["seed"])
+    for _ in range(6):
+        x = torch.randn(*shape, generator=g)
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        check_invariants(sp, opt, counts)
+    assert sp.updates == (3 if algo != "static" else 0)
+    for n, p in model.named_parameters():
+        if n not in sp.layers:
+            assert n.endswith("bias") or isinstance(dict(model.named_modules())[n.rsplit(".", 1)[0]],
+                                                    (nn.BatchNorm1d, nn.BatchNorm2d))
+            assert not torch.any((p == 0) & (init[n] != 0)), f"{n} is not sparse but was zeroed"
+
+
+# ----------------------------------------------------------------------------- 3. regrowth init
+
+
+def _train_with_spy(algo, opt_name="adam", steps=3, seed=0):
+    model = mlp(seed)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    sp = st.Sparsifier(model, opt, algo, total_steps=10)
+    seen = spy_updates(sp)
+    crit = nn.CrossEntropyLoss()
+    for step in range(steps):
+        x, y = mlp_batch(step)
+        crit(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt, sp, seen
+
+
+@pytest.mark.parametrize("algo_name", ["set", "rigl"])
+def test_regrown_weights_start_at_zero_with_fresh_state(algo_name):
+    algo = ALGOS[algo_name](0.3, update_interval=3, end=None, drop_schedule="constant", drop_fraction=0.3)
+    model, opt, sp, seen = _train_with_spy(algo)
+    assert sp.updates == 1 and len(seen) == 1 and seen[0]["step"] == 3
+    pre = seen[0]
+    n_new = 0
+    for name, layer in sp.layers.items():
+        old, new = pre["masks"][name], layer.mask
+        newly, kept, dropped = new & ~old, new & old, old & ~new
+        n_new += int(newly.sum())
+        w = layer.param.detach()
+        assert torch.all(w[newly] == 0)
+        assert torch.all(w[dropped] == 0)
+        assert torch.equal(w[kept], pre["weights"][name][kept]), "surviving weights must keep their value"
+        state = weight_state(opt, layer.param)
+        assert {"exp_avg", "exp_avg_sq"} <= set(state)
+        for key, t in state.items():
+            assert torch.all(t[newly] == 0), f"{key} of a regrown weight is not fresh"
+            assert torch.all(t[dropped] == 0)
+            assert torch.equal(t[kept], pre["state"][name][key][kept]), f"{key} of surviving weights changed"
+    assert n_new > 0
+    # the next step trains the regrown weights
+    x, y = mlp_batch(99)
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    opt.step()
+    newly = {n: sp.masks[n] & ~pre["masks"][n] for n in sp.masks}
+    assert any(torch.any(sp.layers[n].param.detach()[m] != 0) for n, m in newly.items())
+
+
+def test_grow_init_init_draws_nonzero_weights():
+    algo = st.SET(density=0.3, update_interval=3, end=None, drop_schedule="constant", grow_init="init")
+    model, opt, sp, seen = _train_with_spy(algo, opt_name="sgd_momentum")
+    pre = seen[0]
+    for name, layer in sp.layers.items():
+        newly = layer.mask & ~pre["masks"][name]
+        kept = layer.mask & pre["masks"][name]
+        w = layer.param.detach()
+        assert newly.any()
+        assert torch.all(w[newly] != 0)
+        assert torch.equal(w[kept], pre["weights"][name][kept])
+        # drawn from N(0, sigma) with sigma the std of the layer's weights at attach time
+        assert float(w[newly].abs().max()) < 6 * layer.init_std
+        assert torch.all(weight_state(opt, layer.param)["momentum_buffer"][newly] == 0)
+
+
+# ----------------------------------------------------------------------------- 4. masked vs dense gradients
+
+
+def test_optimizer_sees_masked_gradients():
+    model = mlp(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=2, end=None, drop_schedule="constant"))
+    crit = nn.CrossEntropyLoss()
+    for step in range(4):  # steps 2 and 4 capture the dense gradient for an update, 1 and 3 do not
+        x, y = mlp_batch(step)
+        loss_fn = lambda m: crit(m(x), y)  # noqa: E731
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        loss_fn(model).backward()
+        for name, layer in sp.layers.items():
+            dense = dense_grad_of(lambda: mlp(1), state, loss_fn, name)
+            mask = layer.mask
+            assert torch.all(layer.param.grad[~mask] == 0)
+            assert torch.equal(layer.param.grad[mask], dense[mask])
+            assert torch.any(dense[~mask] != 0)  # the masking did something
+        opt.step()
+        opt.zero_grad()
+    assert sp.updates == 2
+
+
+def test_rigl_grows_where_the_dense_gradient_is_largest():
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(16, 8, bias=False))  # noqa: E731
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.25, distribution="uniform", update_interval=1, end=None,
+                                           drop_schedule="constant", drop_fraction=0.3))
+    seen = spy_updates(sp)
+    mask = sp.masks["0.weight"]
+    i, j = (int(v) for v in (~mask).nonzero()[5])  # an inactive position
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(4, 16, generator=g)
+    x[:, j] = 10.0
+    c = torch.full((4, 8), 0.01)
+    c[:, i] = 1.0
+    loss_fn = lambda m: (m(x) * c).sum()  # noqa: E731
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = dense_grad_of(make, state, loss_fn, "0.weight")
+    assert dense.abs().argmax() == i * 16 + j  # the huge dense gradient sits at an inactive weight
+    loss_fn(model).backward()
+    opt.step()
+    assert sp.updates == 1
+    new = sp.masks["0.weight"]
+    assert new[i, j], "RigL did not grow the position with by far the largest dense gradient"
+    k = round(0.3 * sp.layers["0.weight"].n_active)
+    expected, _ = reference_rigl(seen[0]["weights"]["0.weight"], seen[0]["masks"]["0.weight"], dense, k)
+    assert torch.equal(new, expected)
+
+
+# ----------------------------------------------------------------------------- 5. accumulation
+
+
+def _accum_run(micro: bool, set_to_none: bool = True, steps: int = 3):
+    model = mlp(3, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=3, end=None, drop_schedule="constant"))
+    crit = nn.CrossEntropyLoss(reduction="sum")
+    for step in range(steps):
+        x1, y1 = mlp_batch(2 * step, dtype=torch.float64)
+        x2, y2 = mlp_batch(2 * step + 1, dtype=torch.float64)
+        if micro:
+            crit(model(x1), y1).backward()
+            crit(model(x2), y2).backward()
+        else:
+            crit(model(torch.cat([x1, x2])), torch.cat([y1, y2])).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=set_to_none)
+    return model, sp
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_gradient_accumulation_grows_like_one_big_batch(set_to_none):
+    _, a = _accum_run(micro=True, set_to_none=set_to_none)
+    _, b = _accum_run(micro=False, set_to_none=set_to_none)
+    _, before = _accum_run(micro=False, steps=0)
+    assert a.updates == b.updates == 1
+    assert any(not torch.equal(before.masks[n], b.masks[n]) for n in b.masks)
+    for n in a.masks:
+        assert torch.equal(a.masks[n], b.masks[n]), n
+
+
+def test_accumulation_keeps_a_micro_batch_whose_masked_gradient_is_zero():
+    """The first micro-batch only touches inputs with no active weight: its *masked* gradient is
+    all zeros but its dense gradient is not, and it must still count for RigL's growth."""
+
+    def run(micro):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 2, bias=False))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sp = st.Sparsifier(model, opt, st.RigL(density=0.25, distribution="uniform", update_interval=1, end=None,
+                                               drop_schedule="constant", drop_fraction=0.34))
+        mask = sp.masks["0.weight"]
+        j = int((~mask.any(0)).nonzero()[0])  # a column with no active weight
+        a = int(mask.any(0).nonzero()[0])  # a column with one
+        x1 = torch.zeros(1, 6)
+        x1[0, j] = 10.0
+        x2 = torch.zeros(1, 6)
+        x2[0, a] = 1.0
+        loss = lambda x: (model(x) * torch.tensor([1.0, 0.5])).sum()  # noqa: E731
+        if micro:
+            loss(x1).backward()
+            assert not model[0].weight.grad.any()
+            loss(x2).backward()
+        else:
+            loss(torch.cat([x1, x2])).backward()
+        opt.step()
+        return sp.masks["0.weight"], j
+
+    micro, j = run(True)
+    big, _ = run(False)
+    assert big[:, j].any()  # the big batch grows into column j (largest dense gradient)
+    assert torch.equal(micro, big), "the first micro-batch's dense gradient was dropped"
+
+
+# ----------------------------------------------------------------------------- 6. GradScaler
+
+
+def _scaler_run(scaler: bool, inf_before_update: bool = False, set_to_none: bool = True, steps: int = 7):
+    model = mlp(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.25, update_interval=3, end=None, drop_schedule="constant"))
+    sc = torch.amp.GradScaler("cpu", init_scale=2.0**16) if scaler else None
+    crit = nn.CrossEntropyLoss()
+    for step in range(steps):
+        if inf_before_update and step == 2:  # next counted step (3) is an update step
+            x, y = mlp_batch(500)
+            loss = model(x).pow(2).sum() * 1e38  # overflows once scaled
+            sc.scale(loss).backward()
+            sc.step(opt)
+            sc.update()
+            opt.zero_grad(set_to_none=set_to_none)
+            assert sp.step == 2 and sp.updates == 0 and sp.history == []
+            assert sc.get_scale() == 2.0**15
+        x, y = mlp_batch(step)
+        loss = crit(model(x), y)
+        if sc is None:
+            loss.backward()
+            opt.step()
+        else:
+            sc.scale(loss).backward()
+            sc.step(opt)
+            sc.update()
+        opt.zero_grad(set_to_none=set_to_none)
+    return model, sp
+
+
+def test_gradscaler_exists_on_cpu():
+    assert hasattr(torch.amp, "GradScaler")
+    assert torch.amp.GradScaler("cpu").is_enabled()
+
+
+def test_gradscaler_scaled_steps_choose_like_unscaled():
+    ref_model, ref = _scaler_run(scaler=False)
+    model, sp = _scaler_run(scaler=True)
+    assert sp.updates == ref.updates == 2 and sp.step == ref.step == 7
+    for n in sp.masks:
+        assert torch.equal(sp.masks[n], ref.masks[n])
+    for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_gradscaler_skipped_step_is_not_counted(set_to_none):
+    ref_model, ref = _scaler_run(scaler=True)
+    model, sp = _scaler_run(scaler=True, inf_before_update=True, set_to_none=set_to_none)
+    assert sp.step == 7 and sp.updates == 2 and [h["step"] for h in sp.history] == [3, 6]
+    assert all("skipped" not in h for h in sp.history)
+    for n in sp.masks:
+        assert torch.equal(sp.masks[n], ref.masks[n]), "the skipped step's gradient leaked into growth"
+    for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- 7. layouts
+
+
+def _train(model, opt, sp, steps, d_in=12, n_out=4):
+    crit = nn.CrossEntropyLoss()
+    counts = {n: l.n_active for n, l in sp.layers.items()}
+    for step in range(steps):
+        x, y = mlp_batch(step, d_in=d_in, n_out=n_out)
+        crit(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        check_invariants(sp, opt, counts)
+
+
+def test_multiple_param_groups():
+    model = mlp(5)
+    opt = torch.optim.SGD(
+        [{"params": [model[0].weight, model[0].bias], "lr": 0.1},
+         {"params": [p for n, p in model.named_parameters() if not n.startswith("0.")], "lr": 0.01}],
+        momentum=0.9,
+    )
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=2), total_steps=10)
+    _train(model, opt, sp, 10)
+    assert sp.updates == 3
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
+    assert set(sp.layers) == {"0.weight", "2.weight", "4.weight"}
+
+
+def test_excluded_parameter_not_in_optimizer():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp(6)
+            self.aux = nn.Linear(3, 3)  # not used in forward, not optimized
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = WithAux()
+    aux = model.aux.weight.detach().clone()
+    opt = torch.optim.Adam(model.net.parameters(), lr=1e-2)
+    with pytest.raises(ValueError, match="aux.weight.*not held by the optimizer"):
+        st.Sparsifier(model, opt, st.SET(density=0.3, update_interval=2), total_steps=10)
+    sp = st.Sparsifier(model, opt, st.SET(density=0.3, update_interval=2), total_steps=10, exclude="aux.*")
+    assert "aux.weight" not in sp.layers
+    _train(model, opt, sp, 6)
+    assert torch.equal(model.aux.weight, aux)
+
+
+def test_frozen_layer_left_dense():
+    model = mlp(7)
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=2), total_steps=10)
+    assert set(sp.layers) == {"2.weight", "4.weight"}
+    _train(model, opt, sp, 8)
+    assert sp.updates == 3
+    assert torch.equal(model[0].weight, frozen) and torch.all(frozen != 0)
+
+
+class Reused(nn.Module):
+    """The same Linear applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 10)
+        self.block = nn.Linear(10, 10)
+        self.out = nn.Linear(10, 4)
+
+    def forward(self, x):
+        x = torch.tanh(self.inp(x))
+        x = torch.tanh(self.block(x))
+        x = torch.tanh(self.block(x))
+        return self.out(x)
+
+
+class Shared(nn.Module):
+    """Two modules holding one Parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 10)
+        self.a = nn.Linear(10, 10)
+        self.b = nn.Linear(10, 10)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(10, 4)
+
+    def forward(self, x):
+        x = torch.tanh(self.inp(x))
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+@pytest.mark.parametrize("cls,name", [(Reused, "block.weight"), (Shared, "a.weight")])
+def test_tied_weight_is_one_sparse_entry(cls, name):
+    def make():
+        torch.manual_seed(8)
+        return cls()
+
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=3, end=None, drop_schedule="constant"))
+    assert sum(1 for n in sp.layers if n in ("block.weight", "a.weight", "b.weight")) == 1 and name in sp.layers
+    seen = spy_updates(sp)
+    crit = nn.CrossEntropyLoss()
+    for step in range(3):
+        x, y = mlp_batch(step)
+        loss_fn = lambda m: crit(m(x), y)  # noqa: E731
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        loss_fn(model).backward()
+        opt.step()
+        opt.zero_grad()
+    # the update used the dense gradient summed over both uses of the shared weight
+    dense = dense_grad_of(make, state, loss_fn, name)
+    k = round(0.3 * sp.layers[name].n_active)
+    expected, _ = reference_rigl(seen[0]["weights"][name], seen[0]["masks"][name], dense, k)
+    assert torch.equal(sp.masks[name], expected)
+    check_invariants(sp, opt, {n: l.n_active for n, l in sp.layers.items()})
+    if cls is Shared:
+        assert model.a.weight is model.b.weight
+
+
+# ----------------------------------------------------------------------------- 8. bad input
+
+
+@pytest.mark.parametrize("density", [0, 1.5, -0.1, float("nan")])
+def test_bad_density(density):
+    with pytest.raises(ValueError, match="density must lie in"):
+        st.RigL(density=density)
+    model = mlp()
+    with pytest.raises(ValueError, match="density"):
+        st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), "set", density=density)
+
+
+def test_no_prunable_parameter():
+    bn = nn.Sequential(nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="no prunable parameter"):
+        st.Sparsifier(bn, torch.optim.SGD(bn.parameters(), lr=0.1), st.Static(density=0.5))
+    model = mlp()
+    with pytest.raises(ValueError, match="no prunable parameter.*exclude"):
+        st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), st.Static(density=0.5), exclude="*")
+
+
+def test_sparse_parameter_missing_from_optimizer():
+    model = mlp()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"2\.weight.*not held by the optimizer"):
+        st.Sparsifier(model, opt, st.Static(density=0.5))
+
+
+def test_load_state_dict_from_a_different_model():
+    m1 = mlp(sizes=(12, 20, 4))
+    sp1 = st.Sparsifier(m1, torch.optim.SGD(m1.parameters(), lr=0.1), st.Static(density=0.5))
+    state = sp1.state_dict()
+    m2 = mlp(sizes=(12, 20, 16, 4))  # extra layer: names differ
+    sp2 = st.Sparsifier(m2, torch.optim.SGD(m2.parameters(), lr=0.1), st.Static(density=0.5))
+    with pytest.raises(ValueError, match="different model"):
+        sp2.load_state_dict(state)
+    m3 = mlp(sizes=(12, 21, 4))  # same names, other shapes
+    sp3 = st.Sparsifier(m3, torch.optim.SGD(m3.parameters(), lr=0.1), st.Static(density=0.5))
+    with pytest.raises(ValueError, match="different model"):
+        sp3.load_state_dict(state)
+    with pytest.raises(ValueError, match="state_dict"):
+        sp3.load_state_dict({"layers": {}})
+
+
+def test_total_steps_required_only_when_needed():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        st.Sparsifier(model, opt, st.RigL(density=0.1))
+    sp = st.Sparsifier(model, opt, st.SET(density=0.1, end=None, drop_schedule="constant", update_interval=2))
+    _train(model, opt, sp, 4)
+    assert sp.updates == 2
+
+
+def test_unknown_algorithm_and_distribution_names():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="valid names are.*rigl.*set.*static"):
+        st.Sparsifier(model, opt, "rigel", density=0.1)
+    with pytest.raises(ValueError, match="unknown distribution 'erx'.*valid names are uniform, er, erk"):
+        st.Sparsifier(model, opt, st.Static(density=0.1, distribution="erx"))
+
+
+def _nan_setup(nan_safe=False):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4, bias=False), nn.Tanh(), nn.Linear(4, 3))
+    inject = {"where": None}
+    holder = {}
+
+    def hook(g):  # registered before the Sparsifier's hook, so it changes the dense gradient
+        if inject["where"] is None:
+            return g
+        mask = holder["sp"].masks["0.weight"]
+        pos = tuple(int(v) for v in (mask if inject["where"] == "active" else ~mask).nonzero()[0])
+        g = g.clone()
+        g[pos] = float("nan")
+        return g
+
+    model[0].weight.register_hook(hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.4, update_interval=2, end=None, drop_schedule="constant"),
+                       nan_safe=nan_safe)
+    holder["sp"] = sp
+    return model, opt, sp, inject
+
+
+@pytest.mark.parametrize("where", ["active", "inactive"])
+def test_nan_gradient_at_update_step_skips_the_update(where):
+    model, opt, sp, inject = _nan_setup()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    model(x).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    before = masks_of(sp)
+    inject["where"] = where
+    model(x).sum().backward()
+    with pytest.warns(RuntimeWarning, match="non-finite gradient in 0.weight.*skipped"):
+        opt.step()
+    assert sp.step == 2 and sp.updates == 0
+    assert sp.history[-1]["step"] == 2 and sp.history[-1]["skipped"]
+    for n in before:
+        assert torch.equal(before[n], sp.masks[n])
+
+
+def test_nan_dense_gradient_at_inactive_position_does_not_reach_the_weights():
+    """With nan_safe=True, a non-finite dense gradient at an *inactive* weight must not leak into
+    the weights: the optimizer sees masked gradients, and masked weights stay exactly 0 (spec §1.5)."""
+    model, opt, sp, inject = _nan_setup(nan_safe=True)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    inject["where"] = "inactive"
+    model(x).sum().backward()
+    mask = sp.masks["0.weight"]
+    assert torch.all(model[0].weight.grad[~mask] == 0), "masked gradient is not 0 (NaN * 0 = NaN)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        opt.step()
+    assert torch.all(model[0].weight[~mask] == 0)
+    assert torch.isfinite(model[0].weight).all()
+
+
+def test_default_multiplicative_masking_lets_nan_at_a_masked_position_through():
+    """The documented price of the fast default: NaN·0 = NaN reaches the masked gradient."""
+    model, opt, sp, inject = _nan_setup(nan_safe=False)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    inject["where"] = "inactive"
+    model(x).sum().backward()
+    mask = sp.masks["0.weight"]
+    assert torch.isnan(model[0].weight.grad[~mask]).any()
+    assert torch.all(model[0].weight.grad[mask] == model[0].weight.grad[mask])  # active entries finite
+
+
+# ----------------------------------------------------------------------------- 9. metrics
+
+
+def _metric_run(algo, steps=12):
+    model = mlp(9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, algo, total_steps=steps)
+    in_effect = []  # the mask during each optimizer step
+    r_s = [sp.itop_rate]
+    crit = nn.CrossEntropyLoss()
+    for step in range(steps):
+        in_effect.append(masks_of(sp))
+        x, y = mlp_batch(step)
+        crit(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        r_s.append(sp.metrics()["itop_rate"])
+    return sp, in_effect, r_s
+
+
+def test_metrics_static():
+    sp, in_effect, r_s = _metric_run(st.Static(density=0.2))
+    m = sp.metrics()
+    assert {"density", "itop_rate", "layer_density", "updates"} <= set(m)
+    assert m["updates"] == 0 and sp.history == []
+    total = sum(l.numel for l in sp.layers.values())
+    assert m["density"] == round(0.2 * total) / total
+    assert all(r == m["density"] for r in r_s)  # R_s = D for static sparse training
+    assert m["layer_density"] == {n: l.n_active / l.numel for n, l in sp.layers.items()}
+    counters = sp.usage_counters()
+    for n, mask in sp.masks.items():
+        assert counters[n].dtype == torch.int32
+        assert torch.equal(counters[n], mask.to(torch.int32) * 12)
+
+
+@pytest.mark.parametrize("algo", ["set", "rigl"])
+def test_metrics_dynamic(algo):
+    sp, in_effect, r_s = _metric_run(ALGOS[algo](0.2, update_interval=3, end=None, drop_schedule="constant"))
+    m = sp.metrics()
+    assert m["updates"] == sp.updates == 4
+    assert all(b >= a for a, b in zip(r_s, r_s[1:])), "R_s decreased"
+    assert r_s[-1] > r_s[0] == m["density"]
+    assert [h["step"] for h in sp.history] == [3, 6, 9, 12]
+    for h in sp.history:
+        assert {"step", "drop_fraction", "turnover", "itop_rate"} <= set(h)
+        assert h["drop_fraction"] == pytest.approx(0.3)
+        assert 0 < h["turnover"] <= 1
+    assert [h["itop_rate"] for h in sp.history] == [r_s[s] for s in (3, 6, 9, 12)]
+    counters = sp.usage_counters()
+    ever = {n: torch.zeros_like(c, dtype=torch.bool) for n, c in counters.items()}
+    for n in counters:
+        expected = sum(mask[n].to(torch.int32) for mask in in_effect)
+        assert torch.equal(counters[n], expected), n
+        for mask in in_effect + [sp.masks]:
+            ever[n] |= mask[n]
+        assert torch.equal(sp.layers[n].ever_active, ever[n])
+    total = sum(c.numel() for c in counters.values())
+    assert m["itop_rate"] == sum(int(e.sum()) for e in ever.values()) / total
+
+
+# ----------------------------------------------------------------------------- 10. state_dict
+
+
+def test_state_dict_loads_with_weights_only(tmp_path):
+    sp, _, _ = _metric_run(st.RigL(density=0.2, update_interval=3), steps=8)
+    path = tmp_path / "sp.pt"
+    torch.save(sp.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    buf = io.BytesIO()
+    torch.save(sp.state_dict(), buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["step"] == 8
+    model = mlp(123)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp2 = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=3), total_steps=8)
+    sp2.load_state_dict(state)
+    assert sp2.step == sp.step and sp2.updates == sp.updates and sp2.history == sp.history
+    for n in sp.masks:
+        assert torch.equal(sp2.masks[n], sp.masks[n])
+        assert torch.equal(sp2.layers[n].ever_active, sp.layers[n].ever_active)
+        assert torch.equal(sp2.usage_counters()[n], sp.usage_counters()[n])
+        assert torch.all(model.state_dict()[n][~sp.masks[n]] == 0)  # loading applies the masks
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def test_remove_and_hooks_disabled():
+    model = mlp(10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.Static(density=0.2))
+    x, y = mlp_batch(0)
+    crit = nn.CrossEntropyLoss()
+    with sp.hooks_disabled():
+        crit(model(x), y).backward()
+    mask = sp.masks["0.weight"]
+    assert torch.any(model[0].weight.grad[~mask] != 0)  # dense gradient, e.g. for saliency
+    opt.zero_grad()
+    sp.remove()
+    crit(model(x), y).backward()
+    opt.step()
+    assert sp.step == 0
+    assert torch.any(model[0].weight[~mask] != 0)  # no longer enforced
+    st.Sparsifier(model, opt, st.Static(density=0.2))  # the optimizer is free again
+
+
+def test_a_second_sparsifier_on_the_same_optimizer_is_refused_until_removed():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.Static(density=0.5))
+    with pytest.raises(RuntimeError, match="already attached"):
+        st.Sparsifier(model, opt, st.Static(density=0.5))
+    sp.remove()
+    st.Sparsifier(model, opt, st.Static(density=0.5))
