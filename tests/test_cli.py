@@ -56,3 +56,14 @@ def test_report_aggregates_hand_made_run_directories(tmp_path):
     assert "| rigl | 95% | 82.00 ± 2.83 | 2 |" in text and "| dense | 0% | 90.00 | 1 |" in text
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
     assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1
+
+
+def test_compare_resume_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "static", "--densities", "0.3", "--seeds", "0", "--dataset", "synthetic",
+            "--epochs", "1", "--batch-size", "128", "--out", str(out)]
+    assert cli.main(args) == 0
+    first = (out / "runs" / "static-d0.3-s0.json").read_text()
+    assert cli.main(args + ["--resume"]) == 0
+    assert "already done, skipped" in capsys.readouterr().out
+    assert (out / "runs" / "static-d0.3-s0.json").read_text() == first

@@ -73,7 +73,8 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path], quiet: bool = False) -> list[dict]:
+def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path], quiet: bool = False,
+             resume: bool = False) -> list[dict]:
     from .experiments.runner import RunConfig, run
 
     results = []
@@ -84,6 +85,12 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
     for i, (method, density, seed) in enumerate(plan, 1):
         cfg = RunConfig(method=method, density=density, seed=seed, **base)
         tag = f"{method}-d{density:g}-s{seed}"
+        done = out / "runs" / f"{tag}.json" if out is not None else None
+        if resume and done is not None and done.exists():
+            results.append(json.loads(done.read_text()))
+            if not quiet:
+                print(f"[{i}/{len(plan)}] {tag}: already done, skipped", flush=True)
+            continue
         if not quiet:
             print(f"[{i}/{len(plan)}] {tag} ...", end="", flush=True)
         r = run(cfg)
@@ -91,8 +98,10 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
         if not quiet:
             print(f" acc {100 * r['test_acc']:.2f}%  density {r['density']:.4f}  R_s {r['itop_rate']:.3f}  "
                   f"({r['wall_time_s']:.1f}s)", flush=True)
-        if out is not None:
-            (out / "runs" / f"{tag}.json").write_text(json.dumps(r, indent=1))
+        if done is not None:  # atomic: a killed run leaves no half-written result
+            tmp = done.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(r, indent=1))
+            os.replace(tmp, done)
     return results
 
 
@@ -196,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmp_.add_argument("--title", default="Accuracy comparison", help="title of results.md")
     cmp_.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line for results.md")
     cmp_.add_argument("--data-root", default=None, help="dataset directory")
+    cmp_.add_argument("--resume", action="store_true", help="skip runs whose result already exists in --out")
 
     rep = sub.add_parser("report", help="aggregate run JSON files from directories into results.md/csv and a plot",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -232,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         densities = [float(d) for d in args.densities.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
-        results = _compare(methods, densities, seeds, base, out)
+        results = _compare(methods, densities, seeds, base, out, resume=args.resume)
         table = _write_report(out, results, command, args.title, args.protocol, time.perf_counter() - start, commit)
         print()
         print(table)
