@@ -67,3 +67,14 @@ def test_compare_resume_skips_finished_runs(tmp_path, capsys):
     assert cli.main(args + ["--resume"]) == 0
     assert "already done, skipped" in capsys.readouterr().out
     assert (out / "runs" / "static-d0.3-s0.json").read_text() == first
+
+
+def test_compare_builds_scored_static_masks_from_training_batches(tmp_path):
+    out = tmp_path / "snip"
+    rc = cli.main(["compare", "--methods", "snip,grasp,granet:initial_density=0.5", "--densities", "0.2", "--seeds", "0",
+                   "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64", "--update-interval", "2",
+                   "--out", str(out)])
+    assert rc == 0
+    for tag in ("snip", "grasp", "granet:initial_density=0.5"):
+        r = json.loads((out / "runs" / f"{tag}-d0.2-s0.json").read_text())
+        assert r["density"] == pytest.approx(0.2, abs=2e-3), tag

@@ -9,7 +9,9 @@ Three lines on top of an unchanged training loop::
 """
 
 from . import algorithms, distributions, presets, schedules, scores
-from .algorithms import ALGORITHMS, DSTEE, SET, Algorithm, RigL, Static, make_algorithm, register
+from .algorithms import (
+    ALGORITHMS, DSTEE, MEST, SET, SNFS, SNIP, Algorithm, GraNet, GraSP, RigL, Static, make_algorithm, register,
+)
 from .flops import FlopsReport, flops, training_flops_per_step
 from .sparsifier import Sparsifier
 
@@ -22,6 +24,11 @@ __all__ = [
     "SET",
     "RigL",
     "DSTEE",
+    "SNFS",
+    "MEST",
+    "GraNet",
+    "SNIP",
+    "GraSP",
     "presets",
     "ALGORITHMS",
     "register",

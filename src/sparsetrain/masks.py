@@ -11,6 +11,7 @@ One :class:`LayerState` per sparse parameter holds
   (usage counter N of DST-EE). It is updated *lazily*: between topology updates the mask does
   not change, so ``counter += mask * (t - count_step)`` is applied only when the mask is about
   to change, when the counters are read, or when the state is saved — no per-step cost;
+- ``pinned``: the layer was pinned dense with ``Sparsifier(dense=...)``;
 - ``active_steps``: ``sum_t n_active(t)`` over the steps so far (exact training-FLOPs accounting);
 - ``grad_buffer``: the dense gradient of the current step, captured only when the next
   optimizer step is followed by a topology update that needs it.
@@ -53,6 +54,7 @@ class LayerState:
     count_step: int = 0
     active_steps: int = 0
     init_std: float = 0.0
+    pinned: bool = False
     grad_buffer: Optional[torch.Tensor] = field(default=None, repr=False)
     grad_buffer_step: int = -1
     grad_signature: tuple = field(default=(), repr=False)

@@ -220,6 +220,7 @@ class Sparsifier:
                 name=name,
                 param=param,
                 target_density=target,
+                pinned=name in pinned,
                 n_active=int(mask.sum()),
                 mask=mask,
                 ever_active=mask.clone(),
@@ -382,8 +383,9 @@ class Sparsifier:
                 log.warning("sparsetrain: %s received no gradient before step %d; its topology is kept", layer.name, t)
                 continue
             candidates.append(layer)
-        plan = self.algorithm.plan(candidates, ctx)
+        # per-update bookkeeping first (DST-EE's rounds, GraNet's view of all layers), then the plan
         self.algorithm.on_update_start(self.layers, ctx)
+        plan = self.algorithm.plan(candidates, ctx)
         grown_total = new_total = changed_total = active_total = 0
         exploit_num = 0.0
         exploit_w = 0

@@ -6,11 +6,17 @@ from typing import Type
 
 from .base import Algorithm, UpdateContext
 from .dstee import DSTEE
+from .global_ranking import GlobalDSTEE, GlobalRigL, GlobalSET
+from .granet import GraNet
+from .mest import MEST
+from .snfs import SNFS
+from .snip import SNIP, GraSP
 from .rigl import RigL
 from .set import SET
 from .static import Static
 
-__all__ = ["Algorithm", "UpdateContext", "Static", "SET", "RigL", "DSTEE", "ALGORITHMS", "register", "make_algorithm", "parse_method"]
+__all__ = ["Algorithm", "UpdateContext", "Static", "SET", "RigL", "DSTEE", "SNFS", "MEST", "GraNet", "SNIP", "GraSP",
+    "GlobalRigL", "GlobalSET", "GlobalDSTEE", "ALGORITHMS", "register", "make_algorithm", "parse_method"]
 
 #: name -> algorithm class
 ALGORITHMS: dict[str, Type[Algorithm]] = {}
@@ -24,7 +30,7 @@ def register(cls: Type[Algorithm]) -> Type[Algorithm]:
     return cls
 
 
-for _cls in (Static, SET, RigL, DSTEE):
+for _cls in (Static, SET, RigL, DSTEE, SNFS, MEST, GraNet, SNIP, GraSP):
     register(_cls)
 
 

@@ -181,7 +181,8 @@ class Algorithm:
         return out
 
     def on_update_start(self, layers: Mapping[str, LayerState], ctx: UpdateContext) -> None:
-        """Called once per update, after the counters are brought up to date, before any selection."""
+        """Called once per update with every layer, after the counters are brought up to date and
+        before :meth:`plan` and any selection."""
 
     # -- scores --------------------------------------------------------------------------
     def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:

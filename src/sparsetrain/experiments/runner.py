@@ -93,6 +93,11 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
         if cls is not None and not cls.dynamic:  # a static mask has no schedule
             kwargs.pop("update_interval", None)
         kwargs.setdefault("distribution", cfg.distribution)
+        if cls is not None and getattr(cls, "needs_batch", False) and "batch" not in kwargs:
+            # scored static masks (SNIP, GraSP): a few training batches, in the run's own order
+            train.set_epoch(0)
+            it = iter(train)
+            kwargs["batch"] = [next(it) for _ in range(min(4, len(train)))]
         algorithm = st.make_algorithm(name, density=cfg.density, seed=cfg.seed, **kwargs)
         sparsifier = st.Sparsifier(model, optimizer, algorithm, total_steps=total_steps)
 
