@@ -47,7 +47,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "inference_flops": _mean_std([r["inference_flops_fraction"] for r in rs])[0],
             "wall_time_s": _mean_std([r["wall_time_s"] for r in rs])[0],
         })
-    order = {"dense": 0, "static": 1, "set": 2, "rigl": 3}
+    order = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "dstee": 4}
     rows.sort(key=lambda r: (-r["density"], order.get(r["method"], 9), r["method"]))
     return rows
 
@@ -179,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="quick comparison: dense vs static vs SET vs RigL on Fashion-MNIST",
+    demo = sub.add_parser("demo", help="quick comparison: dense vs static vs SET vs RigL vs DST-EE on Fashion-MNIST",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--epochs", type=int, default=5, help="epochs per run")
     demo.add_argument("--density", type=float, default=0.1, help="fraction of weights kept (0.1 = 90%% sparsity)")
@@ -225,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sparsetrain demo: LeNet-300-100 on Fashion-MNIST, {args.epochs} epochs, "
               f"{100 * (1 - args.density):.0f}% sparsity, seed {args.seed}")
         base = dict(model="lenet300-100", dataset="fashion-mnist", epochs=args.epochs, data_root=args.data_root)
-        results = _compare(["dense", "static", "set", "rigl"], [args.density], [args.seed], base, out)
+        results = _compare(["dense", "static", "set", "rigl", "dstee"], [args.density], [args.seed], base, out)
         table = _write_report(out, results, command, "sparsetrain demo", f"fmnist-mlp, {args.epochs} epochs",
                               time.perf_counter() - start, commit)
         print()
