@@ -304,7 +304,7 @@ class Sparsifier:
             if buf is None or g is None or layer.grad_buffer_step != self.step:
                 layer.grad_buffer = None
                 continue
-            seen = torch.linalg.vector_norm(buf * layer.mask)
+            seen = torch.linalg.vector_norm(buf * layer.mask_mul)
             actual = torch.linalg.vector_norm(g)
             if float(seen) > 0:
                 ratio = float(actual) / float(seen)
