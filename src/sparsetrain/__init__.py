@@ -8,17 +8,21 @@ Three lines on top of an unchanged training loop::
     print(sp.summary())
 """
 
-from . import algorithms, distributions, presets, schedules, scores
+from . import algorithms, distributions, presets, schedules, scores, tickets
 from .algorithms import (
     ALGORITHMS, DSTEE, MEST, SET, SNFS, SNIP, Algorithm, GraNet, GraSP, RigL, Static, make_algorithm, register,
 )
 from .flops import FlopsReport, flops, training_flops_per_step
 from .sparsifier import Sparsifier
+from .tickets import SupTickets, TicketEnsemble
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Sparsifier",
+    "SupTickets",
+    "TicketEnsemble",
+    "tickets",
     "Algorithm",
     "Static",
     "SET",

@@ -30,7 +30,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group run results by (method, density) and average over seeds (mean ± sample std)."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
-        key = (r["config"]["method"], 1.0 if r["config"]["method"] == "dense" else r["config"]["density"])
+        key = (r.get("label", r["config"]["method"]), 1.0 if r["config"]["method"] == "dense" else r["config"]["density"])
         groups.setdefault(key, []).append(r)
     rows = []
     for (method, density), rs in groups.items():
@@ -73,6 +73,43 @@ def _git_commit() -> str:
         return "unknown"
 
 
+SUP_SUFFIX = "+sup-tickets"
+
+
+def ticket_table(results) -> str:
+    """Markdown table of Sup-tickets runs: superposed vs live vs ensemble accuracy, ticket overlap."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in results:
+        if r.get("tickets"):
+            groups.setdefault((r.get("label", r["config"]["method"]), r["config"]["density"]), []).append(r)
+    if not groups:
+        return ""
+
+    def ms(vals):
+        vals = [100 * v for v in vals]
+        m = sum(vals) / len(vals)
+        if len(vals) < 2:
+            return f"{m:.2f}"
+        sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+        return f"{m:.2f} ± {sd:.2f}"
+
+    lines = [
+        "| method | sparsity | superposed (%) | live model (%) | best ticket (%) | ticket ensemble (%) | "
+        "tickets | overlap of consecutive tickets | density before pruning |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, d), rs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        ov = [t["overlap_prev"] for r in rs for t in r["tickets"] if "overlap_prev" in t]
+        before = [t["density_before"] for r in rs for t in r["tickets"]]
+        lines.append(
+            f"| {label} | {100 * (1 - d):.0f}% | {ms([r['test_acc'] for r in rs])} | {ms([r['live_test_acc'] for r in rs])} | "
+            f"{ms([max(t['ticket_acc'] for t in r['tickets']) for r in rs])} | {ms([r['ensemble_test_acc'] for r in rs])} | "
+            f"{len(rs[0]['tickets'])} | {sum(ov) / len(ov) if ov else float('nan'):.3f} | "
+            f"{sum(before) / len(before):.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path], quiet: bool = False,
              resume: bool = False) -> list[dict]:
     from .experiments.runner import RunConfig, run
@@ -83,8 +120,12 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
     if out is not None:
         (out / "runs").mkdir(parents=True, exist_ok=True)
     for i, (method, density, seed) in enumerate(plan, 1):
-        cfg = RunConfig(method=method, density=density, seed=seed, **base)
-        tag = f"{method}-d{density:g}-s{seed}"
+        kw = dict(base)
+        if method.endswith(SUP_SUFFIX):
+            kw["sup_tickets"] = True
+        cfg = RunConfig(method=method[: -len(SUP_SUFFIX)] if kw.get("sup_tickets") else method,
+                        density=density, seed=seed, **kw)
+        tag = f"{cfg.label}-d{density:g}-s{seed}"
         done = out / "runs" / f"{tag}.json" if out is not None else None
         if resume and done is not None and done.exists():
             results.append(json.loads(done.read_text()))
@@ -116,7 +157,12 @@ def _write_report(out: Path, results, command: str, title: str, protocol: str, w
         f"Commit: {commit or _git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads · total wall time {wall / 60:.1f} min\n\n"
     )
-    (out / "results.md").write_text(meta + table + "\n")
+    tickets = ticket_table(results)
+    if tickets:
+        tickets = ("\n\n## Sup-tickets\n\nThe superposed model is the method's output (its accuracy is the "
+                   "table's above); the live model, the best single ticket and the tickets' softmax ensemble "
+                   "(FreeTickets-style, K× the inference cost) are shown beside it.\n\n" + tickets)
+    (out / "results.md").write_text(meta + table + tickets + "\n")
     with open(out / "results.csv", "w") as f:
         keys = list(rows[0])
         f.write(",".join(keys) + "\n")
@@ -206,6 +252,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmp_.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line for results.md")
     cmp_.add_argument("--data-root", default=None, help="dataset directory")
     cmp_.add_argument("--resume", action="store_true", help="skip runs whose result already exists in --out")
+    cmp_.add_argument("--sup-tickets", action="store_true",
+                      help=f"add Sup-tickets to every sparse method (or name single methods as e.g. rigl{SUP_SUFFIX})")
+    cmp_.add_argument("--cycles", type=int, default=None, help="Sup-tickets: number of tickets K (default: from --cycle-ratio)")
+    cmp_.add_argument("--cycle-epochs", type=int, default=8, help="Sup-tickets: cycle length C in epochs")
+    cmp_.add_argument("--cycle-ratio", type=float, default=0.1, help="Sup-tickets: share of the epochs spent in cycles")
+    cmp_.add_argument("--ticket-lr", default="0.001,0.005", help="Sup-tickets: triangular cycle's low,high learning rate")
 
     rep = sub.add_parser("report", help="aggregate run JSON files from directories into results.md/csv and a plot",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -214,6 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rep.add_argument("--title", default="Accuracy comparison", help="title of results.md and the plot")
     rep.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line")
     rep.add_argument("--command-note", default="", help="the command(s) that produced the runs, for results.md")
+    rep.add_argument("--methods", default=None, help="only these methods (comma-separated table labels; default: all)")
+    rep.add_argument("--densities", default=None, help="only these densities (comma-separated; dense is always kept)")
 
     args = parser.parse_args(argv)
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -239,7 +293,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root)
         if args.update_interval is not None:
             base["algorithm_kwargs"] = {"update_interval": args.update_interval}
+        lo, hi = (float(v) for v in args.ticket_lr.split(","))
+        base.update(cycles=args.cycles, cycle_epochs=args.cycle_epochs, cycle_ratio=args.cycle_ratio, ticket_lr=(lo, hi))
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if args.sup_tickets:
+            methods = [m if m == "dense" or m.endswith(SUP_SUFFIX) else m + SUP_SUFFIX for m in methods]
         densities = [float(d) for d in args.densities.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
         results = _compare(methods, densities, seeds, base, out, resume=args.resume)
@@ -251,6 +309,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         results = load_runs(args.dirs)
+        if args.methods:
+            keep = {m.strip() for m in args.methods.split(",") if m.strip()}
+            results = [r for r in results if r.get("label", r["config"]["method"]) in keep]
+        if args.densities:
+            ds = [float(d) for d in args.densities.split(",")]
+            results = [r for r in results if r["config"]["method"] == "dense"
+                       or any(abs(r["config"]["density"] - d) < 1e-9 for d in ds)]
         if not results:
             print(f"no run results found under {', '.join(args.dirs)}", file=sys.stderr)
             return 1

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import distributions
+from . import distributions, scores
 from .algorithms import Algorithm, UpdateContext, make_algorithm
 from .masks import LayerState, random_mask
 
@@ -45,6 +45,8 @@ STATE_FORMAT = "sparsetrain.sparsifier/1"
 Selector = Union[str, type, Callable[[str, nn.Parameter, nn.Module], bool]]
 
 # optimizer -> the Sparsifier attached to it (two sparsifiers on one optimizer would fight)
+_FORCED_GROW = ("gradient", "random", "algorithm")
+_FORCED_DROP = ("magnitude",)
 _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weakref.WeakKeyDictionary()
 
 
@@ -138,6 +140,8 @@ class Sparsifier:
         self.updates = 0
         self.dense_grad_steps = 0
         self.history: list[dict[str, Any]] = []
+        self.updates_paused = False
+        self._forced: Optional[dict[str, Any]] = None
         self.generator = torch.Generator().manual_seed(self.algorithm.seed)
         self._enabled = True
         self._handles: list[Any] = []
@@ -258,7 +262,43 @@ class Sparsifier:
         alg = self.algorithm
         if alg.dense_grad_every_step:
             return True
-        return alg.needs_dense_grad and alg.is_update_step(self.step + 1, self.total_steps)
+        if self._forced is not None:
+            return self._forced_needs_grad(self._forced)
+        return alg.needs_dense_grad and self._scheduled(self.step + 1)
+
+    def _scheduled(self, step: int) -> bool:
+        return not self.updates_paused and self.algorithm.is_update_step(step, self.total_steps)
+
+    def _forced_needs_grad(self, forced: Mapping[str, Any]) -> bool:
+        grow = forced["grow"]
+        return grow == "gradient" or (grow == "algorithm" and self.algorithm.needs_dense_grad)
+
+    # ------------------------------------------------------------------ manual control
+    def pause_updates(self, paused: bool = True) -> None:
+        """Stop (or, with ``paused=False``, resume) the algorithm's scheduled topology updates.
+
+        Masks, weights and counters keep being maintained; only the periodic drop-and-grow stops.
+        Sup-tickets' cyclic phase uses this. Saved in :meth:`state_dict`.
+        """
+        self.updates_paused = bool(paused)
+
+    def request_update(self, drop_fraction: float, grow: str = "gradient", drop: str = "magnitude") -> None:
+        """Run one drop-and-grow of ``drop_fraction`` of every layer's active weights after the next step.
+
+        The update happens in the hook of the next ``optimizer.step()``, so gradient growth sees that
+        step's dense gradient (captured only for that step). ``grow`` is ``"gradient"`` (top |g|),
+        ``"random"`` or ``"algorithm"`` (the attached algorithm's own growth rule, e.g. DST-EE's
+        acquisition); ``drop`` is ``"magnitude"`` (the lowest |w|). Per-layer counts stay exact.
+        The request is saved in :meth:`state_dict`.
+        """
+        p = float(drop_fraction)
+        if not 0.0 <= p <= 1.0 or not math.isfinite(p):
+            raise ValueError(f"drop_fraction must be in [0, 1], got {drop_fraction!r}")
+        if grow not in _FORCED_GROW:
+            raise ValueError(f"unknown grow rule {grow!r}; valid: {', '.join(_FORCED_GROW)}")
+        if drop not in _FORCED_DROP:
+            raise ValueError(f"unknown drop rule {drop!r}; valid: {', '.join(_FORCED_DROP)}")
+        self._forced = {"drop_fraction": p, "grow": grow, "drop": drop}
 
     def _make_grad_hook(self, layer: LayerState):
         def hook(grad: torch.Tensor):
@@ -320,7 +360,10 @@ class Sparsifier:
             # e.g. SNFS's momentum of dense gradients; every such step costs a dense weight gradient
             self.dense_grad_steps += 1
             self.algorithm.on_step(self.layers, self.step)
-        if self.algorithm.is_update_step(self.step, self.total_steps):
+        if self._forced is not None:
+            forced, self._forced = self._forced, None
+            self.update(**forced)
+        elif self._scheduled(self.step):
             self.update()
         for layer in self.layers.values():
             layer.grad_buffer = None
@@ -354,12 +397,29 @@ class Sparsifier:
         return None
 
     @torch.no_grad()
-    def update(self) -> dict[str, Any]:
-        """Run one drop-and-grow topology update now (normally called on schedule by the hooks)."""
+    def update(self, drop_fraction: Optional[float] = None, grow: Optional[str] = None,
+               drop: str = "magnitude") -> dict[str, Any]:
+        """Run one drop-and-grow topology update now (normally called on schedule by the hooks).
+
+        With no arguments this is the algorithm's own update. With ``drop_fraction`` (see
+        :meth:`request_update`, which is how to get a dense gradient for it) every sparse layer
+        drops that fraction of its active weights by ``drop`` and regrows as many by ``grow``.
+        """
         t = self.step
-        p_t = self.algorithm.drop_fraction(t, self.total_steps)
+        forced = drop_fraction is not None
+        if forced:
+            grow = grow or "gradient"
+            if grow not in _FORCED_GROW or drop not in _FORCED_DROP:
+                raise ValueError(f"grow must be one of {_FORCED_GROW} and drop one of {_FORCED_DROP}")
+            p_t = float(drop_fraction)
+            needs_grad = self._forced_needs_grad({"grow": grow})
+        else:
+            p_t = self.algorithm.drop_fraction(t, self.total_steps)
+            needs_grad = self.algorithm.needs_dense_grad
         record: dict[str, Any] = {"step": t, "drop_fraction": p_t}
-        if self.algorithm.needs_dense_grad:
+        if forced:
+            record["forced"] = f"{drop}/{grow}"
+        if needs_grad:
             bad = self._grads_finite()
             if bad is not None:
                 warnings.warn(
@@ -379,13 +439,18 @@ class Sparsifier:
             layer.flush(t)
         candidates = []
         for layer in self.layers.values():
-            if self.algorithm.needs_dense_grad and layer.grad_buffer is None and not layer.is_dense:
+            if needs_grad and layer.grad_buffer is None and not layer.is_dense:
                 log.warning("sparsetrain: %s received no gradient before step %d; its topology is kept", layer.name, t)
                 continue
             candidates.append(layer)
         # per-update bookkeeping first (DST-EE's rounds, GraNet's view of all layers), then the plan
-        self.algorithm.on_update_start(self.layers, ctx)
-        plan = self.algorithm.plan(candidates, ctx)
+        if forced:
+            if grow == "algorithm":
+                self.algorithm.on_update_start(self.layers, ctx)
+            plan = {l.name: (int(round(p_t * l.n_active)),) * 2 for l in candidates if not l.is_dense}
+        else:
+            self.algorithm.on_update_start(self.layers, ctx)
+            plan = self.algorithm.plan(candidates, ctx)
         grown_total = new_total = changed_total = active_total = 0
         exploit_num = 0.0
         exploit_w = 0
@@ -396,11 +461,23 @@ class Sparsifier:
             if k_drop == 0 and k_grow == 0:
                 continue
             old = layer.mask
-            dropped = self.algorithm.select_drop(layer, k_drop, ctx) if k_drop else torch.zeros_like(old)
+            if not k_drop:
+                dropped = torch.zeros_like(old)
+            elif forced:
+                dropped = scores.select_lowest(scores.magnitude(layer.param), old, k_drop)
+            else:
+                dropped = self.algorithm.select_drop(layer, k_drop, ctx)
             after_drop = old & ~dropped
             available = ~after_drop
             k_grow = max(0, min(int(k_grow), int(available.sum())))
-            grown = self.algorithm.select_grow(layer, k_grow, available, ctx) if k_grow else torch.zeros_like(old)
+            if not k_grow:
+                grown = torch.zeros_like(old)
+            elif forced and grow == "gradient":
+                grown = scores.select_highest(scores.gradient_magnitude(layer.grad_buffer), available, k_grow)
+            elif forced and grow == "random":
+                grown = scores.select_highest(scores.random_scores(old, self.generator), available, k_grow)
+            else:
+                grown = self.algorithm.select_grow(layer, k_grow, available, ctx)
             new = after_drop | grown
             expected = layer.n_active - k_drop + k_grow
             if int(new.sum()) != expected or bool((grown & after_drop).any()):  # an algorithm bug, never user input
@@ -565,6 +642,8 @@ class Sparsifier:
             "total_steps": self.total_steps,
             "rng_state": self.generator.get_state(),
             "history": [dict(h) for h in self.history],
+            "updates_paused": self.updates_paused,
+            "forced_update": dict(self._forced) if self._forced is not None else None,
             "layers": layers,
             "algorithm_state": self.algorithm.state_dict(),
         }
@@ -620,5 +699,8 @@ class Sparsifier:
             self.total_steps = int(state["total_steps"])
         self.generator.set_state(state["rng_state"])
         self.history = [dict(h) for h in state["history"]]
+        self.updates_paused = bool(state.get("updates_paused", False))
+        forced = state.get("forced_update")
+        self._forced = dict(forced) if forced is not None else None
         self.algorithm.load_state_dict(state.get("algorithm_state", {}))
         self.apply_masks()

@@ -50,6 +50,20 @@ class RunConfig:
     data_root: Optional[str] = None
     train_subset: Optional[int] = None
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Sup-tickets (spec §4): the last cycles of the same epoch budget collect tickets
+    sup_tickets: bool = False
+    cycles: Optional[int] = None
+    cycle_epochs: int = 8
+    cycle_ratio: float = 0.1
+    ticket_lr: tuple[float, float] = (0.001, 0.005)
+    ticket_drop: float = 0.5
+    ticket_grow: str = "gradient"
+    ticket_beta: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        """The method's name in tables: ``rigl``, ``rigl+sup-tickets``, ..."""
+        return f"{self.method}+sup-tickets" if self.sup_tickets else self.method
 
 
 @torch.no_grad()
@@ -83,9 +97,16 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
     )
     total_steps = len(train) * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    base_steps = total_steps
+    if cfg.sup_tickets:
+        if cfg.method == "dense":
+            raise ValueError("Sup-tickets superposes sparse tickets: choose a sparse method, not dense")
+        pre_epochs, _, _ = st.tickets.phase_split(cfg.epochs, cfg.cycle_epochs, cfg.cycle_ratio, cfg.cycles)
+        base_steps = len(train) * pre_epochs  # the base method is a complete run of E_pre epochs
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=base_steps)
 
     sparsifier = None
+    tickets = None
     if cfg.method != "dense":
         name, spec_kwargs = st.algorithms.parse_method(cfg.method)
         kwargs = {**cfg.algorithm_kwargs, **spec_kwargs}
@@ -99,7 +120,14 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
             it = iter(train)
             kwargs["batch"] = [next(it) for _ in range(min(4, len(train)))]
         algorithm = st.make_algorithm(name, density=cfg.density, seed=cfg.seed, **kwargs)
-        sparsifier = st.Sparsifier(model, optimizer, algorithm, total_steps=total_steps)
+        sparsifier = st.Sparsifier(model, optimizer, algorithm, total_steps=base_steps)
+        if cfg.sup_tickets:
+            tickets = st.SupTickets(
+                sparsifier, cfg.epochs, len(train), cycle_epochs=cfg.cycle_epochs, ratio=cfg.cycle_ratio,
+                cycles=cfg.cycles, lr_low=cfg.ticket_lr[0], lr_high=cfg.ticket_lr[1], drop_fraction=cfg.ticket_drop,
+                grow=cfg.ticket_grow, beta=cfg.ticket_beta,
+            )
+            scheduler = tickets.lr_scheduler(scheduler)
 
     start = time.perf_counter()
     curve = []
@@ -119,6 +147,10 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": test_loss, "test_acc": test_acc}
         if sparsifier is not None:
             record["itop_rate"] = sparsifier.itop_rate
+        if tickets is not None:
+            cycle = tickets.epoch_end(recalibrate=train, evaluate=lambda m: evaluate(m, test)[1])
+            if cycle is not None:
+                record["ticket_acc"], record["sup_acc"] = cycle["ticket_acc"], cycle["sup_acc"]
         curve.append(record)
         log.info("%s epoch %d: %s", cfg.method, epoch + 1, record)
         if on_epoch is not None:
@@ -128,11 +160,25 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
     x0, _ = next(iter(test))
     masks = sparsifier.masks if sparsifier is not None else None
     report = st.flops(model, x0[:1], masks=masks)
+    final_loss, final_acc = curve[-1]["test_loss"], curve[-1]["test_acc"]
+    extra: dict[str, Any] = {}
+    if tickets is not None:
+        # the method's output is the superposed model; the live model and the ensemble are reported beside it
+        final_loss, final_acc = evaluate(tickets.model, test)
+        ens_loss, ens_acc = evaluate(tickets.ensemble(), test)
+        extra = {
+            "live_test_acc": curve[-1]["test_acc"],
+            "ensemble_test_acc": ens_acc,
+            "tickets": tickets.history,
+            "sup_density": sum(int(m.sum()) for m in tickets.masks.values())
+            / sum(m.numel() for m in tickets.masks.values()),
+        }
     result: dict[str, Any] = {
         "config": asdict(cfg),
-        "test_acc": curve[-1]["test_acc"],
+        "label": cfg.label,
+        "test_acc": final_acc,
         "best_test_acc": max(r["test_acc"] for r in curve),
-        "test_loss": curve[-1]["test_loss"],
+        "test_loss": final_loss,
         "curve": curve,
         "wall_time_s": wall,
         "steps": total_steps,
@@ -150,4 +196,5 @@ def run(cfg: RunConfig, on_epoch: Optional[Callable[[dict[str, Any]], None]] = N
             layer_density=m["layer_density"],
             train_flops_fraction=sparsifier.training_flops(report)["fraction"],
         )
+    result.update(extra)
     return result
