@@ -78,3 +78,72 @@ def test_compare_builds_scored_static_masks_from_training_batches(tmp_path):
     for tag in ("snip", "grasp", "granet:initial_density=0.5"):
         r = json.loads((out / "runs" / f"{tag}-d0.2-s0.json").read_text())
         assert r["density"] == pytest.approx(0.2, abs=2e-3), tag
+
+
+def test_train_from_toml_config_with_flag_override_and_refusal_to_overwrite(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('model = "mlp"\ndataset = "synthetic"\nmethod = "dstee"\ndensity = 0.3\nepochs = 2\n'
+                   'batch-size = 64\nthreads = 1\n[algorithm]\nupdate_interval = 4\nc = 0.01\n')
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(cfg), "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 3 and summary["config"]["density"] == 0.3  # flag beats file
+    assert summary["config"]["algorithm_kwargs"] == {"update_interval": 4, "c": 0.01}
+    assert len(summary["curve"]) == 3 and summary["updates"] > 0
+    assert cli.main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('modle = "mlp"\n')
+    assert cli.main(["train", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "modle" in capsys.readouterr().err
+
+
+def test_train_rejects_unknown_names_listing_valid_ones(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "x"), "--model", "resnet1000"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and "lenet5-caffe" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_sweep_grid_skips_finished_runs_and_survives_a_failed_one(tmp_path, capsys):
+    out = tmp_path / "sw"
+    argv = ["sweep", "--out", str(out), "--methods", "set,dstee:c=-1", "--densities", "0.2", "--seeds", "0",
+            "--grid", "lr=0.1,0.05", "--model", "mlp", "--dataset", "synthetic", "--epochs", "1",
+            "--batch-size", "64", "--threads", "1"]
+    assert cli.main(argv) == 1  # the bad method fails; the sweep goes on and reports it
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "c must be" in captured.err
+    runs = sorted(p.name for p in (out / "runs").iterdir() if (p / "summary.json").exists())
+    assert runs == ["set-d0.2-s0-lr=0.05", "set-d0.2-s0-lr=0.1"]
+    lrs = {json.loads((out / "runs" / r / "summary.json").read_text())["config"]["lr"] for r in runs}
+    assert lrs == {0.1, 0.05}
+    assert len((out / "failures.jsonl").read_text().splitlines()) == 2
+    assert (out / "results.md").exists() and (out / "accuracy_vs_sparsity.png").exists()
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().out.count("done, skipped") == 2
+
+
+def test_every_command_documents_its_flags_with_defaults(capsys):
+    for cmd, flags in [("train", ["--label-smoothing", "--accumulate", "--amp", "--channels-last", "--resume",
+                                  "--overwrite", "--schedule", "--warmup-epochs", "--sup-tickets", "--hp"]),
+                       ("sweep", ["--grid", "--methods", "--densities", "--seeds"]),
+                       ("report", ["--methods", "--densities"]), ("demo", ["--epochs"]), ("compare", ["--resume"])]:
+        with pytest.raises(SystemExit):
+            cli.main([cmd, "--help"])
+        text = capsys.readouterr().out
+        for f in flags:
+            assert f in text, (cmd, f)
+        assert "default" in text
+
+
+def test_report_writes_every_plot(tmp_path):
+    out = tmp_path / "sw"
+    assert cli.main(["compare", "--methods", "dense,set,rigl", "--densities", "0.2,0.1", "--seeds", "0,1",
+                     "--dataset", "synthetic", "--model", "mlp", "--epochs", "2", "--update-interval", "4",
+                     "--batch-size", "64", "--out", str(out)]) == 0
+    rep = tmp_path / "rep"
+    assert cli.main(["report", str(out), "--out", str(rep), "--methods", "dense,rigl", "--densities", "0.1"]) == 0
+    for name in ("accuracy_vs_sparsity", "learning_curves", "itop_rate", "turnover", "layer_density"):
+        assert (rep / f"{name}.png").stat().st_size > 5000, name
+    text = (rep / "results.md").read_text()
+    assert "| rigl | 90% |" in text and "| set |" not in text and "80%" not in text

@@ -1,118 +1,196 @@
-"""The ``sparsetrain`` command line: ``demo`` and ``compare`` (methods × densities × seeds).
+"""The ``sparsetrain`` command line: ``train``, ``sweep``, ``compare``, ``report`` and ``demo``.
 
 The command line is a user of the library: it prints to the terminal; the library only logs.
+
+- ``train``: one run from flags and/or a TOML/YAML/JSON config file, into a run directory
+  (``config.json``, ``metrics.jsonl``, ``summary.json``, atomic checkpoints); ``--resume``
+  continues a killed run exactly.
+- ``sweep``: a grid (methods × densities × seeds × any setting), one run directory each;
+  finished runs are skipped, killed ones resumed, failed ones reported without stopping it.
+- ``compare``: the quick form of a sweep (one JSON result per run, no checkpoints).
+- ``report``: tables (markdown, CSV) and plots from any of the above.
+- ``demo``: the curated comparison behind ``make demo``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
+import logging
 import os
-import platform
-import subprocess
 import sys
 import time
+import traceback
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["main", "format_table", "aggregate"]
+from .experiments.report import (  # noqa: F401 - re-exported for users of the CLI module
+    SUP_SUFFIX, aggregate, format_table, git_commit, load_runs, make_plots, plot_accuracy_vs_sparsity, ticket_table,
+    write_report,
+)
+
+__all__ = ["main", "format_table", "aggregate", "load_config"]
+
+# help for every RunConfig field (train and sweep generate one flag per field from this)
+FIELD_HELP = {
+    "model": "model name (lenet300-100/mlp, lenet5, lenet5-caffe, vgg11/16/19, resnet20/32/56, resnet18/34/50, wrn-22-2)",
+    "dataset": "dataset (fashion-mnist, mnist, cifar10, cifar100, digits, synthetic)",
+    "method": "dense, or an algorithm name with optional arguments, e.g. rigl, dstee:c=0.01:bonus=ucb, set-itop",
+    "density": "fraction of prunable weights kept (0.05 = 95%% sparsity)",
+    "distribution": "layer-wise densities: erk, er or uniform",
+    "epochs": "training epochs",
+    "batch_size": "examples per micro-batch",
+    "optimizer": "sgd, adam or adamw",
+    "lr": "initial learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum (SGD)",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule per step: cosine (to 0), multistep, constant",
+    "milestones": "multistep: comma-separated fractions of training where the lr is multiplied by --gamma",
+    "gamma": "multistep: lr factor at each milestone",
+    "warmup_epochs": "linear warm-up from lr/steps to lr over this many epochs",
+    "label_smoothing": "label smoothing of the cross-entropy loss",
+    "accumulate": "micro-batches per optimizer step (gradient accumulation)",
+    "amp": "mixed precision: none, bf16 (CPU or GPU autocast), fp16 (CUDA, with a GradScaler)",
+    "channels_last": "channels_last memory format for the model and images",
+    "device": "torch device: cpu, cuda, cuda:1, ...",
+    "augment": "augmentation: none, crop-flip, crop, flip (default: crop-flip for CIFAR, none otherwise)",
+    "seed": "random seed (model init, mask, data order)",
+    "threads": "torch CPU threads (default: torch's choice)",
+    "data_root": "directory holding the dataset files (see the error message of a missing dataset)",
+    "train_subset": "use only the first N training examples",
+    "checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
+    "sup_tickets": "Sup-tickets: superpose tickets from cyclic final epochs (same epoch budget)",
+    "cycles": "Sup-tickets: number of tickets K (default: from --cycle-ratio)",
+    "cycle_epochs": "Sup-tickets: epochs per cycle C",
+    "cycle_ratio": "Sup-tickets: share of the epochs spent in cycles",
+    "ticket_lr": "Sup-tickets: low,high learning rate of the triangular cycle",
+    "ticket_drop": "Sup-tickets: share of active weights replaced at each cycle's start",
+    "ticket_grow": "Sup-tickets: growth at each cycle's start: gradient, random, algorithm",
+    "ticket_beta": "Sup-tickets: exponential-average factor (default: cumulative average)",
+}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
+def _run_fields():
+    from .experiments.runner import RunConfig
+
+    return [f for f in fields(RunConfig) if f.name != "algorithm_kwargs"]
 
 
-def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group run results by (method, density) and average over seeds (mean ± sample std)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for r in results:
-        key = (r.get("label", r["config"]["method"]), 1.0 if r["config"]["method"] == "dense" else r["config"]["density"])
-        groups.setdefault(key, []).append(r)
-    rows = []
-    for (method, density), rs in groups.items():
-        acc_m, acc_s = _mean_std([100 * r["test_acc"] for r in rs])
-        rows.append({
-            "method": method,
-            "density": density,
-            "seeds": len(rs),
-            "acc_mean": acc_m,
-            "acc_std": acc_s,
-            "realised_density": _mean_std([r["density"] for r in rs])[0],
-            "itop_rate": _mean_std([r["itop_rate"] for r in rs])[0],
-            "train_flops": _mean_std([r["train_flops_fraction"] for r in rs])[0],
-            "inference_flops": _mean_std([r["inference_flops_fraction"] for r in rs])[0],
-            "wall_time_s": _mean_std([r["wall_time_s"] for r in rs])[0],
-        })
-    order = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "dstee": 4}
-    rows.sort(key=lambda r: (-r["density"], order.get(r["method"], 9), r["method"]))
-    return rows
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field; only flags given on the command line override the config file."""
+    from .experiments.runner import RunConfig
+
+    defaults = RunConfig()
+    group = parser.add_argument_group("run settings (override the config file)")
+    for f in _run_fields():
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        help_ = f"{FIELD_HELP.get(f.name, f.name)} (default: {shown})"
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_)
+        elif isinstance(default, tuple):
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
+                               type=lambda s: tuple(float(v) for v in s.split(",")))
+        else:
+            typ = type(default) if default is not None else (float if f.name == "ticket_beta" else
+                                                             int if f.name in ("threads", "train_subset", "cycles")
+                                                             else str)
+            group.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS, help=help_)
+    group.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                       help="an algorithm hyper-parameter, e.g. --hp update_interval=200 --hp c=0.01 (repeatable)")
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of aggregated rows."""
-    head = "| method | sparsity | test acc. (%) | seeds | density | R_s | train FLOPs | inference FLOPs | time/run (s) |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        acc = f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["seeds"] > 1 else f"{r['acc_mean']:.2f}"
-        lines.append(
-            f"| {r['method']} | {100 * (1 - r['density']):.0f}% | {acc} | {r['seeds']} | {r['realised_density']:.4f} | "
-            f"{r['itop_rate']:.3f} | {r['train_flops']:.3f}× | {r['inference_flops']:.3f}× | {r['wall_time_s']:.1f} |"
-        )
-    return "\n".join(lines)
+def _parse_value(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    return text
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:  # noqa: BLE001 - not a git checkout
-        return "unknown"
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a run/sweep config file: TOML (``.toml``), YAML (``.yaml``/``.yml``, needs PyYAML) or JSON.
+
+    Keys are run settings (``epochs = 30``; dashes or underscores); an ``[algorithm]`` table holds
+    algorithm hyper-parameters and, for ``sweep``, a ``[grid]`` table maps settings to lists.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError as e:
+                raise ImportError("reading TOML on Python 3.10 needs tomli: pip install tomli") from e
+        data = tomllib.loads(p.read_text())
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise ImportError("reading YAML config files needs PyYAML: pip install pyyaml (or use TOML)") from e
+        data = yaml.safe_load(p.read_text()) or {}
+    elif suffix == ".json":
+        data = json.loads(p.read_text())
+    else:
+        raise ValueError(f"config file {p}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a table of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-SUP_SUFFIX = "+sup-tickets"
+def _resolve(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Settings: defaults < config file < command-line flags."""
+    names = {f.name for f in _run_fields()}
+    values = {k: v for k, v in file_cfg.items() if k not in ("algorithm", "grid")}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in the config file: {unknown}; valid: {', '.join(sorted(names))}")
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    algo = dict(file_cfg.get("algorithm", {}))
+    for item in getattr(args, "hp", []):
+        if "=" not in item:
+            raise ValueError(f"--hp takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        algo[k.strip()] = _parse_value(v.strip())
+    if algo:
+        values["algorithm_kwargs"] = algo
+    return values
 
 
-def ticket_table(results) -> str:
-    """Markdown table of Sup-tickets runs: superposed vs live vs ensemble accuracy, ticket overlap."""
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for r in results:
-        if r.get("tickets"):
-            groups.setdefault((r.get("label", r["config"]["method"]), r["config"]["density"]), []).append(r)
-    if not groups:
-        return ""
+def _config(values: dict[str, Any]):
+    from .experiments.runner import RunConfig
 
-    def ms(vals):
-        vals = [100 * v for v in vals]
-        m = sum(vals) / len(vals)
-        if len(vals) < 2:
-            return f"{m:.2f}"
-        sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-        return f"{m:.2f} ± {sd:.2f}"
-
-    lines = [
-        "| method | sparsity | superposed (%) | live model (%) | best ticket (%) | ticket ensemble (%) | "
-        "tickets | overlap of consecutive tickets | density before pruning |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (label, d), rs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-        ov = [t["overlap_prev"] for r in rs for t in r["tickets"] if "overlap_prev" in t]
-        before = [t["density_before"] for r in rs for t in r["tickets"]]
-        lines.append(
-            f"| {label} | {100 * (1 - d):.0f}% | {ms([r['test_acc'] for r in rs])} | {ms([r['live_test_acc'] for r in rs])} | "
-            f"{ms([max(t['ticket_acc'] for t in r['tickets']) for r in rs])} | {ms([r['ensemble_test_acc'] for r in rs])} | "
-            f"{len(rs[0]['tickets'])} | {sum(ov) / len(ov) if ov else float('nan'):.3f} | "
-            f"{sum(before) / len(before):.4f} |"
-        )
-    return "\n".join(lines)
+    values = dict(values)
+    method = str(values.get("method", "rigl"))
+    if method.endswith(SUP_SUFFIX):
+        values["method"], values["sup_tickets"] = method[: -len(SUP_SUFFIX)], True
+    return RunConfig.from_dict(values)
 
 
+def _result_line(r: dict[str, Any]) -> str:
+    return (f"acc {100 * r['test_acc']:.2f}%  density {r['density']:.4f}  R_s {r['itop_rate']:.3f}  "
+            f"({r['wall_time_s']:.1f}s)")
+
+
+# ---------------------------------------------------------------------------- compare (quick)
 def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path], quiet: bool = False,
              resume: bool = False) -> list[dict]:
-    from .experiments.runner import RunConfig, run
+    from .experiments.runner import run
 
     results = []
     plan = [("dense", 1.0, s) for s in seeds if "dense" in methods]
@@ -120,11 +198,7 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
     if out is not None:
         (out / "runs").mkdir(parents=True, exist_ok=True)
     for i, (method, density, seed) in enumerate(plan, 1):
-        kw = dict(base)
-        if method.endswith(SUP_SUFFIX):
-            kw["sup_tickets"] = True
-        cfg = RunConfig(method=method[: -len(SUP_SUFFIX)] if kw.get("sup_tickets") else method,
-                        density=density, seed=seed, **kw)
+        cfg = _config({**base, "method": method, "density": density, "seed": seed})
         tag = f"{cfg.label}-d{density:g}-s{seed}"
         done = out / "runs" / f"{tag}.json" if out is not None else None
         if resume and done is not None and done.exists():
@@ -137,8 +211,7 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
         r = run(cfg)
         results.append(r)
         if not quiet:
-            print(f" acc {100 * r['test_acc']:.2f}%  density {r['density']:.4f}  R_s {r['itop_rate']:.3f}  "
-                  f"({r['wall_time_s']:.1f}s)", flush=True)
+            print(" " + _result_line(r), flush=True)
         if done is not None:  # atomic: a killed run leaves no half-written result
             tmp = done.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(r, indent=1))
@@ -146,96 +219,130 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path
     return results
 
 
-def _write_report(out: Path, results, command: str, title: str, protocol: str, wall: float,
-                  commit: Optional[str] = None) -> str:
-    import torch
-
-    rows = aggregate(results)
-    table = format_table(rows)
-    meta = (
-        f"# {title}\n\nProtocol: {protocol}\n\nCommand: `{command}`\n\n"
-        f"Commit: {commit or _git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads · total wall time {wall / 60:.1f} min\n\n"
-    )
-    tickets = ticket_table(results)
-    if tickets:
-        tickets = ("\n\n## Sup-tickets\n\nThe superposed model is the method's output (its accuracy is the "
-                   "table's above); the live model, the best single ticket and the tickets' softmax ensemble "
-                   "(FreeTickets-style, K× the inference cost) are shown beside it.\n\n" + tickets)
-    (out / "results.md").write_text(meta + table + tickets + "\n")
-    with open(out / "results.csv", "w") as f:
-        keys = list(rows[0])
-        f.write(",".join(keys) + "\n")
-        for r in rows:
-            f.write(",".join(str(r[k]) for k in keys) + "\n")
-    return table
+# ---------------------------------------------------------------------------- sweep
+def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--grid takes KEY=V1,V2,..., got {item!r}")
+        k, v = item.split("=", 1)
+        grid[k.strip().replace("-", "_")] = [_parse_value(x.strip()) for x in v.split(",") if x.strip()]
+    return grid
 
 
-def load_runs(dirs: Sequence[str]) -> list[dict[str, Any]]:
-    """Every run result (``runs/*.json`` or ``*.json`` with a ``config``) under the given directories."""
-    results = []
-    for d in dirs:
-        for path in sorted(Path(d).rglob("*.json")):
-            try:
-                r = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(r, dict) and "config" in r and "test_acc" in r:
-                results.append(r)
-    return results
+def _tag(values: dict[str, Any], extra_keys: Sequence[str]) -> str:
+    method = values["method"] + (SUP_SUFFIX if values.get("sup_tickets") and not values["method"].endswith(SUP_SUFFIX)
+                                 else "")
+    tag = f"{method}-d{float(values.get('density', 1.0)):g}-s{values.get('seed', 0)}"
+    for k in extra_keys:
+        tag += f"-{k}={values[k]}" if k in values else f"-{k}={values['algorithm_kwargs'][k]}"
+    return tag.replace("/", "_").replace(" ", "")
 
 
-def plot_accuracy_vs_sparsity(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Optional[Path]:
-    """Accuracy (mean ± std over seeds) vs sparsity per method, dense as a horizontal band.
+def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int],
+          grid: dict[str, list[Any]], out: Path, progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """Run the grid into ``out/runs/<tag>/``; returns (results, failures). Never stops on a failed run."""
+    from .experiments.runner import RunConfig, run
 
-    Needs matplotlib (the ``plot`` extra); returns ``None`` without it.
-    """
-    try:
-        import matplotlib
+    setting_names = {f.name for f in fields(RunConfig)}
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
+    plan = []
+    for m in methods:
+        for d in ([1.0] if m == "dense" else densities):
+            for combo in combos:
+                for s in seeds:
+                    values = {**base, "method": m, "density": d, "seed": s}
+                    algo = dict(values.get("algorithm_kwargs", {}))
+                    for k, v in zip(keys, combo):
+                        if k in setting_names:
+                            values[k] = v
+                        else:  # anything else is an algorithm hyper-parameter
+                            algo[k] = v
+                    if algo:
+                        values["algorithm_kwargs"] = algo
+                    plan.append(values)
+    results, failures = [], []
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for i, values in enumerate(plan, 1):
+        tag = _tag(values, keys)
+        run_dir = out / "runs" / tag
+        if (run_dir / "summary.json").exists():
+            results.append(json.loads((run_dir / "summary.json").read_text()))
+            print(f"[{i}/{len(plan)}] {tag}: done, skipped", flush=True)
+            continue
+        print(f"[{i}/{len(plan)}] {tag} ...", end="" if not progress else "\n", flush=True)
+        try:
+            cfg = _config(values)
+            r = run(cfg, run_dir, resume=True, progress=progress)
+        except Exception as e:  # noqa: BLE001 - a failed run is reported and the sweep goes on
+            failures.append({"tag": tag, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+            print(f" FAILED: {type(e).__name__}: {e}", flush=True)
+            with open(out / "failures.jsonl", "a") as f:
+                f.write(json.dumps(failures[-1]) + "\n")
+            continue
+        results.append(r)
+        print(" " + _result_line(r), flush=True)
+    return results, failures
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "dense"]
-    for r in rows:
-        if r["method"] == "dense":
-            ax.axhline(r["acc_mean"], color="black", ls="--", lw=1, label=f"dense ({r['acc_mean']:.2f}%)")
-            ax.axhspan(r["acc_mean"] - r["acc_std"], r["acc_mean"] + r["acc_std"], color="black", alpha=0.08)
-    markers = "osD^v<>pPX*h"
-    for i, m in enumerate(methods):
-        pts = sorted((100 * (1 - r["density"]), r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == m)
-        xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, label=m, lw=1.2, ms=5)
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+
+# ---------------------------------------------------------------------------- main
+def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: float,
+                  commit: Optional[str] = None) -> tuple[str, list[Path]]:
+    table = write_report(out, results, command, title, protocol, wall, commit)
+    return table, make_plots(results, out, title)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``sparsetrain`` / ``python -m sparsetrain``."""
+def _print_table(table: str, out: Path, plots: Sequence[Path]) -> None:
+    print()
+    print(table)
+    print(f"\ntables: {out.resolve()}/results.md (and results.csv)")
+    if plots:
+        print("plots:  " + ", ".join(str(p.resolve()) for p in plots))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="sparsetrain", description="Dynamic sparse training for PyTorch.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=fmt)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the library's messages (INFO level)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="quick comparison: dense vs static vs SET vs RigL vs DST-EE on Fashion-MNIST",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_argument("--epochs", type=int, default=5, help="epochs per run")
-    demo.add_argument("--density", type=float, default=0.1, help="fraction of weights kept (0.1 = 90%% sparsity)")
+    demo = sub.add_parser("demo", formatter_class=fmt,
+                          help="quick comparison on Fashion-MNIST: dense, static, SET, RigL, DST-EE, RigL+Sup-tickets")
+    demo.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    demo.add_argument("--density", type=float, default=0.05, help="fraction of weights kept (0.05 = 95%% sparsity)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument("--out", default="runs/demo", help="output directory for the table and per-run JSON")
+    demo.add_argument("--model", default="lenet300-100", help="model (lenet5-caffe is ~20x slower on 2 cores)")
+    demo.add_argument("--out", default="runs/demo", help="output directory for the tables, plots and per-run JSON")
     demo.add_argument("--data-root", default=None, help="directory with the Fashion-MNIST idx files")
 
-    cmp_ = sub.add_parser("compare", help="methods × densities × seeds on one protocol; writes results.md/csv",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    cmp_.add_argument("--methods", default="dense,static,set,rigl", help="comma-separated methods (dense or algorithm names)")
+    train = sub.add_parser("train", formatter_class=fmt, help="one training run into a run directory")
+    train.add_argument("--config", default=None, help="TOML/YAML/JSON file of run settings (flags override it)")
+    train.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, summary.json, checkpoints)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    train.add_argument("--overwrite", action="store_true", help="discard a run already in --out and start over")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (needs tensorboard)")
+    _add_run_flags(train)
+
+    sw = sub.add_parser("sweep", formatter_class=fmt,
+                        help="a grid of runs (methods × densities × seeds × settings), resumable; then a report")
+    sw.add_argument("--config", default=None, help="TOML/YAML/JSON file: base settings, [algorithm], [grid] lists")
+    sw.add_argument("--out", required=True, help="sweep directory (runs/<tag>/ per run, results.md, plots)")
+    sw.add_argument("--methods", default="dense,static,set,rigl", help="comma-separated methods (X+sup-tickets allowed)")
+    sw.add_argument("--densities", default="0.1,0.05,0.02", help="comma-separated densities")
+    sw.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="also vary a setting or algorithm hyper-parameter (repeatable), e.g. --grid lr=0.1,0.05")
+    sw.add_argument("--title", default="Sweep", help="title of results.md and the plots")
+    sw.add_argument("--protocol", default="see the command", help="protocol line for results.md")
+    sw.add_argument("--progress", action="store_true", help="progress bars for each run")
+    _add_run_flags(sw)
+
+    cmp_ = sub.add_parser("compare", formatter_class=fmt,
+                          help="quick sweep: one JSON result per run (no checkpoints); writes results.md/csv and plots")
+    cmp_.add_argument("--methods", default="dense,static,set,rigl", help="comma-separated methods (X+sup-tickets allowed)")
     cmp_.add_argument("--densities", default="0.1,0.05,0.02", help="comma-separated densities")
     cmp_.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     cmp_.add_argument("--model", default="lenet300-100", help="model name")
@@ -259,51 +366,101 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmp_.add_argument("--cycle-ratio", type=float, default=0.1, help="Sup-tickets: share of the epochs spent in cycles")
     cmp_.add_argument("--ticket-lr", default="0.001,0.005", help="Sup-tickets: triangular cycle's low,high learning rate")
 
-    rep = sub.add_parser("report", help="aggregate run JSON files from directories into results.md/csv and a plot",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    rep.add_argument("dirs", nargs="+", help="directories searched recursively for run JSON files")
+    rep = sub.add_parser("report", formatter_class=fmt,
+                         help="aggregate run results from directories into results.md/csv and plots")
+    rep.add_argument("dirs", nargs="+", help="directories searched recursively for run results (JSON, summary.json)")
     rep.add_argument("--out", required=True, help="output directory")
-    rep.add_argument("--title", default="Accuracy comparison", help="title of results.md and the plot")
+    rep.add_argument("--title", default="Accuracy comparison", help="title of results.md and the plots")
     rep.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line")
     rep.add_argument("--command-note", default="", help="the command(s) that produced the runs, for results.md")
     rep.add_argument("--methods", default=None, help="only these methods (comma-separated table labels; default: all)")
     rep.add_argument("--densities", default=None, help="only these densities (comma-separated; dense is always kept)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``sparsetrain`` / ``python -m sparsetrain``."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    commit = _git_commit()  # the code the runs use, even if the checkout moves on meanwhile
+    commit = git_commit()  # the code the runs use, even if the checkout moves on meanwhile
+    try:
+        return _dispatch(args, command, start, commit)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"sparsetrain {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args, command: str, start: float, commit: str) -> int:
     if args.command == "demo":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"sparsetrain demo: LeNet-300-100 on Fashion-MNIST, {args.epochs} epochs, "
-              f"{100 * (1 - args.density):.0f}% sparsity, seed {args.seed}")
-        base = dict(model="lenet300-100", dataset="fashion-mnist", epochs=args.epochs, data_root=args.data_root)
-        results = _compare(["dense", "static", "set", "rigl", "dstee"], [args.density], [args.seed], base, out)
-        table = _write_report(out, results, command, "sparsetrain demo", f"fmnist-mlp, {args.epochs} epochs",
-                              time.perf_counter() - start, commit)
-        print()
-        print(table)
-        print(f"\nwritten to {out.resolve()}/results.md (and results.csv, runs/*.json)")
+        sparsity = 100 * (1 - args.density)
+        print(f"sparsetrain demo: {args.model} on Fashion-MNIST, {args.epochs} epochs, {sparsity:.0f}% sparsity, "
+              f"seed {args.seed}")
+        base = dict(model=args.model, dataset="fashion-mnist", epochs=args.epochs, data_root=args.data_root,
+                    cycles=2, cycle_epochs=1)
+        methods = ["dense", "static", "set", "rigl", "dstee", "rigl" + SUP_SUFFIX]
+        results = _compare(methods, [args.density], [args.seed], base, out)
+        table, plots = _report_files(out, results, command, "sparsetrain demo",
+                                     f"fmnist-mlp settings, {args.epochs} epochs, Sup-tickets: 2 cycles of 1 epoch",
+                                     time.perf_counter() - start, commit)
+        _print_table(table, out, plots)
+        return 0
+    if args.command == "train":
+        from .experiments.runner import run
+
+        values = _resolve(args, load_config(args.config) if args.config else {})
+        cfg = _config(values)
+        r = run(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                tensorboard=args.tensorboard)
+        print(f"{cfg.label} at density {cfg.density:g}: " + _result_line(r))
+        print(f"run directory: {Path(args.out).resolve()}")
+        return 0
+    if args.command == "sweep":
+        file_cfg = load_config(args.config) if args.config else {}
+        base = _resolve(args, file_cfg)
+        grid = {str(k).replace("-", "_"): list(v) for k, v in file_cfg.get("grid", {}).items()}
+        grid.update(_grid_values(args.grid))
+        for key in ("method", "density", "seed"):
+            if key in grid:
+                raise ValueError(f"vary {key} with --{key}s, not --grid")
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        densities = [float(d) for d in args.densities.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        out = Path(args.out)
+        results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress)
+        if results:
+            table, plots = _report_files(out, results, command, args.title, args.protocol,
+                                         time.perf_counter() - start, commit)
+            _print_table(table, out, plots)
+        if failures:
+            print(f"\n{len(failures)} run(s) failed (details in {out / 'failures.jsonl'}):", file=sys.stderr)
+            for f in failures:
+                print(f"  {f['tag']}: {f['error']}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "compare":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        lo, hi = (float(v) for v in args.ticket_lr.split(","))
         base = dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root)
+                    lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root,
+                    cycles=args.cycles, cycle_epochs=args.cycle_epochs, cycle_ratio=args.cycle_ratio,
+                    ticket_lr=(lo, hi))
         if args.update_interval is not None:
             base["algorithm_kwargs"] = {"update_interval": args.update_interval}
-        lo, hi = (float(v) for v in args.ticket_lr.split(","))
-        base.update(cycles=args.cycles, cycle_epochs=args.cycle_epochs, cycle_ratio=args.cycle_ratio, ticket_lr=(lo, hi))
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if args.sup_tickets:
             methods = [m if m == "dense" or m.endswith(SUP_SUFFIX) else m + SUP_SUFFIX for m in methods]
         densities = [float(d) for d in args.densities.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
         results = _compare(methods, densities, seeds, base, out, resume=args.resume)
-        table = _write_report(out, results, command, args.title, args.protocol, time.perf_counter() - start, commit)
-        print()
-        print(table)
+        table, plots = _report_files(out, results, command, args.title, args.protocol,
+                                     time.perf_counter() - start, commit)
+        _print_table(table, out, plots)
         return 0
     if args.command == "report":
         out = Path(args.out)
@@ -321,10 +478,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
         wall = sum(r["wall_time_s"] for r in results)
         note = args.command_note or command
-        table = _write_report(out, results, note, args.title, args.protocol, wall)
-        png = plot_accuracy_vs_sparsity(aggregate(results), out / "accuracy_vs_sparsity.png", args.title)
+        table, plots = _report_files(out, results, note, args.title, args.protocol, wall)
         print(table)
-        print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {png}" if png else ""))
+        print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {len(plots)} plots" if plots else ""))
         return 0
     return 2  # pragma: no cover
 

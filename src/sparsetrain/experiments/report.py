@@ -1,0 +1,365 @@
+"""Aggregating run results into tables and plots (``sparsetrain report``).
+
+Reads the per-run JSON results written by ``sparsetrain compare`` (``runs/*.json``) and the
+``summary.json`` of run directories (``sparsetrain train`` / ``sweep``), groups them by method
+and density, averages over seeds (mean ± sample std) and writes ``results.md``,
+``results.csv`` and PNG plots. Plots need matplotlib (the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = [
+    "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
+    "plot_learning_curves", "plot_itop", "plot_turnover", "plot_layer_density", "make_plots", "git_commit",
+]
+
+SUP_SUFFIX = "+sup-tickets"
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group run results by (method, density) and average over seeds (mean ± sample std)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        key = (r.get("label", r["config"]["method"]), 1.0 if r["config"]["method"] == "dense" else r["config"]["density"])
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (method, density), rs in groups.items():
+        acc_m, acc_s = _mean_std([100 * r["test_acc"] for r in rs])
+        rows.append({
+            "method": method,
+            "density": density,
+            "seeds": len(rs),
+            "acc_mean": acc_m,
+            "acc_std": acc_s,
+            "realised_density": _mean_std([r["density"] for r in rs])[0],
+            "itop_rate": _mean_std([r["itop_rate"] for r in rs])[0],
+            "train_flops": _mean_std([r["train_flops_fraction"] for r in rs])[0],
+            "inference_flops": _mean_std([r["inference_flops_fraction"] for r in rs])[0],
+            "wall_time_s": _mean_std([r["wall_time_s"] for r in rs])[0],
+        })
+    order = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "dstee": 4}
+    rows.sort(key=lambda r: (-r["density"], order.get(r["method"], 9), r["method"]))
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of aggregated rows."""
+    head = "| method | sparsity | test acc. (%) | seeds | density | R_s | train FLOPs | inference FLOPs | time/run (s) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["seeds"] > 1 else f"{r['acc_mean']:.2f}"
+        lines.append(
+            f"| {r['method']} | {100 * (1 - r['density']):.0f}% | {acc} | {r['seeds']} | {r['realised_density']:.4f} | "
+            f"{r['itop_rate']:.3f} | {r['train_flops']:.3f}× | {r['inference_flops']:.3f}× | {r['wall_time_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+
+
+def ticket_table(results) -> str:
+    """Markdown table of Sup-tickets runs: superposed vs live vs ensemble accuracy, ticket overlap."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in results:
+        if r.get("tickets"):
+            groups.setdefault((r.get("label", r["config"]["method"]), r["config"]["density"]), []).append(r)
+    if not groups:
+        return ""
+
+    def ms(vals):
+        vals = [100 * v for v in vals]
+        m = sum(vals) / len(vals)
+        if len(vals) < 2:
+            return f"{m:.2f}"
+        sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+        return f"{m:.2f} ± {sd:.2f}"
+
+    lines = [
+        "| method | sparsity | superposed (%) | live model (%) | best ticket (%) | ticket ensemble (%) | "
+        "tickets | overlap of consecutive tickets | density before pruning |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, d), rs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        ov = [t["overlap_prev"] for r in rs for t in r["tickets"] if "overlap_prev" in t]
+        before = [t["density_before"] for r in rs for t in r["tickets"]]
+        lines.append(
+            f"| {label} | {100 * (1 - d):.0f}% | {ms([r['test_acc'] for r in rs])} | {ms([r['live_test_acc'] for r in rs])} | "
+            f"{ms([max(t['ticket_acc'] for t in r['tickets']) for r in rs])} | {ms([r['ensemble_test_acc'] for r in rs])} | "
+            f"{len(rs[0]['tickets'])} | {sum(ov) / len(ov) if ov else float('nan'):.3f} | "
+            f"{sum(before) / len(before):.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results, command: str, title: str, protocol: str, wall: float,
+                  commit: Optional[str] = None) -> str:
+    import torch
+
+    rows = aggregate(results)
+    table = format_table(rows)
+    meta = (
+        f"# {title}\n\nProtocol: {protocol}\n\nCommand: `{command}`\n\n"
+        f"Commit: {commit or git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads · total wall time {wall / 60:.1f} min\n\n"
+    )
+    tickets = ticket_table(results)
+    if tickets:
+        tickets = ("\n\n## Sup-tickets\n\nThe superposed model is the method's output (its accuracy is the "
+                   "table's above); the live model, the best single ticket and the tickets' softmax ensemble "
+                   "(FreeTickets-style, K× the inference cost) are shown beside it.\n\n" + tickets)
+    (out / "results.md").write_text(meta + table + tickets + "\n")
+    with open(out / "results.csv", "w") as f:
+        keys = list(rows[0])
+        f.write(",".join(keys) + "\n")
+        for r in rows:
+            f.write(",".join(str(r[k]) for k in keys) + "\n")
+    return table
+
+
+def load_runs(dirs: Sequence[str]) -> list[dict[str, Any]]:
+    """Every run result (``runs/*.json`` or ``*.json`` with a ``config``) under the given directories."""
+    results = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("*.json")):
+            try:
+                r = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(r, dict) and "config" in r and "test_acc" in r:
+                results.append(r)
+    return results
+
+
+def plot_accuracy_vs_sparsity(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Optional[Path]:
+    """Accuracy (mean ± std over seeds) vs sparsity per method, dense as a horizontal band.
+
+    Needs matplotlib (the ``plot`` extra); returns ``None`` without it.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "dense"]
+    for r in rows:
+        if r["method"] == "dense":
+            ax.axhline(r["acc_mean"], color="black", ls="--", lw=1, label=f"dense ({r['acc_mean']:.2f}%)")
+            ax.axhspan(r["acc_mean"] - r["acc_std"], r["acc_mean"] + r["acc_std"], color="black", alpha=0.08)
+    markers = "osD^v<>pPX*h"
+    for i, m in enumerate(methods):
+        pts = sorted((100 * (1 - r["density"]), r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == m)
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, label=m, lw=1.2, ms=5)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _label(r: dict[str, Any]) -> str:
+    return r.get("label", r["config"]["method"])
+
+
+def _by_density(results) -> dict[float, list[dict[str, Any]]]:
+    out: dict[float, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["config"]["method"] != "dense":
+            out.setdefault(float(r["config"]["density"]), []).append(r)
+    return dict(sorted(out.items(), reverse=True))
+
+
+def _mean_curve(series: Sequence[Sequence[tuple[float, float]]]) -> tuple[list[float], list[float]]:
+    """Average y over seeds at the x values all series share (the same schedule gives the same x)."""
+    common = set(x for x, _ in series[0])
+    for s in series[1:]:
+        common &= set(x for x, _ in s)
+    xs = sorted(common)
+    ys = [sum(dict(s)[x] for s in series) / len(series) for x in xs]
+    return xs, ys
+
+
+def _panels(plt, n: int, title: str):
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 0.6, 4.2), squeeze=False)
+    fig.suptitle(title, fontsize=10)
+    return fig, axes[0]
+
+
+def _colors(results) -> dict[str, Any]:
+    """One colour per method label, the same in every panel and plot."""
+    import matplotlib
+
+    labels = list(dict.fromkeys(_label(r) for r in results if r["config"]["method"] != "dense"))
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def _finish(fig, axes, path: Path, plt) -> Path:
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(l, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(results, path: Path, title: str) -> Optional[Path]:
+    """Test accuracy per epoch (mean over seeds), one panel per sparsity, one line per method."""
+    plt = _pyplot()
+    groups = _by_density(results)
+    if plt is None or not groups:
+        return None
+    dense = [r for r in results if r["config"]["method"] == "dense" and r.get("curve")]
+    fig, axes = _panels(plt, len(groups), title + ": learning curves")
+    colors = _colors(results)
+    for ax, (d, rs) in zip(axes, groups.items()):
+        if dense:
+            xs, ys = _mean_curve([[(c["epoch"], 100 * c["test_acc"]) for c in r["curve"]] for r in dense])
+            ax.plot(xs, ys, color="black", ls="--", lw=1, label="dense")
+        for label in dict.fromkeys(_label(r) for r in rs):
+            runs = [r for r in rs if _label(r) == label and r.get("curve")]
+            if runs:
+                xs, ys = _mean_curve([[(c["epoch"], 100 * c["test_acc"]) for c in r["curve"]] for r in runs])
+                ax.plot(xs, ys, lw=1.2, label=label, color=colors[label])
+        ax.set_title(f"{100 * (1 - d):.0f}% sparsity", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        lows = [l.get_ydata()[-1] for l in ax.get_lines() if len(l.get_ydata())]
+        if lows:  # zoom on the end of training, where methods differ
+            ax.set_ylim(min(lows) - 4, max(max(l.get_ydata()) for l in ax.get_lines()) + 0.5)
+    return _finish(fig, axes, path, plt)
+
+
+def _update_series(results, key: str, per_epoch_key: Optional[str] = None):
+    """(x, y) series per run: from the per-update history, else from per-epoch records."""
+    out = {}
+    for r in results:
+        hist = r.get("update_history") or []
+        pts = [(h["step"] / max(r.get("steps", 1), 1), h[key]) for h in hist if key in h and "step" in h]
+        if not pts and per_epoch_key and r.get("curve"):
+            e = max(len(r["curve"]), 1)
+            pts = [(c["epoch"] / e, c[per_epoch_key]) for c in r["curve"] if per_epoch_key in c]
+        if pts:
+            out.setdefault(_label(r), []).append(pts)
+    return out
+
+
+def _plot_update_metric(results, path: Path, title: str, key: str, ylabel: str, per_epoch_key=None):
+    plt = _pyplot()
+    groups = _by_density(results)
+    if plt is None or not groups:
+        return None
+    series = {d: _update_series(rs, key, per_epoch_key) for d, rs in groups.items()}
+    if not any(series.values()):
+        return None
+    fig, axes = _panels(plt, len(groups), title)
+    colors = _colors(results)
+    for ax, (d, by_label) in zip(axes, series.items()):
+        for label, runs in by_label.items():
+            xs, ys = _mean_curve(runs)
+            if len(xs) < 2:  # schedules differ across seeds: show the first seed
+                xs, ys = zip(*runs[0])
+            ax.plot(xs, ys, lw=1.2, label=label, color=colors[label])
+        ax.set_title(f"{100 * (1 - d):.0f}% sparsity", fontsize=9)
+        ax.set_xlabel("fraction of training")
+        ax.set_ylabel(ylabel)
+    return _finish(fig, axes, path, plt)
+
+
+def plot_itop(results, path: Path, title: str) -> Optional[Path]:
+    """R_s (the ITOP exploration rate) over training, one panel per sparsity."""
+    return _plot_update_metric(results, path, title + ": exploration rate R_s", "itop_rate",
+                               "R_s (fraction of weights ever active)", per_epoch_key="itop_rate")
+
+
+def plot_turnover(results, path: Path, title: str) -> Optional[Path]:
+    """Mask turnover per topology update over training, one panel per sparsity."""
+    return _plot_update_metric(results, path, title + ": mask turnover per update", "turnover",
+                               "turnover (new active / active)")
+
+
+def plot_layer_density(results, path: Path, title: str) -> Optional[Path]:
+    """Per-layer density of each method (first seed), one panel per sparsity."""
+    plt = _pyplot()
+    groups = _by_density(results)
+    if plt is None or not groups:
+        return None
+    fig, axes = _panels(plt, len(groups), title + ": per-layer density")
+    colors = _colors(results)
+    for ax, (d, rs) in zip(axes, groups.items()):
+        firsts: dict[str, dict[str, float]] = {}
+        for r in sorted(rs, key=lambda r: r["config"].get("seed", 0)):
+            dens = r["tickets"][-1].get("layer_density") if r.get("tickets") else r.get("layer_density")
+            if dens:  # Sup-tickets: the superposed output's densities, not the live model's
+                firsts.setdefault(_label(r), dens)
+        if not firsts:
+            continue
+        layers = list(next(iter(firsts.values())))
+        width = 0.8 / len(firsts)
+        for i, (label, dens) in enumerate(firsts.items()):
+            ax.bar([j + i * width for j in range(len(layers))], [dens.get(n, 0.0) for n in layers], width, label=label,
+                   color=colors[label])
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
+        ax.set_xticklabels([n.replace(".weight", "") for n in layers], rotation=45, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("density (log scale)")
+        ax.set_title(f"{100 * (1 - d):.0f}% sparsity", fontsize=9)
+    return _finish(fig, axes, path, plt)
+
+
+def make_plots(results, out: Path, title: str) -> list[Path]:
+    """Every plot that the results support, written into ``out``; the paths written."""
+    rows = aggregate(results)
+    made = [
+        plot_accuracy_vs_sparsity(rows, out / "accuracy_vs_sparsity.png", title),
+        plot_learning_curves(results, out / "learning_curves.png", title),
+        plot_itop(results, out / "itop_rate.png", title),
+        plot_turnover(results, out / "turnover.png", title),
+        plot_layer_density(results, out / "layer_density.png", title),
+    ]
+    return [p for p in made if p is not None]

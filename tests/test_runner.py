@@ -1,0 +1,175 @@
+"""The experiment runner: run directories, atomic checkpoints, exact resume (also after SIGKILL)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsetrain.experiments.runner import RunConfig, RunExistsError, run
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _cfg(**kw):
+    base = dict(model="mlp", dataset="synthetic", method="rigl", density=0.2, epochs=3, batch_size=64,
+                algorithm_kwargs={"update_interval": 3}, threads=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _final_state(out: Path):
+    return torch.load(out / "checkpoint_last.pt", weights_only=True)
+
+
+def _assert_same_run(a: Path, b: Path):
+    ca, cb = _final_state(a), _final_state(b)
+    for part in ("model",):
+        assert ca[part].keys() == cb[part].keys()
+        assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
+    sa, sb = ca["sparsifier"], cb["sparsifier"]
+    for n in sa["layers"]:
+        assert torch.equal(sa["layers"][n]["mask"], sb["layers"][n]["mask"])
+        assert torch.equal(sa["layers"][n]["counter"], sb["layers"][n]["counter"])
+    oa, ob = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert all(torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"]) for k in oa)
+    ma = (a / "metrics.jsonl").read_text().splitlines()
+    mb = (b / "metrics.jsonl").read_text().splitlines()
+    assert len(ma) == len(mb)
+    for x, y in zip(ma, mb):
+        x, y = json.loads(x), json.loads(y)
+        x.pop("wall", None), y.pop("wall", None)
+        assert x == y
+
+
+def test_run_directory_contents(tmp_path):
+    out = tmp_path / "r"
+    r = run(_cfg(), out)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json",
+                                               "checkpoint_last.pt", "checkpoint_best.pt"}
+    assert not list(out.glob("*.tmp"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_acc"] == r["test_acc"] and summary["label"] == "rigl"
+    assert summary["versions"]["torch"] == torch.__version__
+    assert summary["config"]["density"] == 0.2 and 0 < summary["train_flops_fraction"] < 1
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [l for l in lines if l["type"] == "epoch"]
+    updates = [l for l in lines if l["type"] == "update"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert len(updates) == summary["updates"] > 0 and all("turnover" in u and "itop_rate" in u for u in updates)
+    best = torch.load(out / "checkpoint_best.pt", weights_only=True)
+    assert best["test_acc"] == summary["best_test_acc"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["method"] == "rigl" and config["total_steps"] == 3 * config["steps_per_epoch"]
+
+
+def test_existing_directory_is_never_silently_overwritten(tmp_path):
+    out = tmp_path / "r"
+    run(_cfg(epochs=1), out)
+    with pytest.raises(RunExistsError, match="--resume"):
+        run(_cfg(epochs=1), out)
+    again = run(_cfg(epochs=1), out, resume=True)  # finished: returns its summary
+    assert again["test_acc"] == json.loads((out / "summary.json").read_text())["test_acc"]
+    with pytest.raises(ValueError, match="different settings"):
+        (out / "summary.json").unlink()
+        run(_cfg(epochs=1, lr=0.5), out, resume=True)
+    r = run(_cfg(epochs=1, lr=0.5), out, overwrite=True)
+    assert json.loads((out / "summary.json").read_text())["config"]["lr"] == 0.5 and r["config"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(model="resnet1000"), "unknown model"), (dict(dataset="imagenet"), "unknown dataset"),
+    (dict(method="magic"), "unknown method"), (dict(density=1.5), r"\(0, 1\]"), (dict(optimizer="lion"), "optimizer"),
+    (dict(amp="fp16"), "CUDA"), (dict(epochs=0), "epochs"), (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(sup_tickets=True, method="dense"), "sparse method"), (dict(schedule="step"), "schedule"),
+])
+def test_bad_settings_are_rejected_before_training(bad, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        run(_cfg(**bad), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_resume_from_mid_epoch_checkpoint_is_bitwise(tmp_path):
+    cfg = _cfg(epochs=3, checkpoint_every=5, accumulate=2, optimizer="sgd", schedule="multistep", warmup_epochs=1.0)
+    full = tmp_path / "full"
+    run(cfg, full)
+    # simulate a kill right after a mid-epoch checkpoint: train 3 epochs in one go, but restart
+    # from the checkpoint written at step 5 (inside epoch 2 of 4 steps per epoch)
+    part = tmp_path / "part"
+    steps = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(record):
+        steps.append(record)
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(cfg, part, on_epoch=stop_after)
+    ck = torch.load(part / "checkpoint_last.pt", weights_only=True)
+    assert ck["step"] == 5 and ck["batch"] > 0  # the mid-epoch one: the epoch-end save never happened
+    run(cfg, part, resume=True)
+    _assert_same_run(full, part)
+
+
+def test_sup_tickets_run_resumes_exactly(tmp_path):
+    cfg = _cfg(epochs=4, sup_tickets=True, cycles=2, cycle_epochs=1, method="dstee")
+    full, part = tmp_path / "full", tmp_path / "part"
+    a = run(cfg, full)
+    count = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        count.append(record)
+        if record["epoch"] == 3:  # inside the cycles: one ticket done
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(cfg, part, on_epoch=stop)
+    b = run(cfg, part, resume=True)
+    assert a["test_acc"] == b["test_acc"] and a["tickets"] == b["tickets"]
+    assert a["ensemble_test_acc"] == b["ensemble_test_acc"]
+    _assert_same_run(full, part)
+
+
+def _train_cmd(out, extra=()):
+    return [sys.executable, "-m", "sparsetrain", "train", "--out", str(out), "--model", "mlp", "--dataset",
+            "synthetic", "--method", "set", "--density", "0.2", "--epochs", "40", "--batch-size", "32",
+            "--hp", "update_interval=5", "--checkpoint-every", "7", "--threads", "1", "--no-progress", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    metrics = killed / "metrics.jsonl"
+    while time.time() < deadline:  # kill once a few epochs are logged (mid-run, at an arbitrary point)
+        if metrics.exists() and metrics.read_text().count('"type": "epoch"') >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "summary.json").exists()
+    done = subprocess.run(_train_cmd(killed, ["--resume"]), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ref = tmp_path / "ref"
+    done = subprocess.run(_train_cmd(ref), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(ref, killed)
+    sa = json.loads((ref / "summary.json").read_text())
+    sb = json.loads((killed / "summary.json").read_text())
+    assert sa["test_acc"] == sb["test_acc"] and sa["curve"] == sb["curve"]
