@@ -147,3 +147,17 @@ def test_report_writes_every_plot(tmp_path):
         assert (rep / f"{name}.png").stat().st_size > 5000, name
     text = (rep / "results.md").read_text()
     assert "| rigl | 90% |" in text and "| set |" not in text and "80%" not in text
+
+
+def test_sweep_from_yaml_config_with_grid_over_an_algorithm_hyperparameter(tmp_path):
+    pytest.importorskip("yaml")
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("model: mlp\ndataset: synthetic\nepochs: 1\nbatch_size: 64\nthreads: 1\n"
+                   "algorithm:\n  update_interval: 3\ngrid:\n  c: [0.0, 0.01]\n")
+    out = tmp_path / "sw"
+    assert cli.main(["sweep", "--config", str(cfg), "--out", str(out), "--methods", "dstee", "--densities", "0.2",
+                     "--seeds", "0"]) == 0
+    cs = sorted(json.loads(p.read_text())["config"]["algorithm_kwargs"]["c"] for p in out.glob("runs/*/summary.json"))
+    assert cs == [0.0, 0.01]
+    assert all(json.loads(p.read_text())["config"]["algorithm_kwargs"]["update_interval"] == 3
+               for p in out.glob("runs/*/summary.json"))

@@ -492,3 +492,25 @@ def test_download_checks_md5_and_loads(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="checksum mismatch"):
         load_dataset("mnist", root=tmp_path / "dl2", download=True)
     assert not (tmp_path / "dl2" / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+def test_imagefolder_reads_class_directories(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("cat", "dog"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = torch.randint(0, 256, (10, 12, 3), generator=g, dtype=torch.uint8)
+                im = Image.frombytes("RGB", (12, 10), bytes(arr.flatten().tolist()))
+                im.save(d / f"{i}.png")
+    train, test, info = load_dataset("imagefolder", root=tmp_path)
+    assert train.x.shape == (6, 3, 10, 12) and test.x.shape == (4, 3, 10, 12)
+    assert info["classes"] == ("cat", "dog") and train.y.tolist() == [0, 0, 0, 1, 1, 1]
+    first = Image.open(tmp_path / "train" / "cat" / "0.png")
+    assert bytes(train.x[0].permute(1, 2, 0).flatten().tolist()) == first.tobytes()
+    small, _, info2 = load_dataset("imagefolder", root=tmp_path, image_size=8, grayscale=True)
+    assert small.x.shape == (6, 1, 8, 8) and info2["in_channels"] == 1
+    with pytest.raises(FileNotFoundError, match="train"):
+        load_dataset("imagefolder", root=tmp_path / "nothing")

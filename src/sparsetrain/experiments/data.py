@@ -49,7 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Canonical dataset names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 
 _ALIASES = {
     "fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
@@ -58,7 +58,10 @@ _ALIASES = {
     "cifar10": "cifar10", "cifar-10": "cifar10", "cifar_10": "cifar10",
     "cifar100": "cifar100", "cifar-100": "cifar100", "cifar_100": "cifar100",
     "digits": "digits", "synthetic": "synthetic",
+    "imagefolder": "imagefolder", "image-folder": "imagefolder", "image_folder": "imagefolder",
 }
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 #: Default places searched for Fashion-MNIST after ``root`` (relative paths are
 #: resolved against the current working directory at load time).
@@ -659,6 +662,58 @@ def _load_synthetic(
                        classes=[f"class{i}" for i in range(num_classes)])
 
 
+# --------------------------------------------------------------------------- image folders
+
+
+def _load_imagefolder(root: str | os.PathLike | None, image_size: int | None = None,
+                      grayscale: bool = False) -> tuple[InMemoryDataset, InMemoryDataset, dict[str, Any]]:
+    """``root/train/<class>/*.png`` and ``root/test/<class>/*`` (or ``val/``), read with Pillow."""
+    if root is None:
+        raise FileNotFoundError("imagefolder needs a root directory: --data-root DIR with DIR/train/<class>/... "
+                                "and DIR/test/<class>/... (or DIR/val/...)")
+    base = Path(root).expanduser()
+    train_dir = base / "train"
+    test_dir = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise FileNotFoundError(f"imagefolder: expected {train_dir}/<class>/... and {base}/test (or val)/<class>/...")
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("imagefolder needs Pillow: pip install 'sparsetrain[images]' (or pillow)") from e
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"imagefolder: no class directories in {train_dir}")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def read(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for c in sorted(d.name for d in split_dir.iterdir() if d.is_dir()):
+            if c not in index:
+                raise ValueError(f"imagefolder: class {c!r} in {split_dir} is not among the training classes")
+            for f in sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
+                with Image.open(f) as im:
+                    im = im.convert("L" if grayscale else "RGB")
+                    if image_size is not None:
+                        im = im.resize((image_size, image_size), Image.BILINEAR)
+                    w, h = im.size
+                    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                    t = t.view(h, w, -1).permute(2, 0, 1).contiguous()
+                if images and t.shape != images[0].shape:
+                    raise ValueError(f"imagefolder: {f} is {tuple(t.shape)}, others {tuple(images[0].shape)}; "
+                                     "pass image_size=N to resize every image")
+                images.append(t)
+                labels.append(index[c])
+        if not images:
+            raise ValueError(f"imagefolder: no images in {split_dir}")
+        return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+    train_x, train_y = read(train_dir)
+    test_x, test_y = read(test_dir)
+    if test_x.shape[1:] != train_x.shape[1:]:
+        raise ValueError("imagefolder: train and test images differ in size; pass image_size=N")
+    return _make_split("imagefolder", train_x, train_y, test_x, test_y, num_classes=len(classes), classes=classes)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -681,7 +736,9 @@ def load_dataset(
         download: for ``fashion-mnist`` and ``mnist`` only, download the missing idx
             files (official URLs, MD5-checked) into ``root`` (or the first default
             directory) when they are not found anywhere. Needs network access.
-        **options: dataset-specific options. ``synthetic``: ``num_train=512``,
+        **options: dataset-specific options. ``imagefolder`` (``root/train/<class>/*``,
+            ``root/test/<class>/*`` or ``val/``, read with Pillow): ``image_size=None``
+            (resize to N×N), ``grayscale=False``. ``synthetic``: ``num_train=512``,
             ``num_test=256``, ``num_classes=10``, ``channels=1``, ``image_size=28``,
             ``noise=0.25``, ``seed=0``. ``digits``: ``test_fraction=0.2``, ``split_seed=0``.
 
@@ -703,6 +760,7 @@ def load_dataset(
     allowed = {
         "synthetic": {"num_train", "num_test", "num_classes", "channels", "image_size", "noise", "seed"},
         "digits": {"test_fraction", "split_seed"},
+        "imagefolder": {"image_size", "grayscale"},
     }.get(key, set())
     unknown = set(options) - allowed
     if unknown:
@@ -728,6 +786,8 @@ def load_dataset(
         return _load_cifar(key, root)
     if key == "digits":
         return _load_digits(**options)
+    if key == "imagefolder":
+        return _load_imagefolder(root, **options)
     return _load_synthetic(**options)
 
 
