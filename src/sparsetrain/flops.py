@@ -20,6 +20,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from .sparse.linear import SparseLinear
+
 __all__ = ["LayerFlops", "FlopsReport", "flops", "training_flops_per_step", "COUNTED_MODULES"]
 
 #: Module types whose weight FLOPs are counted.
@@ -95,20 +97,24 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     def make_hook(pname: str, module: nn.Module):
         def hook(mod, inputs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
-            channels = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            channels = module.out_features if isinstance(module, (nn.Linear, SparseLinear)) else module.out_channels
             positions = out.numel() / batch / channels
-            w = module.weight
-            nnz = int(masks[pname].sum()) if pname in masks else w.numel()
+            if isinstance(module, SparseLinear):  # compressed: its stored entries are its nonzeros
+                numel, stored = module.weight_shape.numel(), module.nnz
+            else:
+                numel = stored = module.weight.numel()
+            nnz = int(masks[pname].sum()) if pname in masks else stored
             prev = report.layers.get(pname)
             if prev is None:
-                report.layers[pname] = LayerFlops(pname, positions, w.numel(), nnz)
+                report.layers[pname] = LayerFlops(pname, positions, numel, nnz)
             else:  # a module called several times per forward (shared weights)
                 prev.positions += positions
 
         return hook
 
     for mod_name, module in model.named_modules():
-        if isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None:
+        if isinstance(module, SparseLinear) or (
+                isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None):
             pname = f"{mod_name}.weight" if mod_name else "weight"
             handles.append(module.register_forward_hook(make_hook(pname, module)))
     was_training = model.training

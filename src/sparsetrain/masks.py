@@ -59,19 +59,33 @@ class LayerState:
     grad_buffer_step: int = -1
     grad_signature: tuple = field(default=(), repr=False)
     mask_mul: Optional[torch.Tensor] = field(default=None, repr=False)
+    #: dense shape of the weight (``param.shape`` unless the layer is stored compressed)
+    shape: Optional[torch.Size] = None
+    #: the :class:`~sparsetrain.sparse.SparseLinear` holding this weight as CSR, if any; then
+    #: ``param`` is its nnz-sized ``values`` (outside topology updates)
+    sparse_module: Optional[torch.nn.Module] = field(default=None, repr=False)
 
     def __post_init__(self):
+        if self.shape is None:
+            self.shape = self.param.shape
+        self.shape = torch.Size(self.shape)
         self.set_mask(self.mask)
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Replace the mask (bool) and refresh its multiplicative copy."""
         self.mask = mask
-        self.mask_mul = mask.to(self.param.dtype)
+        # a compressed layer never multiplies by its mask: no dense float copy for it
+        self.mask_mul = mask.to(self.param.dtype) if self.sparse_module is None else None
 
     @property
     def numel(self) -> int:
-        """Number of entries of the parameter."""
-        return self.param.numel()
+        """Number of entries of the (dense) weight."""
+        return self.shape.numel()
+
+    @property
+    def values_param(self) -> torch.nn.Parameter:
+        """The parameter the optimizer holds (``values`` for a compressed layer)."""
+        return self.sparse_module.values if self.sparse_module is not None else self.param
 
     @property
     def is_dense(self) -> bool:
@@ -96,7 +110,8 @@ class LayerState:
     def sync_device(self) -> None:
         """Move the bookkeeping tensors to the parameter's device if the model was moved."""
         dev = self.param.device
-        if self.mask.device != dev or self.mask_mul.dtype != self.param.dtype:
+        stale = self.mask_mul is not None and (self.mask_mul.dtype != self.param.dtype or self.mask_mul.device != dev)
+        if self.mask.device != dev or stale:
             self.set_mask(self.mask.to(dev))
             self.ever_active = self.ever_active.to(dev)
             if self.counter is not None:

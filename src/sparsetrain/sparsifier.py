@@ -31,6 +31,7 @@ from torch import nn
 from . import distributions, scores
 from .algorithms import Algorithm, UpdateContext, make_algorithm
 from .masks import LayerState, random_mask
+from .sparse.linear import SparseLinear
 
 __all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
 
@@ -146,7 +147,7 @@ class Sparsifier:
         self._enabled = True
         self._handles: list[Any] = []
 
-        named = self._select(model, include, exclude)
+        named, self._sparse_modules = self._select(model, include, exclude)
         self._check_optimizer(named)
         self.layers: dict[str, LayerState] = {}
         self._init_layers(named, _as_list(dense))
@@ -156,19 +157,22 @@ class Sparsifier:
 
     # ------------------------------------------------------------------ selection / init
     @staticmethod
-    def _select(model, include, exclude) -> list[tuple[str, nn.Parameter]]:
+    def _select(model, include, exclude) -> tuple[list[tuple[str, nn.Parameter]], dict[str, SparseLinear]]:
         include, exclude = _as_list(include), _as_list(exclude)
+        sparse_modules: dict[str, SparseLinear] = {}
         chosen: list[tuple[str, nn.Parameter]] = []
         seen: set[int] = set()
         for mod_name, module in model.named_modules():
             for attr, param in module.named_parameters(recurse=False):
+                if isinstance(module, SparseLinear) and attr == "values":
+                    attr = "weight"  # a compressed weight is selected and reported under its dense name
                 name = f"{mod_name}.{attr}" if mod_name else attr
                 if id(param) in seen:
                     continue  # a tied / shared weight is one sparse parameter, under its first name
                 if include:
                     hit = any(_matches(s, name, param, module, attr) for s in include)
                 else:
-                    hit = isinstance(module, DEFAULT_SPARSE_MODULES) and attr == "weight"
+                    hit = isinstance(module, DEFAULT_SPARSE_MODULES + (SparseLinear,)) and attr == "weight"
                 if not hit or any(_matches(s, name, param, module, attr) for s in exclude):
                     continue
                 seen.add(id(param))
@@ -176,13 +180,15 @@ class Sparsifier:
                     log.info("sparsetrain: %s is frozen (requires_grad=False); left dense", name)
                     continue
                 chosen.append((name, param))
+                if isinstance(module, SparseLinear) and param is module.values:
+                    sparse_modules[name] = module
         if not chosen:
             raise ValueError(
                 "no prunable parameter matched: by default the weights of Linear and Conv1d/2d/3d modules "
                 "are sparse; pass include=[...] with parameter-name globs (e.g. 'encoder.*.weight'), module "
                 "types or a predicate, and check that exclude=[...] does not remove everything"
             )
-        return chosen
+        return chosen, sparse_modules
 
     def _check_optimizer(self, named):
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
@@ -196,30 +202,44 @@ class Sparsifier:
 
     def _init_layers(self, named, dense_globs):
         names = [n for n, _ in named]
-        shapes = [p.shape for _, p in named]
+        compressed = self._sparse_modules
+        shapes = [compressed[n].weight_shape if n in compressed else p.shape for n, p in named]
         pinned = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in dense_globs)]
         start_density = self.algorithm.initial_density
         dens = distributions.layer_densities(
             names, shapes, start_density, self.algorithm.distribution, dense=pinned,
             power=self.algorithm.erk_power,
         )
-        sizes = {n: p.numel() for n, p in named}
+        sizes = {n: shape.numel() for n, shape in zip(names, shapes)}
         total = None
         if isinstance(self.algorithm.distribution, str):
             total = int(round(start_density * sum(sizes.values())))
         counts = distributions.layer_counts(dens, sizes, total)
         # Scored initial masks (SNIP, GraSP, ...) come from the algorithm; random otherwise.
         with self.hooks_disabled():
-            given = self.algorithm.initial_masks(self.model, named, counts, self.generator)
-        for name, param in named:
+            if compressed and getattr(self.algorithm, "needs_batch", False):
+                raise ValueError(
+                    f"{type(self.algorithm).__name__} scores its initial mask on dense weights; choose the mask on "
+                    "the dense model first, then convert with st.sparse.to_sparse(model, masks=sp.masks)"
+                )
+            # the algorithms see every weight with its dense shape
+            seen = [(n, compressed[n].dense_weight() if n in compressed else p) for n, p in named]
+            given = self.algorithm.initial_masks(self.model, seen, counts, self.generator)
+            del seen
+        for (name, param), shape in zip(named, shapes):
+            module = compressed.get(name)
             with torch.no_grad():
-                init_std = float(param.detach().float().std()) if param.numel() > 1 else 0.0
+                dense_w = module.dense_weight() if module is not None else param.detach()
+                init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
             target = dens[name]
             if given is not None and name in given:
-                mask = given[name].to(param.device, torch.bool).reshape(param.shape).clone()
-                target = float(mask.sum()) / param.numel()
+                mask = given[name].to(param.device, torch.bool).reshape(shape).clone()
+                target = float(mask.sum()) / shape.numel()
             else:
-                mask = random_mask(param.shape, counts[name], self.generator, param.device)
+                mask = random_mask(shape, counts[name], self.generator, param.device)
+            if module is not None:  # keep only the chosen weights: memory ∝ nnz from here on
+                module.set_structure(mask, dense_w[mask], reallocate=True)
+                del dense_w
             self.layers[name] = LayerState(
                 name=name,
                 param=param,
@@ -228,14 +248,22 @@ class Sparsifier:
                 n_active=int(mask.sum()),
                 mask=mask,
                 ever_active=mask.clone(),
-                counter=torch.zeros(param.shape, dtype=torch.int32, device=param.device) if self.track_usage else None,
+                counter=torch.zeros(shape, dtype=torch.int32, device=param.device) if self.track_usage else None,
                 init_std=init_std,
+                shape=shape,
+                sparse_module=module,
             )
 
     # ------------------------------------------------------------------ hooks
     def _attach(self):
         for layer in self.layers.values():
-            self._handles.append(layer.param.register_hook(self._make_grad_hook(layer)))
+            if layer.sparse_module is not None:
+                # gradients exist only at the nonzeros: nothing to mask; the dense gradient comes
+                # from the layer's backward when a topology update needs it
+                layer.sparse_module.dense_grad_request = lambda: self._enabled and self._capture_next()
+                layer.sparse_module.dense_grad_sink = self._make_dense_sink(layer)
+            else:
+                self._handles.append(layer.param.register_hook(self._make_grad_hook(layer)))
             self._handles.append(layer.param.register_post_accumulate_grad_hook(self._make_accumulated_hook(layer)))
         self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
         self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
@@ -246,6 +274,10 @@ class Sparsifier:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for layer in self.layers.values():
+            if layer.sparse_module is not None:
+                layer.sparse_module.dense_grad_request = None
+                layer.sparse_module.dense_grad_sink = lambda g: None
         if _ATTACHED.get(self.optimizer) is self:
             del _ATTACHED[self.optimizer]
 
@@ -300,24 +332,33 @@ class Sparsifier:
             raise ValueError(f"unknown drop rule {drop!r}; valid: {', '.join(_FORCED_DROP)}")
         self._forced = {"drop_fraction": p, "grow": grow, "drop": drop}
 
+    def _capture(self, layer: LayerState, grad: torch.Tensor) -> None:
+        # Dense gradient for growth; micro-batches of one step are summed. The buffer continues
+        # only if .grad is exactly what our last accumulation left (same tensor, same version):
+        # zero_grad (either way) or a step skipped by GradScaler and followed by zero_grad start
+        # afresh.
+        g = layer.values_param.grad
+        fresh = (
+            layer.grad_buffer is None
+            or layer.grad_buffer_step != self.step
+            or g is None
+            or layer.grad_signature != (g.data_ptr(), g._version)
+        )
+        layer.grad_buffer = grad.detach() if fresh else layer.grad_buffer + grad.detach()
+        layer.grad_buffer_step = self.step
+
+    def _make_dense_sink(self, layer: LayerState):
+        def sink(grad: torch.Tensor):
+            self._capture(layer, grad)
+
+        return sink
+
     def _make_grad_hook(self, layer: LayerState):
         def hook(grad: torch.Tensor):
             if not self._enabled:
                 return None
             if self._capture_next():
-                # Dense gradient for growth; micro-batches of one step are summed. The buffer
-                # continues only if .grad is exactly what our last accumulation left (same tensor,
-                # same version): zero_grad (either way) or a step skipped by GradScaler and
-                # followed by zero_grad start afresh.
-                g = layer.param.grad
-                fresh = (
-                    layer.grad_buffer is None
-                    or layer.grad_buffer_step != self.step
-                    or g is None
-                    or layer.grad_signature != (g.data_ptr(), g._version)
-                )
-                layer.grad_buffer = grad.detach() if fresh else layer.grad_buffer + grad.detach()
-                layer.grad_buffer_step = self.step
+                self._capture(layer, grad)
             if layer.mask_mul.device != grad.device:
                 layer.sync_device()
             if self.nan_safe:
@@ -344,7 +385,7 @@ class Sparsifier:
             if buf is None or g is None or layer.grad_buffer_step != self.step:
                 layer.grad_buffer = None
                 continue
-            seen = torch.linalg.vector_norm(buf * layer.mask_mul)
+            seen = torch.linalg.vector_norm(buf[layer.mask] if layer.mask_mul is None else buf * layer.mask_mul)
             actual = torch.linalg.vector_norm(g)
             if float(seen) > 0:
                 ratio = float(actual) / float(seen)
@@ -379,7 +420,7 @@ class Sparsifier:
     def apply_masks(self) -> None:
         """Zero every masked weight and every optimizer-state tensor shaped like a sparse weight."""
         for layer in self.layers.values():
-            if layer.is_dense:
+            if layer.is_dense or layer.sparse_module is not None:  # compressed: nothing stored off the mask
                 continue
             if layer.mask_mul.device != layer.param.device:
                 layer.sync_device()
@@ -435,6 +476,22 @@ class Sparsifier:
                 self.dense_grad_steps += 1
         ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator,
                             update_index=self.updates + 1)
+        compressed = [l for l in self.layers.values() if l.sparse_module is not None]
+        for layer in compressed:  # the algorithms see a dense weight, once per update
+            dense = layer.sparse_module.dense_weight()
+            g = layer.sparse_module.values.grad
+            if g is not None:
+                full = torch.zeros(layer.shape.numel(), dtype=g.dtype, device=g.device)
+                full[layer.sparse_module.flat_index()] = g[: layer.sparse_module.nnz]
+                dense.grad = full.view(layer.shape)
+            layer.param = dense
+        try:
+            return self._run_update(t, p_t, record, ctx, forced, grow, needs_grad)
+        finally:
+            for layer in compressed:
+                layer.param = layer.sparse_module.values
+
+    def _run_update(self, t, p_t, record, ctx, forced, grow, needs_grad) -> dict[str, Any]:
         for layer in self.layers.values():
             layer.flush(t)
         candidates = []
@@ -517,16 +574,44 @@ class Sparsifier:
         return record
 
     def _apply_new_mask(self, layer: LayerState, new, kept, newly) -> None:
-        param = layer.param
+        param = layer.param  # for a compressed layer: its dense materialisation during the update
         param.mul_(kept)
         if self.algorithm.grow_init == "init" and layer.init_std > 0:
             noise = torch.randn(param.shape, generator=self.generator).to(param.device, param.dtype)
             param.add_(noise * layer.init_std * newly)
-        # fresh optimizer state for grown weights, zero state for dropped ones
-        for t in self._state_tensors(param):
-            t.mul_(kept)
+        if layer.sparse_module is not None:
+            self._restructure(layer, new, kept)
+        else:
+            # fresh optimizer state for grown weights, zero state for dropped ones
+            for t in self._state_tensors(param):
+                t.mul_(kept)
         layer.set_mask(new)
         layer.ever_active |= new
+
+    def _restructure(self, layer: LayerState, new, kept) -> None:
+        """Rebuild a compressed layer's CSR for mask ``new`` and move its optimizer state along."""
+        module = layer.sparse_module
+        values = module.values
+        old_flat, old_nnz = module.flat_index(), module.nnz
+        state = self.optimizer.state.get(values) or {}
+        moved = {}
+        for key, v in state.items():
+            if torch.is_tensor(v) and v.shape == values.shape:
+                full = torch.zeros(layer.shape.numel(), dtype=v.dtype, device=v.device)
+                full[old_flat] = v[:old_nnz]
+                moved[key] = (full.view(layer.shape) * kept)[new]  # kept: their state; grown: fresh
+        resized = module.set_structure(new, layer.param[new])
+        if resized:
+            log.warning("sparsetrain: %s outgrew its compressed capacity; its values were reallocated (safe only "
+                        "when no autograd graph that used them is still alive)", layer.name)
+        for key, v in moved.items():
+            if resized:
+                state[key] = v
+            else:  # same tensors, same size: the pattern's state first, zero padding after
+                state[key][: v.numel()] = v
+                state[key][v.numel():] = 0
+        if values.grad is not None:
+            values.grad = None  # it belonged to the old structure
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -594,7 +679,7 @@ class Sparsifier:
         m = self.metrics()
         rows = [("layer", "shape", "active", "target", "density", "R_s")]
         for n, l in self.layers.items():
-            rows.append((n, "x".join(map(str, l.param.shape)), f"{l.n_active}/{l.numel}",
+            rows.append((n, "x".join(map(str, l.shape)), f"{l.n_active}/{l.numel}",
                          f"{l.target_density:.4f}", f"{l.density:.4f}", f"{m['layer_itop_rate'][n]:.4f}"))
         rows.append(("total", "", f"{m['active']}/{m['total']}", f"{self.algorithm.density:.4f}",
                      f"{m['density']:.4f}", f"{m['itop_rate']:.4f}"))
@@ -622,7 +707,7 @@ class Sparsifier:
         for n, l in self.layers.items():
             l.flush(self.step)
             layers[n] = {
-                "shape": list(l.param.shape),
+                "shape": list(l.shape),
                 "n_active": l.n_active,
                 "target_density": l.target_density,
                 "mask": l.mask.clone(),
@@ -664,7 +749,7 @@ class Sparsifier:
                 "build the same model with the same include/exclude before loading"
             )
         for n, s in saved.items():
-            shape = list(self.layers[n].param.shape)
+            shape = list(self.layers[n].shape)
             if list(s["shape"]) != shape:
                 raise ValueError(
                     f"checkpoint shape of {n} is {s['shape']} but the model's is {shape}: this checkpoint "
@@ -685,7 +770,7 @@ class Sparsifier:
             l.ever_active = s["ever_active"].to(dev, torch.bool).clone()
             if self.track_usage:
                 c = s.get("counter")
-                l.counter = c.to(dev, torch.int32).clone() if c is not None else torch.zeros(l.param.shape, dtype=torch.int32, device=dev)
+                l.counter = c.to(dev, torch.int32).clone() if c is not None else torch.zeros(l.shape, dtype=torch.int32, device=dev)
             l.count_step = int(s["count_step"])
             l.active_steps = int(s["active_steps"])
             l.init_std = float(s["init_std"])

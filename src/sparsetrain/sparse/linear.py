@@ -1,0 +1,290 @@
+"""A Linear layer that stores and computes with its nonzeros only (spec §6).
+
+:class:`SparseLinear` keeps the weight as CSR: ``values`` (the trainable parameter, one entry
+per nonzero, in row-major order), ``crow_indices``/``col_indices``, and an explicit transposed
+structure (``t_crow_indices``, ``t_col_indices`` and ``t_perm``, the position of each
+transposed entry in ``values``) for the input gradient. Its autograd function computes
+
+- forward ``y = x Wᵀ`` as the sparse × dense product ``(W xᵀ)ᵀ``;
+- ``∂L/∂x = (Wᵀ ∂L/∂yᵀ)ᵀ`` with the stored transpose (multiplying by ``W.t()`` is very slow);
+- ``∂L/∂values`` only at the nonzeros, with ``torch.sparse.sampled_addmm``;
+- the dense weight gradient ``∂L/∂yᵀ x`` only when asked for (a topology update with gradient
+  growth is due): a :class:`~sparsetrain.Sparsifier` installs that request and receives it.
+
+Optimizer state of ``values`` is nnz-sized. The same Sparsifier and algorithms drive the layer:
+at a topology update the sparsifier materialises the dense weight once, selects drop and grow
+exactly as for a masked-dense layer, and rebuilds the structure with :meth:`SparseLinear.set_structure`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["SparseLinear", "to_sparse", "to_dense"]
+
+# torch marks CSR as beta; the kernels used here are the stable, documented ones.
+warnings.filterwarnings("ignore", message=r"Sparse CSR tensor support is in beta", category=UserWarning)
+
+
+def _csr(crow, col, values, size):
+    return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+class _SparseLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, module):
+        w = _csr(module.crow_indices, module.col_indices, values, module.weight_shape)
+        y = torch.mm(w, x.t()).t()
+        ctx.module = module
+        ctx.save_for_backward(x, values)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, values = ctx.saved_tensors
+        m = ctx.module
+        gx = gvals = None
+        if ctx.needs_input_grad[0]:
+            wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
+            gx = torch.mm(wt, gy.t()).t()
+        if ctx.needs_input_grad[1]:
+            gyt = gy.t().contiguous()
+            want = m.dense_grad_request
+            if want is not None and want():
+                dense = torch.mm(gyt, x)  # only at topology-update steps
+                m.dense_grad_sink(dense)
+                gvals = dense.reshape(-1)[m.flat_index()]
+            else:
+                pattern = _csr(m.crow_indices, m.col_indices, torch.zeros_like(values), m.weight_shape)
+                gvals = torch.sparse.sampled_addmm(pattern, gyt, x.contiguous(), beta=0.0).values()
+        return gx, gvals, None
+
+
+def _structure(mask: torch.Tensor, index_dtype: torch.dtype):
+    """CSR and transposed-CSR index tensors of a bool ``mask`` (out × in)."""
+    out_f, in_f = mask.shape
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of ``weight[mask]``
+    crow = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
+    crow[1:] = torch.cumsum(mask.sum(1), 0)
+    # transpose: entries sorted by (col, row); t_perm maps them to positions in values
+    key = cols.to(torch.int64) * out_f + rows.to(torch.int64)
+    t_perm = torch.argsort(key)
+    t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
+    t_crow[1:] = torch.cumsum(mask.sum(0), 0)
+    return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype), rows[t_perm].to(index_dtype),
+            t_perm)
+
+
+class SparseLinear(nn.Module):
+    """``nn.Linear`` whose weight is stored and multiplied as CSR (only the nonzeros).
+
+    Args:
+        in_features, out_features, bias: as for ``nn.Linear``.
+        weight: initial dense weight (out × in); default: ``nn.Linear``'s initialisation.
+        mask: bool mask of the nonzeros to keep; default: all (a dense pattern until a
+            :class:`~sparsetrain.Sparsifier` assigns its mask).
+        index_dtype: ``torch.int32`` (default, half the index memory) or ``torch.int64``.
+
+    The trainable parameters are ``values`` (nnz,) and ``bias``; ``weight_shape`` is the dense
+    shape. ``state_dict()`` holds values and the index buffers (a compressed checkpoint).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                 index_dtype: torch.dtype = torch.int32, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight_shape = torch.Size((self.out_features, self.in_features))
+        self.index_dtype = index_dtype
+        if weight is None:
+            weight = torch.empty(self.weight_shape, device=device, dtype=dtype)
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if tuple(weight.shape) != tuple(self.weight_shape):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
+        if mask is None:
+            mask = torch.ones(self.weight_shape, dtype=torch.bool, device=weight.device)
+        self.values = nn.Parameter(weight.detach()[mask.to(weight.device)].clone())
+        for name in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"):
+            self.register_buffer(name, torch.empty(0, dtype=torch.int64, device=weight.device))
+        self._flat: Optional[torch.Tensor] = None
+        self._set_indices(mask.to(weight.device))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, device=weight.device, dtype=weight.dtype))
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        # installed by a Sparsifier: whether this backward should produce the dense weight gradient
+        self.dense_grad_request: Optional[Callable[[], bool]] = None
+        self.dense_grad_sink: Callable[[torch.Tensor], None] = lambda g: None
+
+    # ------------------------------------------------------------------ structure
+    def _set_indices(self, mask: torch.Tensor) -> None:
+        crow, col, t_crow, t_col, t_perm = _structure(mask, self.index_dtype)
+        self.crow_indices, self.col_indices = crow, col
+        self.t_crow_indices, self.t_col_indices, self.t_perm = t_crow, t_col, t_perm
+        self._nnz = int(col.numel())
+        self._flat = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
+                    index_dtype: torch.dtype = torch.int32) -> "SparseLinear":
+        """A SparseLinear holding ``linear``'s weight (at ``mask``, default its nonzeros... all) and bias."""
+        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                weight=linear.weight.detach(), mask=mask, index_dtype=index_dtype)
+        if linear.bias is not None:
+            with torch.no_grad():
+                m.bias.copy_(linear.bias)
+        return m
+
+    @property
+    def nnz(self) -> int:
+        """Number of nonzeros (positions in the pattern)."""
+        return self._nnz
+
+    @property
+    def capacity(self) -> int:
+        """Length of ``values``: ``nnz`` plus zero padding left by pruning (see :meth:`set_structure`)."""
+        return int(self.values.numel())
+
+    def active_values(self) -> torch.Tensor:
+        """The first ``nnz`` entries of ``values`` (the pattern's values, row-major)."""
+        return self.values if self._nnz == self.values.numel() else self.values[: self._nnz]
+
+    def mask(self) -> torch.Tensor:
+        """The dense bool mask of stored positions."""
+        out = torch.zeros(self.weight_shape.numel(), dtype=torch.bool, device=self.values.device)
+        out[self.flat_index()] = True
+        return out.view(self.weight_shape)
+
+    def flat_index(self) -> torch.Tensor:
+        """Row-major flat positions of the nonzeros (cached until the structure changes)."""
+        if self._flat is None or self._flat.numel() != self._nnz:
+            rows = torch.repeat_interleave(
+                torch.arange(self.out_features, device=self.values.device),
+                (self.crow_indices[1:] - self.crow_indices[:-1]).to(torch.int64))
+            self._flat = rows * self.in_features + self.col_indices.to(torch.int64)
+        return self._flat
+
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """The weight as a dense tensor (zeros off the pattern)."""
+        w = torch.zeros(self.weight_shape.numel(), dtype=self.values.dtype, device=self.values.device)
+        w[self.flat_index()] = self.active_values().detach()
+        return w.view(self.weight_shape)
+
+    @torch.no_grad()
+    def set_structure(self, mask: torch.Tensor, values: torch.Tensor, reallocate: bool = False) -> bool:
+        """Replace the pattern by ``mask`` with ``values`` (row-major, ``values.numel() == mask.sum()``).
+
+        ``values`` keeps its ``Parameter`` identity, so an optimizer holding it keeps working. It
+        also keeps its *size* whenever the new pattern fits (a shrinking pattern, e.g. GraNet's
+        pruning, leaves zero padding at the end that no gradient or optimizer step changes): autograd
+        caches a parameter's shape while any graph that used it is alive, so resizing it during
+        training is not safe. It is resized (to exactly ``nnz``) when ``reallocate`` is true — on
+        attach and load, before any graph exists — or when the pattern outgrows the capacity.
+        Returns whether ``values`` was resized. Optimizer state is the caller's business (the
+        Sparsifier remaps it).
+        """
+        mask = mask.to(self.values.device, torch.bool)
+        if tuple(mask.shape) != tuple(self.weight_shape):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(self.weight_shape)}")
+        n = int(mask.sum())
+        if values.numel() != n:
+            raise ValueError(f"{values.numel()} values for a mask with {n} entries")
+        self._set_indices(mask)
+        values = values.detach().to(self.values.dtype).reshape(-1)
+        if reallocate or n > self.values.numel():
+            self.values.data = values.clone()
+            return True
+        self.values.data[:n] = values
+        self.values.data[n:] = 0
+        return False
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # the pattern may differ from ours (another update, another nnz): adopt its sizes first
+        key = prefix + "values"
+        if key in state_dict and state_dict[key].shape != self.values.shape:
+            self.values.data = torch.empty_like(state_dict[key], device=self.values.device)
+        for name in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"):
+            k = prefix + name
+            if k in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[k], device=self.values.device))
+        self._flat = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._nnz = int(self.col_indices.numel())
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = _SparseLinearFn.apply(x2, self.active_values(), self)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def to_linear(self) -> nn.Linear:
+        """An ``nn.Linear`` with the same function (dense weight with zeros)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        n = self.weight_shape.numel()
+        pad = f", capacity={self.capacity}" if self.capacity != self.nnz else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"nnz={self.nnz} ({self.nnz / max(n, 1):.4f}){pad}")
+
+
+def _replace(model: nn.Module, pick, make) -> nn.Module:
+    if pick(model):
+        return make(model)
+    for name, child in list(model.named_children()):
+        setattr(model, name, _replace(child, pick, make))
+    return model
+
+
+def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
+              index_dtype: torch.dtype = torch.int32,
+              include: Optional[Callable[[str, nn.Linear], bool]] = None) -> nn.Module:
+    """Replace ``nn.Linear`` layers by :class:`SparseLinear` (in place; returns the model).
+
+    Call it *before* creating the optimizer: the new layers' parameters are ``values`` and
+    ``bias``. ``masks`` maps ``"<module>.weight"`` to bool masks (e.g. ``sp.masks`` of a
+    masked-dense run); without one a layer keeps its nonzeros (all of them for a fresh layer, so a
+    Sparsifier attached next chooses the mask). ``include(name, module)`` limits the conversion.
+    """
+    masks = dict(masks or {})
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def pick(m):
+        if type(m) is not nn.Linear:
+            return False
+        name = names.get(id(m), "")
+        return include is None or include(name, m)
+
+    def make(m):
+        name = names.get(id(m), "")
+        key = f"{name}.weight" if name else "weight"
+        mask = masks.get(key)
+        if mask is None and bool((m.weight == 0).any()):
+            mask = m.weight != 0
+        return SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype)
+
+    return _replace(model, pick, make)
+
+
+def to_dense(model: nn.Module) -> nn.Module:
+    """Replace every :class:`SparseLinear` by an equivalent ``nn.Linear`` (in place; returns the model)."""
+    return _replace(model, lambda m: isinstance(m, SparseLinear), lambda m: m.to_linear())

@@ -1,0 +1,237 @@
+"""Truly sparse execution: SparseLinear's autograd, the Sparsifier driving it, compressed checkpoints."""
+
+import pytest
+import torch
+from torch import nn
+
+import sparsetrain as st
+from sparsetrain.sparse import SparseLinear, compressed_size, load_compressed, save_compressed, to_dense, to_sparse
+from sparsetrain.sparse.export import pack_bits, unpack_bits
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5))
+
+
+def _data(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(n)]
+
+
+def test_forward_and_gradients_match_a_masked_dense_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(30, 17)
+    mask = torch.rand(17, 30) < 0.2
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    sp = SparseLinear.from_linear(lin, mask=mask)
+    assert sp.nnz == int(mask.sum())
+    x = torch.randn(9, 30, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y_dense, y_sparse = lin(x), sp(x2)
+    assert torch.allclose(y_dense, y_sparse, atol=1e-6)
+    gy = torch.randn_like(y_dense)
+    y_dense.backward(gy)
+    y_sparse.backward(gy)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-6)
+    assert torch.allclose(lin.weight.grad[mask], sp.values.grad, atol=1e-5)
+    assert torch.allclose(lin.bias.grad, sp.bias.grad, atol=1e-6)
+    assert torch.equal(sp.mask(), mask) and torch.equal(sp.dense_weight(), lin.weight.detach())
+    # leading dimensions are kept, like nn.Linear
+    assert sp(torch.randn(2, 3, 30)).shape == (2, 3, 17)
+
+
+def test_dense_gradient_only_when_requested():
+    sp = SparseLinear(8, 6)
+    sp.set_structure(torch.eye(6, 8, dtype=torch.bool), torch.ones(6))
+    got = []
+    sp.dense_grad_sink = got.append
+    x = torch.randn(4, 8)
+    sp.dense_grad_request = lambda: False
+    sp(x).sum().backward()
+    assert got == []
+    sp.values.grad = None
+    sp.dense_grad_request = lambda: True
+    sp(x).sum().backward()
+    assert len(got) == 1 and got[0].shape == (6, 8)
+    assert torch.allclose(got[0], torch.ones(4, 6).t() @ x)
+    assert sp.capacity == 48 and sp.nnz == 6  # shrunk in place: zero padding, same parameter size
+    assert torch.allclose(sp.values.grad[:6], got[0][torch.eye(6, 8, dtype=torch.bool)])
+    assert torch.all(sp.values.grad[6:] == 0)
+
+
+def test_to_sparse_and_back_keeps_the_function():
+    model = _mlp()
+    x = torch.randn(5, 20)
+    ref = model(x)
+    to_sparse(model)
+    assert sum(isinstance(m, SparseLinear) for m in model.modules()) == 3
+    assert torch.allclose(model(x), ref, atol=1e-5)
+    to_dense(model)
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+def _train(sparse: bool, make_alg, steps=240, opt="sgd", data=None):
+    model = _mlp()
+    if sparse:
+        to_sparse(model)
+    if opt == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sp = st.Sparsifier(model, optimizer, make_alg(), total_steps=steps)
+    data = data or _data()
+    losses, masks_over_time = [], []
+    for i in range(steps):
+        x, y = data[i % len(data)]
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if sp.history and len(masks_over_time) < len(sp.history):
+            masks_over_time.append({n: m.clone() for n, m in sp.masks.items()})
+    weights = {n: (l.sparse_module.dense_weight() if l.sparse_module is not None else l.param.detach().clone())
+               for n, l in sp.layers.items()}
+    return losses, masks_over_time, weights, sp, model, optimizer
+
+
+@pytest.mark.parametrize("name,make_alg", [
+    ("set", lambda: st.SET(density=0.2, update_interval=20, seed=3)),
+    ("rigl", lambda: st.RigL(density=0.2, update_interval=20, seed=3)),
+    ("dstee", lambda: st.DSTEE(density=0.2, update_interval=20, c=0.01, seed=3)),
+])
+def test_truly_sparse_training_matches_masked_dense(name, make_alg):
+    la, ma, wa, spa, _, _ = _train(False, make_alg)
+    lb, mb, wb, spb, model, opt = _train(True, make_alg)
+    assert len(ma) == len(mb) == spa.updates > 5
+    for a, b in zip(ma, mb):  # identical topology after every update
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
+    for n in wa:
+        assert torch.allclose(wa[n], wb[n], atol=1e-5)
+    assert spa.itop_rate == spb.itop_rate
+    # optimizer state holds only the nonzeros
+    for layer in spb.layers.values():
+        values = layer.sparse_module.values
+        assert values.numel() == layer.n_active == layer.sparse_module.nnz
+        assert opt.state[values]["momentum_buffer"].shape == values.shape
+
+
+def test_adam_state_follows_the_structure_and_grown_weights_start_fresh():
+    make = lambda: st.RigL(density=0.25, update_interval=10, seed=0)  # noqa: E731
+    _, ma, wa, _, _, _ = _train(False, make, steps=60, opt="adam")
+    _, mb, wb, spb, model, opt = _train(True, make, steps=60, opt="adam")
+    assert all(torch.equal(ma[-1][n], mb[-1][n]) for n in ma[-1])
+    for n in wa:
+        assert torch.allclose(wa[n], wb[n], atol=1e-5)
+    # one more update by hand: grown weights have zero value and zero Adam moments
+    layer = next(iter(spb.layers.values()))
+    before = layer.mask.clone()
+    x, y = _data()[0]
+    spb.request_update(0.5, grow="random")
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    new = layer.mask & ~before
+    assert int(new.sum()) > 0
+    values = layer.sparse_module.values
+    state = opt.state[values]
+    flat = torch.zeros(layer.numel, dtype=torch.bool)
+    flat[layer.sparse_module.flat_index()] = True
+    grown = new.reshape(-1)[layer.sparse_module.flat_index()]
+    assert torch.all(values[grown] == 0)
+    assert torch.all(state["exp_avg"][grown] == 0) and torch.all(state["exp_avg_sq"][grown] == 0)
+    assert state["exp_avg"].shape == values.shape
+
+
+def test_granet_changes_nnz_and_the_structure_follows():
+    steps = 200
+    make = lambda: st.GraNet(density=0.1, initial_density=0.5, update_interval=20, seed=0)  # noqa: E731
+    _, ma, wa, spa, _, _ = _train(False, make, steps=steps)
+    _, mb, wb, spb, model, opt = _train(True, make, steps=steps)
+    assert all(torch.equal(ma[-1][n], mb[-1][n]) for n in ma[-1])
+    for layer in spb.layers.values():
+        module = layer.sparse_module
+        assert module.nnz == layer.n_active <= module.capacity
+        assert opt.state[module.values]["momentum_buffer"].shape == module.values.shape
+        assert torch.all(module.values[module.nnz:] == 0)  # pruning's padding stays zero
+    assert spb.density == pytest.approx(0.1, abs=2e-3)
+
+
+def test_sparsifier_state_and_model_state_resume_exactly(tmp_path):
+    make = lambda: st.RigL(density=0.2, update_interval=15, seed=1)  # noqa: E731
+    data = _data()
+    _, _, w_full, _, model_full, _ = _train(True, make, steps=90, data=data)
+
+    model = to_sparse(_mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sp = st.Sparsifier(model, opt, make(), total_steps=90)
+    for i in range(50):
+        x, y = data[i % len(data)]
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()}, tmp_path / "c.pt")
+    sp.remove()
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    model = to_sparse(_mlp(seed=5))  # other init, full pattern: the checkpoint brings the structure
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sp = st.Sparsifier(model, opt, make(), total_steps=90)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sp.load_state_dict(ck["sp"])
+    for i in range(50, 90):
+        x, y = data[i % len(data)]
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for n, layer in sp.layers.items():
+        assert torch.equal(layer.sparse_module.dense_weight(), w_full[n])
+
+
+def test_flops_counts_compressed_layers():
+    model = to_sparse(_mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.Static(density=0.1), total_steps=10)
+    report = st.flops(model, torch.randn(1, 20))
+    assert report.dense == 20 * 64 + 64 * 48 + 48 * 5
+    assert report.sparse == sum(l.n_active for l in sp.layers.values())
+
+
+def test_pack_bits_roundtrip():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 8, 9, 1000):
+        m = torch.rand(n, generator=g) < 0.3
+        assert torch.equal(unpack_bits(pack_bits(m), n), m)
+
+
+def test_compressed_checkpoint_roundtrip_and_size(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sizes = {}
+    for density in (0.5, 0.1, 0.01):
+        sp = st.Sparsifier(model, opt, st.Static(density=density, distribution="uniform"), total_steps=10)
+        path = tmp_path / f"m{density}.pt"
+        sizes[density] = save_compressed(model, path, masks=sp.masks)
+        state = load_compressed(path)
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        sp.remove()
+    torch.save(model.state_dict(), tmp_path / "dense.pt")
+    dense = (tmp_path / "dense.pt").stat().st_size
+    assert sizes[0.01] < sizes[0.1] < sizes[0.5] < dense
+    assert sizes[0.01] < 0.05 * dense  # values + int32 positions
+    assert compressed_size(model, masks={}) > 0.9 * dense
+    with pytest.raises(ValueError, match="not entries"):
+        save_compressed(model, tmp_path / "x.pt", masks={"nope": torch.ones(1, dtype=torch.bool)})
+
+
+def test_scored_initial_masks_refuse_compressed_layers():
+    model = to_sparse(_mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data()[0]
+    with pytest.raises(ValueError, match="to_sparse"):
+        st.Sparsifier(model, opt, st.SNIP(density=0.1, batch=(x, y)), total_steps=10)
