@@ -91,6 +91,12 @@ class Sparsifier:
             masked position can never reach a masked weight. The default multiplies by the mask
             (3–10× cheaper on CPU), where NaN·0 = NaN: a non-finite gradient confined to masked
             positions would then reach those weights (see ``docs/correctness.md``).
+        distributed: with ``torch.distributed`` initialised and more than one rank (``"auto"``) or
+            ``True``: the captured dense gradients are averaged across ranks (as DDP averages
+            ``.grad``) before growth, and every update verifies with a checksum that all ranks
+            chose the same masks (a divergence raises, naming the layer). ``False``: ranks are
+            independent runs.
+        process_group: the ``torch.distributed`` group (default: the world).
 
     Attributes:
         masks: dict of fully-qualified parameter name -> bool mask.
@@ -110,6 +116,8 @@ class Sparsifier:
         dense: Union[str, Sequence[str], None] = None,
         track_usage: bool = True,
         nan_safe: bool = False,
+        distributed: Union[bool, str] = "auto",
+        process_group: Any = None,
         **algorithm_kwargs: Any,
     ):
         if isinstance(algorithm, str):
@@ -137,6 +145,10 @@ class Sparsifier:
         self.algorithm.check_total_steps(self.total_steps)
         self.track_usage = bool(track_usage)
         self.nan_safe = bool(nan_safe)
+        if distributed not in (True, False, "auto"):
+            raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
+        self.distributed = distributed
+        self.process_group = process_group
         self.step = 0
         self.updates = 0
         self.dense_grad_steps = 0
@@ -222,8 +234,9 @@ class Sparsifier:
                     f"{type(self.algorithm).__name__} scores its initial mask on dense weights; choose the mask on "
                     "the dense model first, then convert with st.sparse.to_sparse(model, masks=sp.masks)"
                 )
-            # the algorithms see every weight with its dense shape
-            seen = [(n, compressed[n].dense_weight() if n in compressed else p) for n, p in named]
+            # the algorithms see every weight with its dense shape (no data needed: scored masks are refused)
+            seen = [(n, torch.empty(compressed[n].weight_shape, device="meta", dtype=p.dtype) if n in compressed
+                     else p) for n, p in named]
             given = self.algorithm.initial_masks(self.model, seen, counts, self.generator)
             del seen
         for (name, param), shape in zip(named, shapes):
@@ -375,9 +388,70 @@ class Sparsifier:
 
         return hook
 
+    # ------------------------------------------------------------------ distributed (torch.distributed)
+    def _group(self):
+        """The process group to agree with, or ``None`` for a single process."""
+        if self.distributed is False or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            if self.distributed is True:
+                raise RuntimeError("Sparsifier(distributed=True) needs torch.distributed.init_process_group() first")
+            return None
+        group = self.process_group
+        if torch.distributed.get_world_size(group) < 2 and self.distributed == "auto":
+            return None
+        return group if group is not None else torch.distributed.group.WORLD
+
+    def _all_reduce_dense_grads(self, group) -> None:
+        """Average the captured dense gradients over the ranks: growth sees DDP's gradient."""
+        layers = [l for l in self.layers.values() if not l.is_dense]
+        if not layers:
+            return
+        present = [l.grad_buffer is not None and l.grad_buffer_step == self.step for l in layers]
+        ref = next((l.grad_buffer for l, ok in zip(layers, present) if ok), None)
+        dtype = ref.dtype if ref is not None else layers[0].param.dtype
+        device = ref.device if ref is not None else layers[0].param.device
+        flat = torch.cat([
+            (l.grad_buffer.reshape(-1).to(dtype) if ok else torch.zeros(l.numel, dtype=dtype, device=device))
+            for l, ok in zip(layers, present)
+        ])
+        flags = torch.tensor([float(ok) for ok in present], dtype=dtype, device=device)
+        torch.distributed.all_reduce(flat, group=group)
+        torch.distributed.all_reduce(flags, group=group)
+        flat /= torch.distributed.get_world_size(group)
+        offset = 0
+        for l, seen in zip(layers, flags.tolist()):
+            part = flat[offset:offset + l.numel].view(l.shape)
+            offset += l.numel
+            if seen > 0:
+                l.grad_buffer = part
+                l.grad_buffer_step = self.step
+
+    def _verify_masks(self, group) -> None:
+        """Compare a checksum of every layer's mask across ranks; raise naming the first divergence."""
+        sums = []
+        for l in self.layers.values():
+            idx = l.mask.reshape(-1).nonzero().reshape(-1).to(torch.int64)
+            sums.append([int(((idx * 2654435761) % 2147483647).sum()), int(idx.numel())])
+        mine = torch.tensor(sums, dtype=torch.int64)
+        if torch.distributed.get_backend(group) == "nccl":
+            mine = mine.cuda()
+        gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size(group))]
+        torch.distributed.all_gather(gathered, mine, group=group)
+        for rank, other in enumerate(gathered):
+            if not torch.equal(other.cpu(), mine.cpu()):
+                row = int((other.cpu() != mine.cpu()).any(1).nonzero()[0])
+                name = list(self.layers)[row]
+                raise RuntimeError(
+                    f"sparsetrain: the masks of {name} differ between this rank and rank {rank} after the update at "
+                    f"step {self.step}: every rank needs the same algorithm seed and the same gradients (wrap the model "
+                    "in DistributedDataParallel; give every rank the same seed)"
+                )
+
     def _pre_step(self, optimizer, args, kwargs):
         if not self._enabled or not self._capture_next():
             return
+        group = self._group()
+        if group is not None:
+            self._all_reduce_dense_grads(group)
         # Bring the dense gradient to the scale the optimizer sees: GradScaler unscales .grad in
         # place and clipping rescales it after backward; both are per-step scalings we propagate.
         for layer in self.layers.values():
@@ -401,11 +475,18 @@ class Sparsifier:
             # e.g. SNFS's momentum of dense gradients; every such step costs a dense weight gradient
             self.dense_grad_steps += 1
             self.algorithm.on_step(self.layers, self.step)
+        updated = True
         if self._forced is not None:
             forced, self._forced = self._forced, None
             self.update(**forced)
         elif self._scheduled(self.step):
             self.update()
+        else:
+            updated = False
+        if updated:
+            group = self._group()
+            if group is not None:
+                self._verify_masks(group)
         for layer in self.layers.values():
             layer.grad_buffer = None
 

@@ -77,7 +77,7 @@ def _structure(mask: torch.Tensor, index_dtype: torch.dtype):
     t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
     t_crow[1:] = torch.cumsum(mask.sum(0), 0)
     return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype), rows[t_perm].to(index_dtype),
-            t_perm)
+            t_perm.to(index_dtype))
 
 
 class SparseLinear(nn.Module):
@@ -106,13 +106,18 @@ class SparseLinear(nn.Module):
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         if tuple(weight.shape) != tuple(self.weight_shape):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
-        if mask is None:
-            mask = torch.ones(self.weight_shape, dtype=torch.bool, device=weight.device)
-        self.values = nn.Parameter(weight.detach()[mask.to(weight.device)].clone())
         for name in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"):
-            self.register_buffer(name, torch.empty(0, dtype=torch.int64, device=weight.device))
+            self.register_buffer(name, torch.empty(0, dtype=index_dtype, device=weight.device))
         self._flat: Optional[torch.Tensor] = None
-        self._set_indices(mask.to(weight.device))
+        if mask is None:
+            # dense pattern: no index structure yet (a Sparsifier attached next assigns the mask), the
+            # same memory as nn.Linear, computed densely
+            self.values = nn.Parameter(weight.detach().reshape(-1).clone())
+            self._dense_pattern, self._nnz = True, self.values.numel()
+        else:
+            self.values = nn.Parameter(weight.detach()[mask.to(weight.device)].clone())
+            self._dense_pattern = False
+            self._set_indices(mask.to(weight.device))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, device=weight.device, dtype=weight.dtype))
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
@@ -129,18 +134,25 @@ class SparseLinear(nn.Module):
         self.crow_indices, self.col_indices = crow, col
         self.t_crow_indices, self.t_col_indices, self.t_perm = t_crow, t_col, t_perm
         self._nnz = int(col.numel())
+        self._dense_pattern = False
         self._flat = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
                     index_dtype: torch.dtype = torch.int32) -> "SparseLinear":
-        """A SparseLinear holding ``linear``'s weight (at ``mask``, default its nonzeros... all) and bias."""
+        """A SparseLinear holding ``linear``'s weight (at ``mask``; default: every position, to be
+        assigned a mask by a Sparsifier) and bias."""
         m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                 weight=linear.weight.detach(), mask=mask, index_dtype=index_dtype)
         if linear.bias is not None:
             with torch.no_grad():
                 m.bias.copy_(linear.bias)
         return m
+
+    @property
+    def dense_pattern(self) -> bool:
+        """Whether no mask was assigned yet (all positions stored, computed densely)."""
+        return self._dense_pattern
 
     @property
     def nnz(self) -> int:
@@ -158,6 +170,8 @@ class SparseLinear(nn.Module):
 
     def mask(self) -> torch.Tensor:
         """The dense bool mask of stored positions."""
+        if self._dense_pattern:
+            return torch.ones(self.weight_shape, dtype=torch.bool, device=self.values.device)
         out = torch.zeros(self.weight_shape.numel(), dtype=torch.bool, device=self.values.device)
         out[self.flat_index()] = True
         return out.view(self.weight_shape)
@@ -165,6 +179,9 @@ class SparseLinear(nn.Module):
     def flat_index(self) -> torch.Tensor:
         """Row-major flat positions of the nonzeros (cached until the structure changes)."""
         if self._flat is None or self._flat.numel() != self._nnz:
+            if self._dense_pattern:
+                self._flat = torch.arange(self._nnz, device=self.values.device)
+                return self._flat
             rows = torch.repeat_interleave(
                 torch.arange(self.out_features, device=self.values.device),
                 (self.crow_indices[1:] - self.crow_indices[:-1]).to(torch.int64))
@@ -173,7 +190,9 @@ class SparseLinear(nn.Module):
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
-        """The weight as a dense tensor (zeros off the pattern)."""
+        """The weight as a dense tensor (zeros off the pattern); a copy."""
+        if self._dense_pattern:
+            return self.values.detach().view(self.weight_shape).clone()
         w = torch.zeros(self.weight_shape.numel(), dtype=self.values.dtype, device=self.values.device)
         w[self.flat_index()] = self.active_values().detach()
         return w.view(self.weight_shape)
@@ -219,10 +238,14 @@ class SparseLinear(nn.Module):
         self._flat = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        self._nnz = int(self.col_indices.numel())
+        n = self.weight_shape.numel()
+        self._dense_pattern = self.col_indices.numel() == 0 and self.values.numel() == n and n > 0
+        self._nnz = n if self._dense_pattern else int(self.col_indices.numel())
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense_pattern:  # before a mask is assigned: an ordinary dense layer
+            return nn.functional.linear(x, self.values.view(self.weight_shape), self.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         y = _SparseLinearFn.apply(x2, self.active_values(), self)
