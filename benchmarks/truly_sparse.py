@@ -131,7 +131,7 @@ def measure(density: float, steps: int) -> dict:
         row["update_step_in_steps"] = statistics.median(upd) / statistics.median(ts)
     if ssp is not None:
         sb, ib, nnz = state_bytes(sm, sopt, ssp)
-        db, _, _ = state_bytes(dm, dopt, dsp)
+        db = state_bytes(dm, dopt, dsp)[0] if dsp is not None else None
         row.update(sparse_state_bytes=sb, sparse_index_bytes=ib, dense_state_bytes=db, nnz=nnz,
                    state_over_nnz4=sb / (4 * nnz), state_and_index_over_nnz4=(sb + ib) / (4 * nnz))
     return row

@@ -173,3 +173,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     sa = json.loads((ref / "summary.json").read_text())
     sb = json.loads((killed / "summary.json").read_text())
     assert sa["test_acc"] == sb["test_acc"] and sa["curve"] == sb["curve"]
+
+
+@pytest.mark.parametrize("execution", ["sparse", "auto"])
+def test_truly_sparse_execution_trains_like_masked(execution, tmp_path):
+    masked = run(_cfg(epochs=2))
+    sparse = run(_cfg(epochs=2, execution=execution))
+    # same seed, batches and masks: the same run up to float summation order
+    assert sparse["updates"] == masked["updates"]
+    assert sparse["itop_rate"] == masked["itop_rate"]
+    assert abs(sparse["test_acc"] - masked["test_acc"]) <= 0.02
+    assert sparse["train_flops_fraction"] == pytest.approx(masked["train_flops_fraction"])
+    with pytest.raises(ValueError, match="execution"):
+        run(_cfg(execution="csr"))

@@ -62,6 +62,8 @@ FIELD_HELP = {
     "data_root": "directory holding the dataset files (see the error message of a missing dataset)",
     "train_subset": "use only the first N training examples",
     "checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
+    "execution": "Linear layers: masked (dense kernels), sparse (CSR, cost follows nnz), auto (sparse below "
+                 "20%% layer density, the measured break-even)",
     "sup_tickets": "Sup-tickets: superpose tickets from cyclic final epochs (same epoch budget)",
     "cycles": "Sup-tickets: number of tickets K (default: from --cycle-ratio)",
     "cycle_epochs": "Sup-tickets: epochs per cycle C",
@@ -70,6 +72,7 @@ FIELD_HELP = {
     "ticket_drop": "Sup-tickets: share of active weights replaced at each cycle's start",
     "ticket_grow": "Sup-tickets: growth at each cycle's start: gradient, random, algorithm",
     "ticket_beta": "Sup-tickets: exponential-average factor (default: cumulative average)",
+    "name": "the run's label in tables (default: the method, +sup-tickets)",
 }
 
 
@@ -261,6 +264,8 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
                             algo[k] = v
                     if algo:
                         values["algorithm_kwargs"] = algo
+                    if keys:  # grid variants are separate rows of the report
+                        values["name"] = m + "".join(f" {k}={v}" for k, v in zip(keys, combo))
                     plan.append(values)
     results, failures = [], []
     (out / "runs").mkdir(parents=True, exist_ok=True)

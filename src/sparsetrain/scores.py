@@ -29,22 +29,35 @@ def random_scores(like: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.rand(like.shape, generator=generator).to(like.device)
 
 
+def _select(scores: torch.Tensor, candidates: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k <= 0:
+        return out.view(scores.shape)
+    flat_c = candidates.reshape(-1)
+    s = scores.detach().reshape(-1)
+    n_c = int(torch.count_nonzero(flat_c))
+    if k <= n_c and 4 * n_c < flat_c.numel():
+        # few candidates (drop among the active weights of a sparse layer): rank only them
+        idx = flat_c.nonzero().reshape(-1)
+        if k == n_c:
+            out[idx] = True
+        else:
+            out[idx[torch.topk(s[idx].float(), k, largest=largest, sorted=False).indices]] = True
+    else:
+        fill = float("-inf") if largest else float("inf")
+        s = s.float().masked_fill(~flat_c, fill)
+        out[torch.topk(s, k, largest=largest, sorted=False).indices] = True
+    return out.view(scores.shape)
+
+
 def select_lowest(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """Bool tensor marking the ``k`` candidates with the lowest score (ties: deterministic)."""
-    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        s = scores.detach().reshape(-1).float().masked_fill(~candidates.reshape(-1), float("inf"))
-        out[torch.topk(s, k, largest=False, sorted=False).indices] = True
-    return out.view(scores.shape)
+    return _select(scores, candidates, k, largest=False)
 
 
 def select_highest(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """Bool tensor marking the ``k`` candidates with the highest score (ties: deterministic)."""
-    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        s = scores.detach().reshape(-1).float().masked_fill(~candidates.reshape(-1), float("-inf"))
-        out[torch.topk(s, k, largest=True, sorted=False).indices] = True
-    return out.view(scores.shape)
+    return _select(scores, candidates, k, largest=True)
 
 
 def signed_drop(weight: torch.Tensor, active: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,7 +69,7 @@ def signed_drop(weight: torch.Tensor, active: torch.Tensor, k: int) -> torch.Ten
     w = weight.detach()
     pos = active & (w > 0)
     neg = active & ~(w > 0)
-    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    n_pos, n_neg = int(torch.count_nonzero(pos)), int(torch.count_nonzero(neg))
     k_pos = min(k // 2, n_pos)
     k_neg = min(k - k_pos, n_neg)
     k_pos = min(k - k_neg, n_pos)

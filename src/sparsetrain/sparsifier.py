@@ -247,7 +247,7 @@ class Sparsifier:
             target = dens[name]
             if given is not None and name in given:
                 mask = given[name].to(param.device, torch.bool).reshape(shape).clone()
-                target = float(mask.sum()) / shape.numel()
+                target = float(torch.count_nonzero(mask)) / shape.numel()
             else:
                 mask = random_mask(shape, counts[name], self.generator, param.device)
             if module is not None:  # keep only the chosen weights: memory ∝ nnz from here on
@@ -258,7 +258,7 @@ class Sparsifier:
                 param=param,
                 target_density=target,
                 pinned=name in pinned,
-                n_active=int(mask.sum()),
+                n_active=int(torch.count_nonzero(mask)),
                 mask=mask,
                 ever_active=mask.clone(),
                 counter=torch.zeros(shape, dtype=torch.int32, device=param.device) if self.track_usage else None,
@@ -607,7 +607,7 @@ class Sparsifier:
                 dropped = self.algorithm.select_drop(layer, k_drop, ctx)
             after_drop = old & ~dropped
             available = ~after_drop
-            k_grow = max(0, min(int(k_grow), int(available.sum())))
+            k_grow = max(0, min(int(k_grow), int(torch.count_nonzero(available))))
             if not k_grow:
                 grown = torch.zeros_like(old)
             elif forced and grow == "gradient":
@@ -618,21 +618,24 @@ class Sparsifier:
                 grown = self.algorithm.select_grow(layer, k_grow, available, ctx)
             new = after_drop | grown
             expected = layer.n_active - k_drop + k_grow
-            if int(new.sum()) != expected or bool((grown & after_drop).any()):  # an algorithm bug, never user input
+            if int(torch.count_nonzero(new)) != expected or bool((grown & after_drop).any()):  # an algorithm bug, never user input
                 raise RuntimeError(f"{type(self.algorithm).__name__} selected an inconsistent drop/grow set in {layer.name}")
             newly = new & ~old
-            n_new = int(newly.sum())
+            n_new = int(torch.count_nonzero(newly))
             info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": n_new / max(layer.n_active, 1)}
             if k_grow:
-                info["exploration"] = int((grown & ~layer.ever_active).sum()) / k_grow
+                fresh_grown = int(torch.count_nonzero(grown & ~layer.ever_active))
+                info["exploration"] = fresh_grown / k_grow
                 if layer.grad_buffer is not None:
                     g = layer.grad_buffer.abs()
-                    base = float(g[available].mean())
+                    n_avail = int(torch.count_nonzero(available))
+                    # means over positions by sums (boolean indexing of a large layer is slow)
+                    base = float(g.sum() - (g * after_drop).sum()) / max(n_avail, 1)
                     if base > 0:
-                        info["exploitation"] = float(g[grown].mean()) / base
+                        info["exploitation"] = float((g * grown).sum()) / k_grow / base
                         exploit_num += info["exploitation"] * k_grow
                         exploit_w += k_grow
-                new_total += int((grown & ~layer.ever_active).sum())
+                new_total += fresh_grown
             changed_total += n_new
             active_total += layer.n_active
             self._apply_new_mask(layer, new, old & new, newly)
@@ -708,7 +711,7 @@ class Sparsifier:
     @property
     def itop_rate(self) -> float:
         """R_s: fraction of sparse-parameter weights active at least once (initial mask included)."""
-        ever = sum(int(l.ever_active.sum()) for l in self.layers.values())
+        ever = sum(int(torch.count_nonzero(l.ever_active)) for l in self.layers.values())
         return ever / sum(l.numel for l in self.layers.values())
 
     def usage_counters(self) -> dict[str, torch.Tensor]:
@@ -856,7 +859,7 @@ class Sparsifier:
             l.active_steps = int(s["active_steps"])
             l.init_std = float(s["init_std"])
             l.grad_buffer = None
-            if int(l.mask.sum()) != l.n_active:
+            if int(torch.count_nonzero(l.mask)) != l.n_active:
                 raise ValueError(f"corrupt checkpoint: mask of {n} has {int(l.mask.sum())} active weights, expected {l.n_active}")
         self.step = int(state["step"])
         self.updates = int(state["updates"])

@@ -83,6 +83,7 @@ class RunConfig:
     train_subset: Optional[int] = None
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
+    execution: str = "masked"
     # Sup-tickets (spec §4): the last cycles of the same epoch budget collect tickets
     sup_tickets: bool = False
     cycles: Optional[int] = None
@@ -92,10 +93,13 @@ class RunConfig:
     ticket_drop: float = 0.5
     ticket_grow: str = "gradient"
     ticket_beta: Optional[float] = None
+    name: Optional[str] = None
 
     @property
     def label(self) -> str:
-        """The method's name in tables: ``rigl``, ``rigl+sup-tickets``, ..."""
+        """The method's name in tables: ``name`` if given, else ``rigl``, ``rigl+sup-tickets``, ..."""
+        if self.name:
+            return self.name
         return f"{self.method}+sup-tickets" if self.sup_tickets else self.method
 
     @classmethod
@@ -147,6 +151,10 @@ class RunConfig:
             bad(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if any(not 0 < m < 1 for m in self.milestones):
             bad(f"milestones are fractions of training in (0, 1), got {self.milestones}")
+        if self.execution not in ("masked", "sparse", "auto"):
+            bad(f"unknown execution {self.execution!r}; valid: masked, sparse, auto")
+        if self.execution != "masked" and st.algorithms.parse_method(self.method)[0].lower() in ("snip", "grasp"):
+            bad("SNIP/GraSP score the mask on dense weights: use execution='masked' with them")
         if self.checkpoint_every < 0:
             bad("checkpoint_every must be >= 0 (0: at the end of each epoch only)")
         if self.sup_tickets:
@@ -220,6 +228,48 @@ def _build_optimizer(cfg: RunConfig, model: nn.Module):
                                weight_decay=cfg.weight_decay)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+#: Below this layer density the truly sparse Linear path is faster on CPU (measured by
+#: benchmarks/truly_sparse.py: 1.4× per training step at 20%, 0.2× at 100%; see docs/sparse.md).
+AUTO_BREAK_EVEN = 0.2
+
+
+def _build_algorithm(cfg: RunConfig, train: Loader, device):
+    name, spec_kwargs = st.algorithms.parse_method(cfg.method)
+    kwargs = {**cfg.algorithm_kwargs, **spec_kwargs}
+    cls = st.ALGORITHMS.get(name.lower())
+    if cls is not None and not cls.dynamic:  # a static mask has no schedule
+        kwargs.pop("update_interval", None)
+    kwargs.setdefault("distribution", cfg.distribution)
+    if cls is not None and getattr(cls, "needs_batch", False) and "batch" not in kwargs:
+        # scored static masks (SNIP, GraSP): a few training batches, in the run's own order
+        train.set_epoch(0)
+        it = iter(train)
+        kwargs["batch"] = [tuple(t.to(device) for t in next(it)) for _ in range(min(4, len(train)))]
+    return st.make_algorithm(name, density=cfg.density, seed=cfg.seed, **kwargs)
+
+
+def _convert_execution(cfg: RunConfig, model: nn.Module, algorithm) -> list[str]:
+    """``execution``: keep Linear layers masked-dense, make them truly sparse, or choose per layer."""
+    if cfg.execution == "masked":
+        return []
+    linears = {f"{n}.weight": m for n, m in model.named_modules() if type(m) is nn.Linear}
+    if cfg.execution == "sparse":
+        chosen = set(linears)
+    else:  # auto: the layers whose target density is below the measured break-even
+        prunable = [(f"{n}.weight", m.weight.shape) for n, m in model.named_modules()
+                    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+        dens = st.distributions.layer_densities([n for n, _ in prunable], [s for _, s in prunable],
+                                                algorithm.initial_density, algorithm.distribution,
+                                                power=algorithm.erk_power)
+        chosen = {n for n in linears if dens.get(n, 1.0) < AUTO_BREAK_EVEN}
+    if chosen:
+        from sparsetrain.sparse import to_sparse
+
+        to_sparse(model, include=lambda name, m: f"{name}.weight" in chosen)
+    log.info("truly sparse execution for %s", sorted(chosen))
+    return sorted(chosen)
 
 
 def _prepare_out(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[dict]:
@@ -298,6 +348,10 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
     model = build_model(cfg.model, info["in_channels"], info["num_classes"], pad_to or image).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    algorithm = None
+    if cfg.method != "dense":
+        algorithm = _build_algorithm(cfg, train, device)
+        _convert_execution(cfg, model, algorithm)
     optimizer = _build_optimizer(cfg, model)
     micro = len(train)
     steps_per_epoch = -(-micro // cfg.accumulate)
@@ -310,19 +364,7 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
 
     sparsifier = None
     tickets = None
-    if cfg.method != "dense":
-        name, spec_kwargs = st.algorithms.parse_method(cfg.method)
-        kwargs = {**cfg.algorithm_kwargs, **spec_kwargs}
-        cls = st.ALGORITHMS.get(name.lower())
-        if cls is not None and not cls.dynamic:  # a static mask has no schedule
-            kwargs.pop("update_interval", None)
-        kwargs.setdefault("distribution", cfg.distribution)
-        if cls is not None and getattr(cls, "needs_batch", False) and "batch" not in kwargs:
-            # scored static masks (SNIP, GraSP): a few training batches, in the run's own order
-            train.set_epoch(0)
-            it = iter(train)
-            kwargs["batch"] = [tuple(t.to(device) for t in next(it)) for _ in range(min(4, len(train)))]
-        algorithm = st.make_algorithm(name, density=cfg.density, seed=cfg.seed, **kwargs)
+    if algorithm is not None:
         sparsifier = st.Sparsifier(model, optimizer, algorithm, total_steps=base_steps)
         if cfg.sup_tickets:
             tickets = st.SupTickets(

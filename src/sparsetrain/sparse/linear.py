@@ -70,12 +70,12 @@ def _structure(mask: torch.Tensor, index_dtype: torch.dtype):
     out_f, in_f = mask.shape
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of ``weight[mask]``
     crow = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
-    crow[1:] = torch.cumsum(mask.sum(1), 0)
+    crow[1:] = torch.cumsum(torch.count_nonzero(mask, dim=1), 0)
     # transpose: entries sorted by (col, row); t_perm maps them to positions in values
     key = cols.to(torch.int64) * out_f + rows.to(torch.int64)
     t_perm = torch.argsort(key)
     t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
-    t_crow[1:] = torch.cumsum(mask.sum(0), 0)
+    t_crow[1:] = torch.cumsum(torch.count_nonzero(mask, dim=0), 0)
     return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype), rows[t_perm].to(index_dtype),
             t_perm.to(index_dtype))
 
