@@ -50,20 +50,28 @@ def _train(model, sp_model, opt, rank, world, start=0, stop=STEPS, kind="rigl", 
 
 
 def _worker(rank, world, init, out, mode):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
     try:
-        _work(rank, world, init, out, mode)
+        _work(rank, world, out, mode)
     except BaseException:
         import traceback
 
         with open(f"{out}/error{rank}.txt", "w") as f:
             f.write(traceback.format_exc())
         raise
+    finally:
+        # free DDP's reducer before the process group, and let no rank tear gloo down while
+        # another still talks to it
+        import gc
+
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
 
 
-def _work(rank, world, init, out, mode):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
+def _work(rank, world, out, mode):
+    if True:
         inner = _model()
         if mode == "wrap-first":
             model = nn.parallel.DistributedDataParallel(inner)
@@ -107,9 +115,6 @@ def _work(rank, world, init, out, mode):
             sp, hist = _train(model, sp_model, opt, rank, world)
         torch.save({"history": hist, "weights": {k: v.clone() for k, v in inner.state_dict().items()},
                     "updates": sp.updates}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.barrier()  # no rank tears gloo down while another still talks to it
-        dist.destroy_process_group()
 
 
 def _spawn(tmp_path, mode, world=2):

@@ -235,3 +235,20 @@ def test_scored_initial_masks_refuse_compressed_layers():
     x, y = _data()[0]
     with pytest.raises(ValueError, match="to_sparse"):
         st.Sparsifier(model, opt, st.SNIP(density=0.1, batch=(x, y)), total_steps=10)
+
+
+def test_compressed_checkpoint_of_a_truly_sparse_model_loads_back(tmp_path):
+    model = to_sparse(_mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.Static(density=0.1), total_steps=10)
+    size = save_compressed(model, tmp_path / "m.pt")
+    full = tmp_path / "full.pt"
+    torch.save(model.state_dict(), full)
+    assert size < 0.75 * full.stat().st_size  # no transposed structure, no padding
+    fresh = to_sparse(_mlp(seed=3))
+    fresh.load_state_dict(load_compressed(tmp_path / "m.pt"))
+    x = torch.randn(4, 20)
+    assert torch.allclose(fresh(x), model(x), atol=1e-6)
+    for a, b in zip(model.modules(), fresh.modules()):
+        if isinstance(a, SparseLinear):
+            assert torch.equal(a.t_perm, b.t_perm) and torch.equal(a.t_col_indices, b.t_col_indices)

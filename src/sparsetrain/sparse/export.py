@@ -4,7 +4,8 @@
 nonzero values plus either int32 flat positions or a packed bit mask (whichever is smaller:
 positions win below ~3% density). :class:`~sparsetrain.sparse.SparseLinear` layers are already
 compressed and are stored as they are. :func:`load_compressed` returns an ordinary
-``state_dict`` (dense tensors with zeros for masked weights) ready for ``model.load_state_dict``.
+``state_dict`` (dense tensors with zeros for masked weights; SparseLinear entries as CSR, whose
+transposed structure the layer rebuilds when loading) ready for ``model.load_state_dict``.
 Files are written atomically and read with ``weights_only=True``.
 """
 
@@ -51,8 +52,18 @@ def _entry(w: torch.Tensor, mask: torch.Tensor) -> dict:
     return entry
 
 
+_TRANSPOSE = ("t_crow_indices", "t_col_indices", "t_perm")
+
+
 def _compress(model_or_state, masks: Optional[Mapping[str, torch.Tensor]]) -> dict:
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else dict(model_or_state)
+    # SparseLinear: values (padding cut) + CSR are stored; the transpose is rebuilt at load
+    for key in [k for k in state if k.endswith(".col_indices") or k == "col_indices"]:
+        prefix = key[: -len("col_indices")]
+        if prefix + "t_perm" in state and prefix + "values" in state:
+            for t in _TRANSPOSE:
+                state.pop(prefix + t, None)
+            state[prefix + "values"] = state[prefix + "values"][: state[key].numel()]
     masks = dict(masks or {})
     unknown = sorted(set(masks) - set(state))
     if unknown:

@@ -31,6 +31,10 @@ __all__ = ["SparseLinear", "to_sparse", "to_dense"]
 warnings.filterwarnings("ignore", message=r"Sparse CSR tensor support is in beta", category=UserWarning)
 
 
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _csr(crow, col, values, size):
     return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
@@ -39,7 +43,10 @@ class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, module):
         w = _csr(module.crow_indices, module.col_indices, values, module.weight_shape)
-        y = torch.mm(w, x.t()).t()
+        # CSR × dense is fastest with a contiguous right operand; the result's transpose is returned
+        # as a view, so a following SparseLinear (through bias, ReLU, ... which keep the layout)
+        # gets an input whose transpose is already contiguous
+        y = torch.mm(w, _contiguous(x.t())).t()
         ctx.module = module
         ctx.save_for_backward(x, values)
         return y
@@ -49,11 +56,11 @@ class _SparseLinearFn(torch.autograd.Function):
         x, values = ctx.saved_tensors
         m = ctx.module
         gx = gvals = None
+        gyt = gy.t()
         if ctx.needs_input_grad[0]:
             wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
-            gx = torch.mm(wt, gy.t()).t()
+            gx = torch.mm(wt, _contiguous(gyt)).t()
         if ctx.needs_input_grad[1]:
-            gyt = gy.t().contiguous()
             want = m.dense_grad_request
             if want is not None and want():
                 dense = torch.mm(gyt, x)  # only at topology-update steps
@@ -61,7 +68,7 @@ class _SparseLinearFn(torch.autograd.Function):
                 gvals = dense.reshape(-1)[m.flat_index()]
             else:
                 pattern = _csr(m.crow_indices, m.col_indices, torch.zeros_like(values), m.weight_shape)
-                gvals = torch.sparse.sampled_addmm(pattern, gyt, x.contiguous(), beta=0.0).values()
+                gvals = torch.sparse.sampled_addmm(pattern, gyt, _contiguous(x), beta=0.0).values()
         return gx, gvals, None
 
 
@@ -227,6 +234,20 @@ class SparseLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        if prefix + "t_perm" not in state_dict and prefix + "col_indices" in state_dict:
+            # a compressed checkpoint stores only the CSR; rebuild the transpose
+            crow = state_dict[prefix + "crow_indices"].to(torch.int64)
+            col = state_dict[prefix + "col_indices"].to(torch.int64)
+            if col.numel():
+                rows = torch.repeat_interleave(torch.arange(self.out_features), crow[1:] - crow[:-1])
+                mask = torch.zeros(self.weight_shape, dtype=torch.bool)
+                mask[rows, col] = True
+                _, _, t_crow, t_col, t_perm = _structure(mask, state_dict[prefix + "col_indices"].dtype)
+            else:
+                t_crow = t_col = t_perm = torch.empty(0, dtype=state_dict[prefix + "col_indices"].dtype)
+            state_dict[prefix + "t_crow_indices"] = t_crow
+            state_dict[prefix + "t_col_indices"] = t_col
+            state_dict[prefix + "t_perm"] = t_perm
         # the pattern may differ from ours (another update, another nnz): adopt its sizes first
         key = prefix + "values"
         if key in state_dict and state_dict[key].shape != self.values.shape:
