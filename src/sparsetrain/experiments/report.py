@@ -169,10 +169,12 @@ def plot_accuracy_vs_sparsity(rows: Sequence[dict[str, Any]], path: Path, title:
             ax.axhline(r["acc_mean"], color="black", ls="--", lw=1, label=f"dense ({r['acc_mean']:.2f}%)")
             ax.axhspan(r["acc_mean"] - r["acc_std"], r["acc_mean"] + r["acc_std"], color="black", alpha=0.08)
     markers = "osD^v<>pPX*h"
+    cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
     for i, m in enumerate(methods):
         pts = sorted((100 * (1 - r["density"]), r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == m)
         xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, label=m, lw=1.2, ms=5)
+        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, label=m, lw=1.2, ms=5,
+                    color=cmap(i % cmap.N))
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title, fontsize=10)
