@@ -155,6 +155,7 @@ class Sparsifier:
         self.history: list[dict[str, Any]] = []
         self.updates_paused = False
         self._forced: Optional[dict[str, Any]] = None
+        self._reduced_at = -1
         self.generator = torch.Generator().manual_seed(self.algorithm.seed)
         self._enabled = True
         self._handles: list[Any] = []
@@ -425,6 +426,14 @@ class Sparsifier:
                 l.grad_buffer = part
                 l.grad_buffer_step = self.step
 
+    def _reduce_once(self, group) -> None:
+        """All-reduce this step's dense gradients once, where they exist (see :meth:`_post_step`)."""
+        if self._reduced_at == self.step:
+            return
+        if any(l.grad_buffer is not None and l.grad_buffer_step == self.step for l in self.layers.values()):
+            self._all_reduce_dense_grads(group)
+            self._reduced_at = self.step
+
     def _verify_masks(self, group) -> None:
         """Compare a checksum of every layer's mask across ranks; raise naming the first divergence."""
         sums = []
@@ -451,7 +460,7 @@ class Sparsifier:
             return
         group = self._group()
         if group is not None:
-            self._all_reduce_dense_grads(group)
+            self._reduce_once(group)
         # Bring the dense gradient to the scale the optimizer sees: GradScaler unscales .grad in
         # place and clipping rescales it after backward; both are per-step scalings we propagate.
         for layer in self.layers.values():
@@ -469,6 +478,12 @@ class Sparsifier:
     def _post_step(self, optimizer, args, kwargs):
         if not self._enabled:
             return
+        if self._capture_next():
+            # optimizers stepped with a closure (Lightning) run backward inside step(), after
+            # the pre-step hook: the dense gradients are averaged across ranks here instead
+            group = self._group()
+            if group is not None:
+                self._reduce_once(group)
         self.step += 1
         self.apply_masks()
         if self.algorithm.dense_grad_every_step:

@@ -1,0 +1,83 @@
+"""PyTorch Lightning callback: attach, train, log, save and resume through Lightning's checkpoints."""
+
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("pytorch_lightning")
+
+import sparsetrain as st  # noqa: E402
+from sparsetrain.integrations.lightning import SparsetrainCallback  # noqa: E402
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class StopAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(96, 10, generator=g), torch.randint(0, 3, (96,), generator=g))
+    return torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False)
+
+
+def _trainer(tmp_path, steps, **kw):
+    return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=pl.loggers.CSVLogger(str(tmp_path)),
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                      log_every_n_steps=1, **kw)
+
+
+def _callback():
+    return SparsetrainCallback(st.RigL(density=0.25, update_interval=4, end=None))
+
+
+def test_lightning_callback_trains_sparse_logs_and_resumes_exactly(tmp_path):
+    # uninterrupted: 24 steps
+    full_cb = _callback()
+    full_cb_model = Tiny()
+    t = _trainer(tmp_path / "full2", 24, callbacks=[full_cb])
+    t.fit(full_cb_model, _loader())
+    spf = full_cb.sparsifier
+    assert spf.step == 24 and spf.updates == 6
+    for n, p in full_cb_model.named_parameters():
+        if n in spf.masks:
+            assert bool((p[~spf.masks[n]] == 0).all())
+            assert int(spf.masks[n].sum()) == spf.layers[n].n_active
+    logged = (tmp_path / "full2" / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "sparsetrain/itop_rate" in logged and "sparsetrain/turnover" in logged
+
+    # interrupted at 12 steps, checkpoint, resume to 24 in a new trainer with a new callback
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True, every_n_train_steps=12)
+    cb1 = _callback()
+    m1 = Tiny()
+    # same max_steps (the schedules depend on it), stopped after 12 steps
+    _trainer(tmp_path / "a", 24, callbacks=[cb1, ckpt, StopAt(12)]).fit(m1, _loader())
+    assert cb1.sparsifier.step == 12
+    cb2 = _callback()
+    m2 = Tiny()
+    _trainer(tmp_path / "b", 24, callbacks=[cb2]).fit(m2, _loader(), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    sp2 = cb2.sparsifier
+    assert sp2.step == 24 and sp2.updates == 6
+    assert all(torch.equal(sp2.masks[n], spf.masks[n]) for n in spf.masks)
+    for (n, a), (_, b) in zip(full_cb_model.state_dict().items(), m2.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
