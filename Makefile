@@ -10,11 +10,12 @@ FMNIST := /usr/share/datasets/fashion-mnist
 setup: $(STAMP)
 
 # torch is pinned and installed first (a CPU build on these machines); an unpinned
-# torch would pull a multi-GB CUDA stack.
-$(STAMP): pyproject.toml Makefile
+# torch would pull a multi-GB CUDA stack. constraints.txt keeps every extra (Lightning,
+# transformers, ...) from replacing it.
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,demo]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,demo]'
 	touch $(STAMP)
 
 # Debian ships the full Fashion-MNIST; install it where apt-get is available and it is missing.
