@@ -186,3 +186,10 @@ def test_truly_sparse_execution_trains_like_masked(execution, tmp_path):
     assert sparse["train_flops_fraction"] == pytest.approx(masked["train_flops_fraction"])
     with pytest.raises(ValueError, match="execution"):
         run(_cfg(execution="csr"))
+
+
+def test_bf16_amp_channels_last_and_label_smoothing_run(tmp_path):
+    r = run(_cfg(model="lenet5", epochs=1, amp="bf16", channels_last=True, label_smoothing=0.1,
+                 optimizer="adamw", lr=1e-3, schedule="constant"), tmp_path / "amp")
+    assert r["density"] == pytest.approx(0.2, abs=1e-3) and r["updates"] > 0
+    assert 0.0 <= r["test_acc"] <= 1.0 and r["test_loss"] == r["test_loss"]  # finite, not NaN
