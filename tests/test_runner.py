@@ -193,3 +193,24 @@ def test_bf16_amp_channels_last_and_label_smoothing_run(tmp_path):
                  optimizer="adamw", lr=1e-3, schedule="constant"), tmp_path / "amp")
     assert r["density"] == pytest.approx(0.2, abs=1e-3) and r["updates"] > 0
     assert 0.0 <= r["test_acc"] <= 1.0 and r["test_loss"] == r["test_loss"]  # finite, not NaN
+
+
+@pytest.mark.slow
+def test_train_nproc_2_equals_one_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "sparsetrain", "train", "--model", "mlp", "--dataset", "synthetic", "--method",
+            "rigl", "--density", "0.2", "--epochs", "2", "--batch-size", "64", "--hp", "update_interval=3",
+            "--threads", "1", "--no-progress"]
+    one = subprocess.run(base + ["--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(base + ["--out", str(tmp_path / "two"), "--nproc", "2"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
+    for n in a["sparsifier"]["layers"]:
+        assert torch.equal(a["sparsifier"]["layers"][n]["mask"], b["sparsifier"]["layers"][n]["mask"])
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+    sa = json.loads((tmp_path / "one" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert sa["updates"] == sb["updates"] > 0 and abs(sa["test_acc"] - sb["test_acc"]) < 0.01

@@ -926,3 +926,11 @@ def test_torch_compile_with_the_sparsifier_attached():
     # the compiled model computes with the current (updated) masks: same output as eager
     with torch.no_grad():
         assert torch.allclose(compiled(data[0][0]), model(data[0][0]), atol=1e-5)
+
+
+def test_meta_device_model_is_refused_with_the_fix():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        st.Sparsifier(model, opt, st.RigL(density=0.5), total_steps=10)

@@ -329,6 +329,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="discard a run already in --out and start over")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (needs tensorboard)")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="processes for DistributedDataParallel (launched with torchrun; --batch-size is the global "
+                            "batch, divisible by nproc)")
     _add_run_flags(train)
 
     sw = sub.add_parser("sweep", formatter_class=fmt,
@@ -392,10 +395,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     commit = git_commit()  # the code the runs use, even if the checkout moves on meanwhile
     try:
+        if args.command == "train" and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+            return _launch(args.nproc, list(sys.argv[1:] if argv is None else argv))
         return _dispatch(args, command, start, commit)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"sparsetrain {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun (PyTorch's own launcher) with ``nproc`` processes."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sparsetrain", *rest]
+    print("launching: " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
 
 
 def _dispatch(args, command: str, start: float, commit: str) -> int:
@@ -419,10 +445,21 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
 
         values = _resolve(args, load_config(args.config) if args.config else {})
         cfg = _config(values)
-        r = run(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                tensorboard=args.tensorboard)
-        print(f"{cfg.label} at density {cfg.density:g}: " + _result_line(r))
-        print(f"run directory: {Path(args.out).resolve()}")
+        import torch.distributed as dist
+
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+        if launched:  # a torchrun worker
+            dist.init_process_group("nccl" if str(cfg.device).startswith("cuda") else "gloo")
+        try:
+            r = run(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress, tensorboard=args.tensorboard)
+        finally:
+            if launched:
+                dist.barrier()
+                dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{cfg.label} at density {cfg.density:g}: " + _result_line(r))
+            print(f"run directory: {Path(args.out).resolve()}")
         return 0
     if args.command == "sweep":
         file_cfg = load_config(args.config) if args.config else {}

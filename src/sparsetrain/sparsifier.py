@@ -161,6 +161,13 @@ class Sparsifier:
         self._handles: list[Any] = []
 
         named, self._sparse_modules = self._select(model, include, exclude)
+        meta = [n for n, p in named if p.is_meta]
+        if meta:
+            raise ValueError(
+                f"parameter(s) {meta[:3]}{'...' if len(meta) > 3 else ''} are on the meta device (no data): "
+                "materialise the model first (model.to_empty(device=...) and initialise it, or load its weights), "
+                "then attach the Sparsifier"
+            )
         self._check_optimizer(named)
         self.layers: dict[str, LayerState] = {}
         self._init_layers(named, _as_list(dense))

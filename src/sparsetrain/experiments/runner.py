@@ -323,12 +323,24 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
     or ``overwrite`` (start over).
     """
     cfg.validate()
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
     out = Path(out_dir) if out_dir is not None else None
     ckpt = None
     if out is not None:
         if resume and (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
-        ckpt = _prepare_out(out, cfg, resume, overwrite)
+        if rank == 0:  # one process owns the run directory; the others read the checkpoint
+            ckpt = _prepare_out(out, cfg, resume, overwrite)
+        if world > 1:
+            dist.barrier()
+            if rank != 0 and resume and (out / "checkpoint_last.pt").exists():
+                ckpt = torch.load(out / "checkpoint_last.pt", weights_only=True, map_location="cpu")
+        if rank != 0:
+            out = None  # only rank 0 writes files
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.device)
@@ -373,6 +385,12 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
                 grow=cfg.ticket_grow, beta=cfg.ticket_beta,
             )
             scheduler = tickets.lr_scheduler(scheduler)
+    # DDP (launched by torchrun / `sparsetrain train --nproc N`): each rank takes every world-th
+    # example of the same global batch; gradients are averaged by DDP, the sparsifier averages
+    # its dense gradients and checks that all ranks chose the same masks
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.amp == "bf16" else (
         (lambda: torch.autocast(device.type, dtype=torch.float16)) if cfg.amp == "fp16" else contextlib.nullcontext)
@@ -461,6 +479,7 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
 
     start = time.perf_counter()
     model.train()
+    progress = progress and rank == 0
     epochs_bar = _progress(range(epoch, cfg.epochs), progress, desc=cfg.label, initial=epoch, total=cfg.epochs)
     try:
         for epoch in epochs_bar:
@@ -469,10 +488,12 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
             group_start = batch
             batches = _progress(train, progress, desc=f"epoch {epoch + 1}", leave=False, total=micro, initial=batch)
             for i, (x, y) in enumerate(batches, start=batch):
+                if world > 1:
+                    x, y = x[rank::world], y[rank::world]
                 x, y = _to(x, device, cfg.channels_last), y.to(device)
                 group = min(cfg.accumulate, micro - group_start)
                 with autocast():
-                    loss = criterion(model(x).float(), y)
+                    loss = criterion(net(x).float(), y)
                 (scaler.scale(loss / group) if scaler is not None else loss / group).backward()
                 loss_sum += loss.item() * y.numel()
                 seen += y.numel()
