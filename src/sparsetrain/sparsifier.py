@@ -51,6 +51,14 @@ _FORCED_DROP = ("magnitude",)
 _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weakref.WeakKeyDictionary()
 
 
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - builds without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
 def _as_list(x) -> list:
     if x is None:
         return []
@@ -167,6 +175,13 @@ class Sparsifier:
                 f"parameter(s) {meta[:3]}{'...' if len(meta) > 3 else ''} are on the meta device (no data): "
                 "materialise the model first (model.to_empty(device=...) and initialise it, or load its weights), "
                 "then attach the Sparsifier"
+            )
+        sharded = [n for n, p in named if _is_dtensor(p)]
+        if sharded:
+            raise ValueError(
+                f"parameter(s) {sharded[:3]} are sharded DTensors (FSDP / tensor parallelism), which the sparsifier "
+                "does not support yet: masks and topology updates need the full tensors. Use DistributedDataParallel "
+                "(see docs/distributed.md, which also says what FSDP support would take)"
             )
         self._check_optimizer(named)
         self.layers: dict[str, LayerState] = {}
