@@ -20,26 +20,14 @@ import copy
 import json
 import platform
 import statistics
-import time
 
 import torch
 from torch import nn
 
+from common import step, timed
+
 import sparsetrain as st
 from sparsetrain.experiments.models import build_model
-
-
-def _step(model, opt, x, y):
-    loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def measure(name: str, steps: int, batch: int, optimizer: str = "sgd", nan_safe: bool = True) -> dict:
@@ -64,19 +52,19 @@ def measure(name: str, steps: int, batch: int, optimizer: str = "sgd", nan_safe:
     # warm-up (allocator, first-call costs)
     for i in range(5):
         x, y = batches[i % 8]
-        _step(plain, opt_p, x, y)
-        _step(sparse, opt_s, x, y)
+        step(plain, opt_p, x, y)
+        step(sparse, opt_s, x, y)
 
     t_plain, t_sparse = [], []
     for i in range(steps):
         x, y = batches[i % 8]
         upcoming_update = sp.algorithm.is_update_step(sp.step + 1, sp.total_steps)
         if i % 2 == 0:
-            tp = _timed(lambda: _step(plain, opt_p, x, y))
-            ts = _timed(lambda: _step(sparse, opt_s, x, y))
+            tp = timed(lambda: step(plain, opt_p, x, y))
+            ts = timed(lambda: step(sparse, opt_s, x, y))
         else:
-            ts = _timed(lambda: _step(sparse, opt_s, x, y))
-            tp = _timed(lambda: _step(plain, opt_p, x, y))
+            ts = timed(lambda: step(sparse, opt_s, x, y))
+            tp = timed(lambda: step(plain, opt_p, x, y))
         t_plain.append(tp)
         if not upcoming_update:
             t_sparse.append(ts)
@@ -90,8 +78,8 @@ def measure(name: str, steps: int, batch: int, optimizer: str = "sgd", nan_safe:
     for i in range(max(60, steps // 2)):
         x, y = batches[i % 8]
         upcoming_update = sp2.algorithm.is_update_step(sp2.step + 1, sp2.total_steps)
-        ts = _timed(lambda: _step(sparse, opt_s, x, y))
-        plain_b.append(_timed(lambda: _step(plain, opt_p, x, y)))
+        ts = timed(lambda: step(sparse, opt_s, x, y))
+        plain_b.append(timed(lambda: step(plain, opt_p, x, y)))
         (upd if upcoming_update else normal).append(ts)
     update_cost = statistics.median(upd) - statistics.median(normal)
     update_in_steps = update_cost / statistics.median(plain_b)

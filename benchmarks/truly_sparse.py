@@ -25,10 +25,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
+
+from common import step, timed
 
 import sparsetrain as st
 from sparsetrain.sparse import SparseLinear, to_sparse
@@ -60,19 +61,6 @@ def make(mode: str, density: float, width=WIDTH, depth=DEPTH):
     return model, opt, sp
 
 
-def step(model, opt, x, y):
-    loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def state_bytes(model, opt, sp) -> tuple[int, int, int]:
     """(parameter + optimizer-state bytes of the sparse layers, their index-structure bytes, nnz)."""
     total = index = nnz = 0
@@ -93,8 +81,8 @@ def state_bytes(model, opt, sp) -> tuple[int, int, int]:
 def measure(density: float, steps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(BATCH, IN, generator=g), torch.randint(0, OUT, (BATCH,), generator=g)) for _ in range(4)]
-    dm, dopt, dsp = make("dense", density)
-    sm, sopt, ssp = make("sparse", density)
+    dm, dopt, dsp = make("dense", density, WIDTH, DEPTH)
+    sm, sopt, ssp = make("sparse", density, WIDTH, DEPTH)
     for i in range(2):  # warm-up
         step(dm, dopt, *batches[i])
         step(sm, sopt, *batches[i])
@@ -165,7 +153,7 @@ print(peak)
 
 
 def profile(density: float, steps: int = 5) -> str:
-    model, opt, _ = make("sparse", density)
+    model, opt, _ = make("sparse", density, WIDTH, DEPTH)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(BATCH, IN, generator=g), torch.randint(0, OUT, (BATCH,), generator=g)
     step(model, opt, x, y)
@@ -178,14 +166,17 @@ def profile(density: float, steps: int = 5) -> str:
 
 
 def main(argv=None) -> int:
+    global WIDTH
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--densities", default="1,0.2,0.1,0.05,0.02,0.01")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per mode and density")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--memory", type=int, default=1, help="also measure peak RSS in subprocesses (1/0)")
     ap.add_argument("--profile", type=float, default=None, help="print a profile of the sparse step at this density")
+    ap.add_argument("--width", type=int, default=WIDTH, help="hidden width (smaller for a quick check)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    WIDTH = args.width
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -1,0 +1,38 @@
+"""The benchmark scripts run (tiny settings); their numbers are measured, never asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, tmp_path):
+    env_path = str(ROOT / "src")
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_runs(tmp_path):
+    out = tmp_path / "o.json"
+    _run(["benchmarks/overhead.py", "--models", "lenet300-100", "--steps", "6", "--threads", "1", "--nan-safe", "0",
+          "--out", str(out)], tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["model"] == "lenet300-100" and rows[0]["step_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_truly_sparse_benchmark_runs(tmp_path):
+    out = tmp_path / "t.json"
+    _run(["benchmarks/truly_sparse.py", "--width", "128", "--densities", "1,0.1", "--steps", "2", "--threads", "1",
+          "--out", str(out)], tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["density"] for r in rows] == [1.0, 0.1]
+    assert rows[1]["state_over_nnz4"] == pytest.approx(2.0, rel=0.01)  # values + momentum
+    assert rows[1]["train_rss_sparse_mib"] > 0
