@@ -145,6 +145,17 @@ def test_ddp_two_ranks_agree_and_match_one_process_with_the_global_batch(tmp_pat
     resumed = torch.load(tmp_path / "resumed0.pt", weights_only=True)["weights"]
     for k, v in r0["weights"].items():
         assert torch.allclose(resumed[k], v, atol=1e-6)
+    # ... and in one process (another world size): the sparsifier state is rank-independent
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = st.Sparsifier(model, opt, _algorithm(), total_steps=STEPS)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sp.load_state_dict(ck["sp"])
+    _train(model, model, opt, 0, 1, start=STEPS // 2, sp=sp)
+    for k, v in r0["weights"].items():
+        assert torch.allclose(model.state_dict()[k], v, atol=1e-5)
 
 
 @pytest.mark.slow
