@@ -214,3 +214,12 @@ def test_train_nproc_2_equals_one_process(tmp_path):
     sa = json.loads((tmp_path / "one" / "summary.json").read_text())
     sb = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert sa["updates"] == sb["updates"] > 0 and abs(sa["test_acc"] - sb["test_acc"]) < 0.01
+
+
+def test_tensorboard_logs_are_written(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    run(_cfg(epochs=1), out, tensorboard=True)
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
