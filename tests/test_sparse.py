@@ -252,3 +252,31 @@ def test_compressed_checkpoint_of_a_truly_sparse_model_loads_back(tmp_path):
     for a, b in zip(model.modules(), fresh.modules()):
         if isinstance(a, SparseLinear):
             assert torch.equal(a.t_perm, b.t_perm) and torch.equal(a.t_col_indices, b.t_col_indices)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(out_f=hs.integers(1, 9), in_f=hs.integers(1, 9), batch=hs.integers(1, 5), density=hs.floats(0.0, 1.0),
+       seed=hs.integers(0, 10_000), int64=hs.booleans())
+def test_sparse_linear_equals_masked_linear_for_any_shape_and_mask(out_f, in_f, batch, density, seed, int64):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g)
+    mask = torch.rand(out_f, in_f, generator=g) < density  # empty rows, columns, or no entries at all
+    lin = nn.Linear(in_f, out_f)
+    with torch.no_grad():
+        lin.weight.copy_(w * mask)
+    sp = SparseLinear.from_linear(lin, mask=mask, index_dtype=torch.int64 if int64 else torch.int32)
+    assert sp.nnz == int(mask.sum()) and torch.equal(sp.mask(), mask)
+    x = torch.randn(batch, in_f, generator=g)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = lin(x1), sp(x2)
+    assert torch.allclose(y1, y2, atol=1e-5)
+    gy = torch.randn(batch, out_f, generator=g)
+    y1.backward(gy)
+    y2.backward(gy)
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert torch.allclose(sp.values.grad, lin.weight.grad[mask], atol=1e-5)
+    assert torch.equal(sp.dense_weight(), lin.weight.detach())
