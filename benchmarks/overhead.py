@@ -22,7 +22,6 @@ import platform
 import statistics
 
 import torch
-from torch import nn
 
 from common import step, timed
 

@@ -32,7 +32,7 @@ from torch import nn
 from common import step, timed
 
 import sparsetrain as st
-from sparsetrain.sparse import SparseLinear, to_sparse
+from sparsetrain.sparse import to_sparse
 
 WIDTH, DEPTH, IN, OUT, BATCH = 4096, 3, 784, 10, 256
 

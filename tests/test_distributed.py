@@ -1,8 +1,5 @@
 """DDP on 2 CPU processes (gloo): same masks on every rank, equal to one process with the global batch."""
 
-import os
-import sys
-
 import pytest
 import torch
 import torch.distributed as dist

@@ -934,3 +934,32 @@ def test_meta_device_model_is_refused_with_the_fix():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="meta device.*to_empty"):
         st.Sparsifier(model, opt, st.RigL(density=0.5), total_steps=10)
+
+
+def test_attach_with_state_keeps_restored_weights_and_optimizer_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=2), total_steps=10)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        nn.functional.cross_entropy(model(torch.randn(4, 6, generator=g)), torch.randint(0, 3, (4,), generator=g)).backward()
+        opt.step()
+        opt.zero_grad()
+    saved = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
+             "sp": sp.state_dict()}
+    sp.remove()
+    # a trainer restores weights and optimizer state first, then the callback attaches
+    torch.manual_seed(5)
+    model2 = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    sp2 = st.Sparsifier(model2, opt2, st.RigL(density=0.3, update_interval=2), total_steps=10, state=saved["sp"])
+    assert all(torch.equal(model2.state_dict()[k], v) for k, v in saved["model"].items())
+    assert all(torch.equal(sp2.masks[n], sp.masks[n]) for n in sp.masks) and sp2.step == 5
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], saved["opt"]["state"][0]["exp_avg"])
+    lin = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="format tag"):
+        st.Sparsifier(lin, torch.optim.SGD(lin.parameters(), lr=0.1), "rigl", density=0.5, total_steps=4,
+                      state={"nope": 1})

@@ -22,16 +22,15 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .experiments.report import (  # noqa: F401 - re-exported for users of the CLI module
-    SUP_SUFFIX, aggregate, format_table, git_commit, load_runs, make_plots, plot_accuracy_vs_sparsity, ticket_table,
-    write_report,
+from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
+    SUP_SUFFIX, aggregate, format_table, git_commit, load_runs, make_plots, write_report,
 )
 
-__all__ = ["main", "format_table", "aggregate", "load_config"]
+__all__ = ["main", "format_table", "aggregate", "load_config", "sweep"]
 
 # help for every RunConfig field (train and sweep generate one flag per field from this)
 FIELD_HELP = {

@@ -105,6 +105,10 @@ class Sparsifier:
             chose the same masks (a divergence raises, naming the layer). ``False``: ranks are
             independent runs.
         process_group: the ``torch.distributed`` group (default: the world).
+        state: a :meth:`state_dict` to attach with, for a model (and optimizer) whose trained state
+            was already restored — as trainers restore checkpoints before callbacks run: the saved
+            masks are used from the start, so no fresh mask is drawn or enforced on the restored
+            weights. Equivalent to ``load_state_dict(state)`` right after construction otherwise.
 
     Attributes:
         masks: dict of fully-qualified parameter name -> bool mask.
@@ -126,6 +130,7 @@ class Sparsifier:
         nan_safe: bool = False,
         distributed: Union[bool, str] = "auto",
         process_group: Any = None,
+        state: Optional[Mapping[str, Any]] = None,
         **algorithm_kwargs: Any,
     ):
         if isinstance(algorithm, str):
@@ -185,9 +190,14 @@ class Sparsifier:
             )
         self._check_optimizer(named)
         self.layers: dict[str, LayerState] = {}
-        self._init_layers(named, _as_list(dense))
+        if state is not None:
+            self._check_state_format(state)
+        self._init_layers(named, _as_list(dense), state)
         self._attach()
-        self.apply_masks()
+        if state is not None:
+            self.load_state_dict(state)  # ends by enforcing the saved masks
+        else:
+            self.apply_masks()
         log.info("sparsetrain: %s on %d layers, density %.4f", algorithm, len(self.layers), self.density)
 
     # ------------------------------------------------------------------ selection / init
@@ -235,7 +245,7 @@ class Sparsifier:
                 f"with optimizer.add_param_group), or leave them dense with exclude={missing!r}"
             )
 
-    def _init_layers(self, named, dense_globs):
+    def _init_layers(self, named, dense_globs, state: Optional[Mapping[str, Any]] = None):
         names = [n for n, _ in named]
         compressed = self._sparse_modules
         shapes = [compressed[n].weight_shape if n in compressed else p.shape for n, p in named]
@@ -268,7 +278,10 @@ class Sparsifier:
                 dense_w = module.dense_weight() if module is not None else param.detach()
                 init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
             target = dens[name]
-            if given is not None and name in given:
+            saved = state["layers"].get(name) if state is not None else None
+            if saved is not None and list(saved["shape"]) == list(shape):
+                mask = saved["mask"].to(param.device, torch.bool).clone()  # load_state_dict completes the rest
+            elif given is not None and name in given:
                 mask = given[name].to(param.device, torch.bool).reshape(shape).clone()
                 target = float(torch.count_nonzero(mask)) / shape.numel()
             else:
@@ -331,14 +344,13 @@ class Sparsifier:
         if alg.dense_grad_every_step:
             return True
         if self._forced is not None:
-            return self._forced_needs_grad(self._forced)
+            return self._grow_needs_grad(self._forced["grow"])
         return alg.needs_dense_grad and self._scheduled(self.step + 1)
 
     def _scheduled(self, step: int) -> bool:
         return not self.updates_paused and self.algorithm.is_update_step(step, self.total_steps)
 
-    def _forced_needs_grad(self, forced: Mapping[str, Any]) -> bool:
-        grow = forced["grow"]
+    def _grow_needs_grad(self, grow: str) -> bool:
         return grow == "gradient" or (grow == "algorithm" and self.algorithm.needs_dense_grad)
 
     # ------------------------------------------------------------------ manual control
@@ -432,16 +444,16 @@ class Sparsifier:
         ref = next((l.grad_buffer for l, ok in zip(layers, present) if ok), None)
         dtype = ref.dtype if ref is not None else layers[0].param.dtype
         device = ref.device if ref is not None else layers[0].param.device
+        # one collective: every layer's gradient, then one "this rank had it" flag per layer
         flat = torch.cat([
             (l.grad_buffer.reshape(-1).to(dtype) if ok else torch.zeros(l.numel, dtype=dtype, device=device))
             for l, ok in zip(layers, present)
-        ])
-        flags = torch.tensor([float(ok) for ok in present], dtype=dtype, device=device)
+        ] + [torch.tensor([float(ok) for ok in present], dtype=dtype, device=device)])
         torch.distributed.all_reduce(flat, group=group)
-        torch.distributed.all_reduce(flags, group=group)
+        flags = flat[-len(layers):].tolist()
         flat /= torch.distributed.get_world_size(group)
         offset = 0
-        for l, seen in zip(layers, flags.tolist()):
+        for l, seen in zip(layers, flags):
             part = flat[offset:offset + l.numel].view(l.shape)
             offset += l.numel
             if seen > 0:
@@ -462,9 +474,8 @@ class Sparsifier:
         for l in self.layers.values():
             idx = l.mask.reshape(-1).nonzero().reshape(-1).to(torch.int64)
             sums.append([int(((idx * 2654435761) % 2147483647).sum()), int(idx.numel())])
-        mine = torch.tensor(sums, dtype=torch.int64)
-        if torch.distributed.get_backend(group) == "nccl":
-            mine = mine.cuda()
+        # on the masks' device: where the backend communicates (CUDA for NCCL)
+        mine = torch.tensor(sums, dtype=torch.int64, device=next(iter(self.layers.values())).mask.device)
         gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size(group))]
         torch.distributed.all_gather(gathered, mine, group=group)
         for rank, other in enumerate(gathered):
@@ -571,7 +582,7 @@ class Sparsifier:
             if grow not in _FORCED_GROW or drop not in _FORCED_DROP:
                 raise ValueError(f"grow must be one of {_FORCED_GROW} and drop one of {_FORCED_DROP}")
             p_t = float(drop_fraction)
-            needs_grad = self._forced_needs_grad({"grow": grow})
+            needs_grad = self._grow_needs_grad(grow)
         else:
             p_t = self.algorithm.drop_fraction(t, self.total_steps)
             needs_grad = self.algorithm.needs_dense_grad
@@ -854,13 +865,17 @@ class Sparsifier:
             "algorithm_state": self.algorithm.state_dict(),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; checks that it comes from the same model and layers."""
+    @staticmethod
+    def _check_state_format(state) -> None:
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise ValueError(
                 "not a sparsetrain Sparsifier state (missing format tag "
                 f"{STATE_FORMAT!r}); pass the dict returned by Sparsifier.state_dict()"
             )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; checks that it comes from the same model and layers."""
+        self._check_state_format(state)
         saved = state["layers"]
         ours, theirs = set(self.layers), set(saved)
         if ours != theirs:

@@ -331,9 +331,6 @@ class SupTickets:
             base = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         elif base.optimizer is not opt:
             raise ValueError("the base scheduler must be built on the sparsifier's optimizer")
-        # SequentialLR needs the schedulers' initial state: rebuilding tri reset the groups' lr.
-        for group, lr in zip(opt.param_groups, base.get_last_lr()):
-            group["lr"] = lr
         return SequentialLR(opt, [base, tri], milestones=[self.pre_steps])
 
     # ------------------------------------------------------------------ the loop hook
@@ -369,16 +366,6 @@ class SupTickets:
         self.masks = {n: m.clone() for n, m in self.sparsifier.masks.items()}
         log.info("sup-tickets: base phase done after %d epochs; %d cycles of %d epochs follow",
                  self.pre_epochs, self.cycles, self.cycle_epochs)
-
-    def _param_names(self) -> dict[str, str]:
-        """Sparse parameter name -> its key in the model's state_dict (the same, by construction)."""
-        keys = set(self.model.state_dict().keys())
-        out = {}
-        for n in self.sparsifier.layers:
-            if n not in keys:
-                raise RuntimeError(f"sparse parameter {n} is not a state_dict entry of the model")
-            out[n] = n
-        return out
 
     @torch.no_grad()
     def _cycle_end(self, recalibrate, evaluate, device) -> dict[str, Any]:
@@ -432,12 +419,15 @@ class SupTickets:
         return TicketEnsemble(members)
 
     # ------------------------------------------------------------------ checkpoints
+    def _split(self) -> dict[str, int]:
+        return {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "pre_epochs": self.pre_epochs,
+                "cycles": self.cycles, "cycle_epochs": self.cycle_epochs}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume mid-cycle (tensors and plain containers only)."""
         return {
             "format": STATE_FORMAT,
-            "config": {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "pre_epochs": self.pre_epochs,
-                       "cycles": self.cycles, "cycle_epochs": self.cycle_epochs},
+            "config": self._split(),
             "epoch": self.epoch,
             "tickets_done": self.tickets_done,
             "sup_state": ({k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -453,9 +443,7 @@ class SupTickets:
         """Restore :meth:`state_dict`; the phase split must match this object's."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a SupTickets state (missing format tag {STATE_FORMAT!r})")
-        cfg = state["config"]
-        ours = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "pre_epochs": self.pre_epochs,
-                "cycles": self.cycles, "cycle_epochs": self.cycle_epochs}
+        cfg, ours = state["config"], self._split()
         if dict(cfg) != ours:
             raise ValueError(f"checkpoint's Sup-tickets phase split {dict(cfg)} differs from this run's {ours}")
         self.epoch = int(state["epoch"])

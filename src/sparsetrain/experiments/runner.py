@@ -454,7 +454,7 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
                     writer.add_scalar(f"{record['type']}/{k}", v, record.get("step", 0))
 
-    def save(kind: str = "last") -> None:
+    def save() -> None:
         if out is None:
             return
         state = {

@@ -16,7 +16,6 @@ Trainer's logs (its ``log_history`` and the reporting integrations registered af
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any, Optional, Union
 
@@ -57,16 +56,10 @@ class SparsetrainTrainerCallback(TrainerCallback):
         if opt is None or model is None:
             raise RuntimeError("SparsetrainTrainerCallback needs the Trainer's model and optimizer at train begin")
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
-        resuming = state.global_step > 0 and os.path.exists(path)
-        if resuming:  # the Trainer restored weights (and maybe optimizer state): keep them
-            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            opt_state = copy.deepcopy(opt.state_dict())
-        self.sparsifier = Sparsifier(model, opt, self.algorithm, total_steps=int(state.max_steps),
+        # resuming: the Trainer restored the weights already; attach with the saved masks
+        saved = torch.load(path, weights_only=True) if state.global_step > 0 and os.path.exists(path) else None
+        self.sparsifier = Sparsifier(model, opt, self.algorithm, total_steps=int(state.max_steps), state=saved,
                                      **self.sparsifier_kwargs)
-        if resuming:
-            model.load_state_dict(weights)
-            opt.load_state_dict(opt_state)
-            self.sparsifier.load_state_dict(torch.load(path, weights_only=True))
 
     def on_save(self, args, state, control, **kwargs):
         if self.sparsifier is None:

@@ -14,7 +14,6 @@ the trainer's logger after each topology update.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional, Union
 
 try:
@@ -63,18 +62,11 @@ class SparsetrainCallback(pl.Callback):
             self.sparsifier.remove()
         optimizer = trainer.optimizers[self.optimizer_index]
         total = int(trainer.estimated_stepping_batches)
-        resuming = self._pending is not None
-        if resuming:
-            # Lightning restored the weights and optimizer state before this hook; attaching draws
-            # (and enforces) a fresh mask, so keep them and put them back after loading our state
-            weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            opt_state = copy.deepcopy(optimizer.state_dict())
-        self.sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, total_steps=total, **self.sparsifier_kwargs)
-        if resuming:
-            pl_module.load_state_dict(weights)
-            optimizer.load_state_dict(opt_state)
-            self.sparsifier.load_state_dict(self._pending)
-            self._pending = None
+        # on resume Lightning restored the weights and optimizer state before this hook: attach
+        # with the saved masks rather than a fresh draw
+        self.sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, total_steps=total, state=self._pending,
+                                     **self.sparsifier_kwargs)
+        self._pending = None
         self._logged = len(self.sparsifier.history)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -67,9 +67,16 @@ class _SparseLinearFn(torch.autograd.Function):
                 m.dense_grad_sink(dense)
                 gvals = dense.reshape(-1)[m.flat_index()]
             else:
-                pattern = _csr(m.crow_indices, m.col_indices, torch.zeros_like(values), m.weight_shape)
+                # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
+                pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
                 gvals = torch.sparse.sampled_addmm(pattern, gyt, _contiguous(x), beta=0.0).values()
         return gx, gvals, None
+
+
+def _rows(crow: torch.Tensor) -> torch.Tensor:
+    """Row index of every stored entry of a CSR structure (int64)."""
+    crow = crow.to(torch.int64)
+    return torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow[1:] - crow[:-1])
 
 
 def _structure(mask: torch.Tensor, index_dtype: torch.dtype):
@@ -189,10 +196,7 @@ class SparseLinear(nn.Module):
             if self._dense_pattern:
                 self._flat = torch.arange(self._nnz, device=self.values.device)
                 return self._flat
-            rows = torch.repeat_interleave(
-                torch.arange(self.out_features, device=self.values.device),
-                (self.crow_indices[1:] - self.crow_indices[:-1]).to(torch.int64))
-            self._flat = rows * self.in_features + self.col_indices.to(torch.int64)
+            self._flat = _rows(self.crow_indices) * self.in_features + self.col_indices.to(torch.int64)
         return self._flat
 
     @torch.no_grad()
@@ -239,9 +243,8 @@ class SparseLinear(nn.Module):
             crow = state_dict[prefix + "crow_indices"].to(torch.int64)
             col = state_dict[prefix + "col_indices"].to(torch.int64)
             if col.numel():
-                rows = torch.repeat_interleave(torch.arange(self.out_features), crow[1:] - crow[:-1])
                 mask = torch.zeros(self.weight_shape, dtype=torch.bool)
-                mask[rows, col] = True
+                mask[_rows(crow), col] = True
                 _, _, t_crow, t_col, t_perm = _structure(mask, state_dict[prefix + "col_indices"].dtype)
             else:
                 t_crow = t_col = t_perm = torch.empty(0, dtype=state_dict[prefix + "col_indices"].dtype)
