@@ -70,6 +70,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def git_commit() -> str:
+    """The short hash of the checked-out commit of this package, or ``"unknown"``."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parent).stdout.strip()
@@ -113,6 +114,8 @@ def ticket_table(results) -> str:
 
 def write_report(out: Path, results, command: str, title: str, protocol: str, wall: float,
                   commit: Optional[str] = None) -> str:
+    """Write ``results.md`` (title, protocol, command, commit, machine, table, Sup-tickets table) and
+    ``results.csv`` into ``out``; return the markdown table."""
     import torch
 
     rows = aggregate(results)

@@ -55,6 +55,7 @@ class SparsetrainCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
+        """Key of this callback's state in Lightning checkpoints (one sparsifier per trainer)."""
         return "SparsetrainCallback"
 
     def on_fit_start(self, trainer, pl_module) -> None:
