@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ from torch import nn
 from common import step, timed
 
 import sparsetrain as st
-from sparsetrain.sparse import to_sparse
+from sparsetrain.sparse import kernels, to_sparse
 
 WIDTH, DEPTH, IN, OUT, BATCH = 4096, 3, 784, 10, 256
 
@@ -174,14 +175,20 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", type=int, default=1, help="also measure peak RSS in subprocesses (1/0)")
     ap.add_argument("--profile", type=float, default=None, help="print a profile of the sparse step at this density")
     ap.add_argument("--width", type=int, default=WIDTH, help="hidden width (smaller for a quick check)")
+    ap.add_argument("--kernels", default=None, choices=["auto", "native", "torch"],
+                    help="SparseLinear CPU kernels (default: SPARSETRAIN_KERNELS or auto)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     WIDTH = args.width
+    if args.kernels:
+        os.environ["SPARSETRAIN_KERNELS"] = args.kernels  # also for the RSS subprocesses
+        kernels.set_backend(args.kernels)
+    used = "native" if kernels.backend() != "torch" and kernels.native_available() else "torch"
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; MLP {IN}-"
-          f"{'-'.join([str(WIDTH)] * DEPTH)}-{OUT}, batch {BATCH}")
+          f"{'-'.join([str(WIDTH)] * DEPTH)}-{OUT}, batch {BATCH}; SparseLinear kernels: {used}")
     print("| density | train step dense (ms) | sparse (ms) | speed-up | inference dense (ms) | sparse (ms) | speed-up "
           "| update step (sparse steps) | (param+opt) / (nnz·4), with indices | training RSS dense (MiB) | sparse (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -201,7 +208,7 @@ def main(argv=None) -> int:
         print(f"\nprofile of the truly sparse training step at density {args.profile}:\n{prof_table}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "kernels": used, "rows": rows,
                        "profile": prof_table}, f, indent=1)
     return 0
 

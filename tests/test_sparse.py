@@ -1,12 +1,27 @@
 """Truly sparse execution: SparseLinear's autograd, the Sparsifier driving it, compressed checkpoints."""
 
+import copy
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
 import sparsetrain as st
 from sparsetrain.sparse import SparseLinear, compressed_size, load_compressed, save_compressed, to_dense, to_sparse
+from sparsetrain.sparse import kernels
 from sparsetrain.sparse.export import pack_bits, unpack_bits
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernel_backend(request):
+    """Every test runs on the compiled kernels and on torch's CSR kernels."""
+    if request.param == "native" and shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    saved = kernels._state["backend"]
+    kernels.set_backend(request.param)  # "native" raises if the build fails: a failure, not a skip
+    yield request.param
+    kernels._state["backend"] = saved
 
 
 def _mlp(seed=0):
@@ -280,3 +295,80 @@ def test_sparse_linear_equals_masked_linear_for_any_shape_and_mask(out_f, in_f, 
     assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
     assert torch.allclose(sp.values.grad, lin.weight.grad[mask], atol=1e-5)
     assert torch.equal(sp.dense_weight(), lin.weight.detach())
+
+
+def test_a_meta_device_model_trains_without_ever_allocating_dense_weights():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(20, 300), nn.ReLU(), nn.Linear(300, 5))
+    to_sparse(model)
+    layers = [m for m in model if isinstance(m, SparseLinear)]
+    assert all(m.deferred and m.values.numel() == 0 and not m.values.is_meta for m in layers)
+    with pytest.raises(RuntimeError, match="attach a sparsetrain.Sparsifier first"):
+        model(torch.randn(2, 20))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, st.SET(density=0.05, update_interval=2), total_steps=20)
+    for m, name in zip(layers, ("0.weight", "2.weight")):
+        assert not m.deferred and m.nnz == sp.layers[name].n_active == m.values.numel()
+        assert torch.equal(m.mask(), sp.masks[name])
+        # nn.Linear's default initialisation, drawn at the chosen positions only
+        b = 1 / m.in_features ** 0.5
+        v = m.values.detach()
+        assert float(v.abs().max()) <= b and float(v.std()) > 0.4 * b
+    for x, y in _data(6):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert sp.updates >= 2 and all(m.nnz == m.values.numel() for m in layers)
+    # the same seed draws the same model
+    with torch.device("meta"):
+        again = nn.Sequential(nn.Linear(20, 300), nn.ReLU(), nn.Linear(300, 5))
+    to_sparse(again)
+    st.Sparsifier(again, torch.optim.SGD(again.parameters(), lr=0.1), st.SET(density=0.05), total_steps=20)
+    with torch.device("meta"):
+        third = nn.Sequential(nn.Linear(20, 300), nn.ReLU(), nn.Linear(300, 5))
+    to_sparse(third)
+    st.Sparsifier(third, torch.optim.SGD(third.parameters(), lr=0.1), st.SET(density=0.05), total_steps=20)
+    assert torch.equal(again[0].values, third[0].values) and torch.equal(again[0].crow_indices, third[0].crow_indices)
+
+
+def test_a_deferred_layer_resumes_from_a_checkpoint():
+    def build():
+        with torch.device("meta"):
+            m = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 3))
+        return to_sparse(m)
+
+    model = build()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=3), total_steps=30)
+    data = [(torch.randn(8, 12), torch.randint(0, 3, (8,))) for _ in range(7)]
+    for x, y in data[:4]:
+        opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step()
+    # a copy, as a checkpoint file would be (state dicts alias the live tensors)
+    ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
+    other = build()
+    opt2 = torch.optim.Adam(other.parameters(), lr=1e-2)
+    sp2 = st.Sparsifier(other, opt2, st.RigL(density=0.2, update_interval=3), total_steps=30, state=ckpt["sp"])
+    other.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    for x, y in data[4:]:
+        for m, o in ((model, opt), (other, opt2)):
+            o.zero_grad(); nn.functional.cross_entropy(m(x), y).backward(); o.step()
+    assert torch.equal(sp.masks["0.weight"], sp2.masks["0.weight"])
+    assert torch.allclose(model[0].values, other[0].values)
+    assert torch.allclose(model[2].values, other[2].values)
+
+
+def test_large_random_masks_are_exact_and_uniform_without_a_permutation():
+    from sparsetrain.masks import _PERMUTATION_LIMIT, random_mask
+
+    g = torch.Generator().manual_seed(0)
+    shape = (_PERMUTATION_LIMIT // 1000 + 1, 1000)  # just above the limit
+    for count in (1, 12345, shape[0] * shape[1] - 7):
+        m = random_mask(shape, count, g)
+        assert int(m.sum()) == count
+    m = random_mask(shape, 200_000, g)
+    rows = m.sum(1).float()
+    # every row is equally likely: mean 200000/16778 ≈ 11.9 per row, Poisson-like spread
+    assert abs(float(rows.mean()) - 200_000 / shape[0]) < 1e-3 and 2.0 < float(rows.var()) < 25.0
+    assert torch.equal(random_mask(shape, 5000, torch.Generator().manual_seed(3)),
+                       random_mask(shape, 5000, torch.Generator().manual_seed(3)))

@@ -27,16 +27,51 @@ import torch
 __all__ = ["LayerState", "random_mask"]
 
 
+# above this many positions a mask is not drawn through a full permutation (8 bytes per position)
+_PERMUTATION_LIMIT = 1 << 24
+
+
+def _sample_positions(numel: int, count: int, generator: torch.Generator, taken: torch.Tensor) -> None:
+    """Mark ``count`` uniformly random positions of ``numel`` not yet marked in ``taken`` (in place).
+
+    Draws positions with replacement, keeps the first occurrence of each position not yet taken,
+    in draw order, until ``count`` are found: a uniform sample without replacement, in memory
+    proportional to ``count``.
+    """
+    need = count
+    while need > 0:
+        draw = torch.randint(0, numel, (need + need // 8 + 64,), generator=generator)
+        draw = draw[~taken[draw]]
+        if draw.numel():
+            uniq, inv = torch.unique(draw, return_inverse=True)
+            first = torch.full((uniq.numel(),), draw.numel(), dtype=torch.int64)
+            first.scatter_reduce_(0, inv, torch.arange(draw.numel()), reduce="amin")
+            picked = draw[first.sort().values[:need]]
+            taken[picked] = True
+            need -= picked.numel()
+
+
 def random_mask(shape: torch.Size, count: int, generator: torch.Generator, device=None) -> torch.Tensor:
-    """A bool mask of ``shape`` with exactly ``count`` ``True`` entries at random positions."""
+    """A bool mask of ``shape`` with exactly ``count`` ``True`` entries at uniformly random positions.
+
+    Up to 2²⁴ positions the mask is the first ``count`` entries of a random permutation; larger
+    layers are sampled in memory proportional to ``count`` (a permutation of a 20,000 × 20,000
+    layer alone would take 3.2 GB).
+    """
     numel = 1
     for s in shape:
         numel *= int(s)
     flat = torch.zeros(numel, dtype=torch.bool)
     if count >= numel:
         flat.fill_(True)
-    elif count > 0:
+    elif count > 0 and numel <= _PERMUTATION_LIMIT:
         flat[torch.randperm(numel, generator=generator)[:count]] = True
+    elif count > 0:
+        if count <= numel // 2:
+            _sample_positions(numel, count, generator, flat)
+        else:  # sample the positions left out
+            _sample_positions(numel, numel - count, generator, flat)
+            flat = ~flat
     return flat.view(shape).to(device) if device is not None else flat.view(shape)
 
 

@@ -274,9 +274,13 @@ class Sparsifier:
             del seen
         for (name, param), shape in zip(named, shapes):
             module = compressed.get(name)
+            deferred = module is not None and module.deferred
             with torch.no_grad():
-                dense_w = module.dense_weight() if module is not None else param.detach()
-                init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
+                if deferred:  # no weights yet: they are drawn below, at the chosen positions only
+                    dense_w, init_std = None, module.init_bound() / math.sqrt(3.0)
+                else:
+                    dense_w = module.dense_weight() if module is not None else param.detach()
+                    init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
             target = dens[name]
             saved = state["layers"].get(name) if state is not None else None
             if saved is not None and list(saved["shape"]) == list(shape):
@@ -286,7 +290,15 @@ class Sparsifier:
                 target = float(torch.count_nonzero(mask)) / shape.numel()
             else:
                 mask = random_mask(shape, counts[name], self.generator, param.device)
-            if module is not None:  # keep only the chosen weights: memory ∝ nnz from here on
+            if deferred:
+                if saved is not None:  # load_state_dict brings the values
+                    values = torch.zeros(int(torch.count_nonzero(mask)), dtype=param.dtype)
+                else:
+                    b = module.init_bound()
+                    values = torch.rand(int(torch.count_nonzero(mask)), generator=self.generator,
+                                        dtype=param.dtype).mul_(2 * b).sub_(b)
+                module.set_structure(mask, values.to(param.device), reallocate=True)
+            elif module is not None:  # keep only the chosen weights: memory ∝ nnz from here on
                 module.set_structure(mask, dense_w[mask], reallocate=True)
                 del dense_w
             self.layers[name] = LayerState(
@@ -712,7 +724,7 @@ class Sparsifier:
             noise = torch.randn(param.shape, generator=self.generator).to(param.device, param.dtype)
             param.add_(noise * layer.init_std * newly)
         if layer.sparse_module is not None:
-            self._restructure(layer, new, kept)
+            self._restructure(layer, new)
         else:
             # fresh optimizer state for grown weights, zero state for dropped ones
             for t in self._state_tensors(param):
@@ -720,18 +732,22 @@ class Sparsifier:
         layer.set_mask(new)
         layer.ever_active |= new
 
-    def _restructure(self, layer: LayerState, new, kept) -> None:
+    def _restructure(self, layer: LayerState, new) -> None:
         """Rebuild a compressed layer's CSR for mask ``new`` and move its optimizer state along."""
         module = layer.sparse_module
         values = module.values
         old_flat, old_nnz = module.flat_index(), module.nnz
         state = self.optimizer.state.get(values) or {}
         moved = {}
-        for key, v in state.items():
-            if torch.is_tensor(v) and v.shape == values.shape:
-                full = torch.zeros(layer.shape.numel(), dtype=v.dtype, device=v.device)
-                full[old_flat] = v[:old_nnz]
-                moved[key] = (full.view(layer.shape) * kept)[new]  # kept: their state; grown: fresh
+        if any(torch.is_tensor(v) and v.shape == values.shape for v in state.values()):
+            # where each new position sits in the old (sorted, row-major) pattern: kept positions
+            # take their state, grown ones start fresh; O(nnz), no dense temporaries
+            new_flat = new.reshape(-1).nonzero().squeeze(1)
+            at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
+            found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
+            for key, v in state.items():
+                if torch.is_tensor(v) and v.shape == values.shape:
+                    moved[key] = torch.where(found, v[:old_nnz][at] if old_nnz else 0, 0).to(v.dtype)
         resized = module.set_structure(new, layer.param[new])
         if resized:
             log.warning("sparsetrain: %s outgrew its compressed capacity; its values were reallocated (safe only "

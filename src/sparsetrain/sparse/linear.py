@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from . import kernels
+
 __all__ = ["SparseLinear", "to_sparse", "to_dense"]
 
 # torch marks CSR as beta; the kernels used here are the stable, documented ones.
@@ -42,12 +44,16 @@ def _csr(crow, col, values, size):
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, module):
-        w = _csr(module.crow_indices, module.col_indices, values, module.weight_shape)
         # CSR × dense is fastest with a contiguous right operand; the result's transpose is returned
         # as a view, so a following SparseLinear (through bias, ReLU, ... which keep the layout)
         # gets an input whose transpose is already contiguous
-        y = torch.mm(w, _contiguous(x.t())).t()
-        ctx.module = module
+        native = kernels.use_native(x, values)
+        if native:
+            y = kernels.spmm(module.crow_indices, module.col_indices, values, x.t(), module.out_features).t()
+        else:
+            w = _csr(module.crow_indices, module.col_indices, values, module.weight_shape)
+            y = torch.mm(w, _contiguous(x.t())).t()
+        ctx.module, ctx.native = module, native
         ctx.save_for_backward(x, values)
         return y
 
@@ -57,15 +63,21 @@ class _SparseLinearFn(torch.autograd.Function):
         m = ctx.module
         gx = gvals = None
         gyt = gy.t()
+        native = ctx.native and kernels.use_native(gy)
         if ctx.needs_input_grad[0]:
-            wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
-            gx = torch.mm(wt, _contiguous(gyt)).t()
+            if native:  # Wᵀ read through t_perm: no permuted copy of the values
+                gx = kernels.spmm(m.t_crow_indices, m.t_col_indices, values, gyt, m.in_features, perm=m.t_perm).t()
+            else:
+                wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
+                gx = torch.mm(wt, _contiguous(gyt)).t()
         if ctx.needs_input_grad[1]:
             want = m.dense_grad_request
             if want is not None and want():
                 dense = torch.mm(gyt, x)  # only at topology-update steps
                 m.dense_grad_sink(dense)
                 gvals = dense.reshape(-1)[m.flat_index()]
+            elif native:
+                gvals = kernels.sddmm(m.crow_indices, m.col_indices, gyt, x.t())
             else:
                 # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
                 pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
@@ -103,6 +115,11 @@ class SparseLinear(nn.Module):
         mask: bool mask of the nonzeros to keep; default: all (a dense pattern until a
             :class:`~sparsetrain.Sparsifier` assigns its mask).
         index_dtype: ``torch.int32`` (default, half the index memory) or ``torch.int64``.
+        deferred: allocate no weight at all: a :class:`~sparsetrain.Sparsifier` attached next picks
+            the positions (random mask) and draws only those values, from ``nn.Linear``'s default
+            initialisation ``U(-1/√in, 1/√in)``. Memory then follows nnz from the start, which is
+            what lets a layer too large to hold densely be trained (see :func:`to_sparse` with a
+            meta-device model).
 
     The trainable parameters are ``values`` (nnz,) and ``bias``; ``weight_shape`` is the dense
     shape. ``state_dict()`` holds values and the index buffers (a compressed checkpoint).
@@ -110,20 +127,31 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                 index_dtype: torch.dtype = torch.int32, device=None, dtype=None):
+                 index_dtype: torch.dtype = torch.int32, deferred: bool = False, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = torch.Size((self.out_features, self.in_features))
         self.index_dtype = index_dtype
-        if weight is None:
+        self._deferred = bool(deferred)
+        if self._deferred:
+            if weight is not None or mask is not None:
+                raise ValueError("deferred=True draws the weights when a Sparsifier attaches: pass no weight or mask")
+            weight = torch.empty(self.weight_shape, device="meta", dtype=dtype)  # shape and dtype only
+        elif weight is None:
             weight = torch.empty(self.weight_shape, device=device, dtype=dtype)
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         if tuple(weight.shape) != tuple(self.weight_shape):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
+        home = torch.device(device) if self._deferred and device is not None else (
+            torch.device("cpu") if self._deferred else weight.device)
         for name in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"):
-            self.register_buffer(name, torch.empty(0, dtype=index_dtype, device=weight.device))
+            self.register_buffer(name, torch.empty(0, dtype=index_dtype, device=home))
         self._flat: Optional[torch.Tensor] = None
-        if mask is None:
+        if self._deferred:
+            # no weights yet: a Sparsifier attached next chooses the positions and draws the values there
+            self.values = nn.Parameter(torch.empty(0, device=home, dtype=weight.dtype))
+            self._dense_pattern, self._nnz = False, 0
+        elif mask is None:
             # dense pattern: no index structure yet (a Sparsifier attached next assigns the mask), the
             # same memory as nn.Linear, computed densely
             self.values = nn.Parameter(weight.detach().reshape(-1).clone())
@@ -133,7 +161,7 @@ class SparseLinear(nn.Module):
             self._dense_pattern = False
             self._set_indices(mask.to(weight.device))
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_features, device=weight.device, dtype=weight.dtype))
+            self.bias = nn.Parameter(torch.empty(self.out_features, device=home, dtype=weight.dtype))
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
         else:
@@ -148,14 +176,29 @@ class SparseLinear(nn.Module):
         self.crow_indices, self.col_indices = crow, col
         self.t_crow_indices, self.t_col_indices, self.t_perm = t_crow, t_col, t_perm
         self._nnz = int(col.numel())
-        self._dense_pattern = False
+        self._dense_pattern = self._deferred = False
         self._flat = None
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the layer has no weights yet (they are drawn when a Sparsifier attaches)."""
+        return self._deferred
+
+    def init_bound(self) -> float:
+        """Half-width of ``nn.Linear``'s default weight initialisation, ``1/√in_features``."""
+        return 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
-                    index_dtype: torch.dtype = torch.int32) -> "SparseLinear":
+                    index_dtype: torch.dtype = torch.int32, device=None) -> "SparseLinear":
         """A SparseLinear holding ``linear``'s weight (at ``mask``; default: every position, to be
-        assigned a mask by a Sparsifier) and bias."""
+        assigned a mask by a Sparsifier) and bias. A meta-device ``linear`` gives a ``deferred``
+        layer on ``device`` (default CPU) with a freshly initialised bias and no weights yet."""
+        if linear.weight.is_meta:  # a model built on the meta device: nothing to copy, nothing allocated
+            if mask is not None:
+                raise ValueError("a meta-device Linear has no weights to keep at a mask: convert it without one")
+            return cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                       index_dtype=index_dtype, deferred=True, device=device, dtype=linear.weight.dtype)
         m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                 weight=linear.weight.detach(), mask=mask, index_dtype=index_dtype)
         if linear.bias is not None:
@@ -263,11 +306,15 @@ class SparseLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         n = self.weight_shape.numel()
+        self._deferred = False
         self._dense_pattern = self.col_indices.numel() == 0 and self.values.numel() == n and n > 0
         self._nnz = n if self._dense_pattern else int(self.col_indices.numel())
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._deferred:
+            raise RuntimeError(f"{self.__class__.__name__}({self.in_features}, {self.out_features}) has no weights yet "
+                               "(deferred initialisation): attach a sparsetrain.Sparsifier first, which draws them")
         if self._dense_pattern:  # before a mask is assigned: an ordinary dense layer
             return nn.functional.linear(x, self.values.view(self.weight_shape), self.bias)
         lead = x.shape[:-1]
@@ -304,13 +351,18 @@ def _replace(model: nn.Module, pick, make) -> nn.Module:
 
 def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
               index_dtype: torch.dtype = torch.int32,
-              include: Optional[Callable[[str, nn.Linear], bool]] = None) -> nn.Module:
+              include: Optional[Callable[[str, nn.Linear], bool]] = None, device=None) -> nn.Module:
     """Replace ``nn.Linear`` layers by :class:`SparseLinear` (in place; returns the model).
 
     Call it *before* creating the optimizer: the new layers' parameters are ``values`` and
     ``bias``. ``masks`` maps ``"<module>.weight"`` to bool masks (e.g. ``sp.masks`` of a
     masked-dense run); without one a layer keeps its nonzeros (all of them for a fresh layer, so a
     Sparsifier attached next chooses the mask). ``include(name, module)`` limits the conversion.
+
+    Layers of a model built on the meta device (``with torch.device("meta"): model = ...``)
+    become ``deferred`` SparseLinear layers on ``device`` (default CPU): no dense weight is ever
+    allocated, and the Sparsifier attached next draws the weights at the positions it picks. This
+    is how a model too large to hold densely is trained (``docs/sparse.md``).
     """
     masks = dict(masks or {})
     names = {id(m): n for n, m in model.named_modules()}
@@ -325,9 +377,9 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
         name = names.get(id(m), "")
         key = f"{name}.weight" if name else "weight"
         mask = masks.get(key)
-        if mask is None and bool((m.weight == 0).any()):
+        if mask is None and not m.weight.is_meta and bool((m.weight == 0).any()):
             mask = m.weight != 0
-        return SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype)
+        return SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device)
 
     return _replace(model, pick, make)
 

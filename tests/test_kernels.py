@@ -1,0 +1,102 @@
+"""The compiled SparseLinear kernels: exact products against dense references, backend choice, fallback."""
+
+import logging
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from sparsetrain.sparse import kernels
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="no C++ compiler on this machine")
+
+
+def _csr(mask, values, index_dtype):
+    rows, cols = mask.nonzero(as_tuple=True)
+    crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(mask.sum(1), 0)
+    return crow.to(index_dtype), cols.to(index_dtype), values
+
+
+@pytest.fixture
+def restore_backend():
+    saved = dict(kernels._state)
+    yield
+    kernels._state.update(saved)
+
+
+@needs_compiler
+def test_the_kernels_build_on_a_machine_with_a_compiler():
+    # CI has a compiler: a build failure must show up as a failure, not as a silent fallback
+    assert kernels.native_available(), kernels.native_error()
+
+
+@needs_compiler
+@settings(max_examples=40, deadline=None)
+@given(rows=hs.integers(1, 40), k=hs.integers(1, 50), batch=hs.integers(0, 40), density=hs.floats(0.0, 1.0),
+       seed=hs.integers(0, 2**16), int64=hs.booleans())
+def test_spmm_and_sddmm_equal_dense_products(rows, k, batch, density, seed, int64):
+    assert kernels.native_available()
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, k, generator=g) < density  # empty rows, empty matrices included
+    w = torch.randn(rows, k, generator=g) * mask
+    crow, col, vals = _csr(mask, w[mask], torch.int64 if int64 else torch.int32)
+    xt = torch.randn(k, batch, generator=g)
+    torch.testing.assert_close(kernels.spmm(crow, col, vals, xt, rows), w @ xt, atol=1e-5, rtol=1e-5)
+    gyt = torch.randn(rows, batch, generator=g)
+    torch.testing.assert_close(kernels.sddmm(crow, col, gyt, xt), (gyt @ xt.t())[mask], atol=1e-5, rtol=1e-5)
+    # the transposed product through a permutation of the values (the input gradient)
+    tmask = mask.t().contiguous()
+    key = torch.arange(rows * k).view(rows, k)[mask]          # row-major position of each value
+    tkey = torch.arange(rows * k).view(rows, k).t()[tmask]    # the same positions, column-major
+    perm = torch.searchsorted(key, tkey)
+    tcrow, tcol, _ = _csr(tmask, None, crow.dtype)
+    gxt = kernels.spmm(tcrow, tcol, vals, gyt, k, perm=perm.to(crow.dtype))
+    torch.testing.assert_close(gxt, w.t() @ gyt, atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_the_kernels_refuse_what_they_cannot_compute():
+    assert kernels.native_available()
+    crow, col = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="float32"):
+        kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3, dtype=torch.float64), 1)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        kernels.spmm(crow, col.long(), torch.ones(1), torch.ones(1, 3), 1)
+    with pytest.raises(RuntimeError, match="rows"):
+        kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 2)
+
+
+def test_backend_names_are_checked(restore_backend):
+    with pytest.raises(ValueError, match="SPARSETRAIN_KERNELS"):
+        kernels.set_backend("mkl")
+    kernels.set_backend("torch")
+    assert kernels.backend() == "torch" and not kernels.use_native(torch.ones(1))
+
+
+def test_a_failed_build_falls_back_with_a_warning_or_raises_when_native_is_demanded(monkeypatch, caplog,
+                                                                                    restore_backend):
+    def broken():
+        raise OSError("no compiler here")
+
+    monkeypatch.setattr(kernels, "_build", broken)
+    kernels._state.update(loaded=None, error=None, backend="auto")
+    with caplog.at_level(logging.WARNING, logger="sparsetrain.sparse.kernels"):
+        assert not kernels.use_native(torch.ones(1))
+    assert "no compiler here" in caplog.text and "SPARSETRAIN_KERNELS=torch" in caplog.text
+    assert "no compiler here" in kernels.native_error()
+    with pytest.raises(RuntimeError, match="not available: OSError: no compiler here"):
+        kernels.set_backend("native")
+    kernels._state["backend"] = "native"
+    with pytest.raises(RuntimeError, match="SPARSETRAIN_KERNELS=native"):
+        kernels.use_native(torch.ones(1))
+
+
+def test_other_dtypes_and_devices_use_torch_kernels(restore_backend):
+    kernels._state["backend"] = "auto"
+    assert not kernels.use_native(torch.ones(1, dtype=torch.float64))
+    assert not kernels.use_native(torch.ones(1, dtype=torch.bfloat16))
+    assert not kernels.use_native(torch.ones(1, device="meta"))
