@@ -372,3 +372,64 @@ def test_large_random_masks_are_exact_and_uniform_without_a_permutation():
     assert abs(float(rows.mean()) - 200_000 / shape[0]) < 1e-3 and 2.0 < float(rows.var()) < 25.0
     assert torch.equal(random_mask(shape, 5000, torch.Generator().manual_seed(3)),
                        random_mask(shape, 5000, torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypatch, opt):
+    # every layer counts as "large": compressed layers update without dense temporaries, and the
+    # masked-dense SET samples its growth the same way; the two runs must stay identical
+    import sparsetrain.algorithms.set as set_mod
+    import sparsetrain.sparsifier as sparsifier_mod
+
+    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
+    monkeypatch.setattr(set_mod, "LARGE_LAYER", 100)
+    calls = []
+    original = st.Sparsifier._stream_layer
+
+    def spy(self, layer, k_drop, k_grow):
+        calls.append(layer.name)
+        return original(self, layer, k_drop, k_grow)
+
+    monkeypatch.setattr(st.Sparsifier, "_stream_layer", spy)
+    make = lambda: st.SET(density=0.2, update_interval=20, seed=3)  # noqa: E731
+    la, ma, wa, spa, _, _ = _train(False, make, opt=opt)
+    assert not calls  # masked-dense layers never stream
+    lb, mb, wb, spb, _, optimizer = _train(True, make, opt=opt)
+    # the last layer is denser than 25% under ERK: it takes the dense path, where ranking differs
+    assert spb.layers["4.weight"].density > 0.25
+    assert sorted(set(calls)) == ["0.weight", "2.weight"] and len(calls) == 2 * spb.updates and spb.updates > 5
+    for a, b in zip(ma, mb):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
+    for n in wa:
+        assert torch.allclose(wa[n], wb[n], atol=1e-5)
+    assert spa.itop_rate == spb.itop_rate
+    for key in ("turnover", "exploration"):
+        assert [h[key] for h in spa.history] == pytest.approx([h[key] for h in spb.history])
+    for layer in spb.layers.values():
+        m = layer.sparse_module
+        assert m.nnz == layer.n_active == int(layer.mask.sum()) and torch.equal(m.mask(), layer.mask)
+        for v in optimizer.state[m.values].values():
+            if torch.is_tensor(v) and v.dim():
+                assert v.shape == m.values.shape
+
+
+def test_a_forced_random_update_streams_on_large_compressed_layers(monkeypatch):
+    import sparsetrain.sparsifier as sparsifier_mod
+
+    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
+    results = []
+    for compressed in (False, True):
+        model = _mlp()
+        if compressed:
+            to_sparse(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sp = st.Sparsifier(model, opt, st.RigL(density=0.1, update_interval=10**6, end=None, seed=2), total_steps=100)
+        for x, y in _data(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        rec = sp.update(drop_fraction=0.5, grow="random", drop="magnitude")
+        results.append((sp.masks, rec["turnover"], sp.density))
+    assert all(torch.equal(results[0][0][n], results[1][0][n]) for n in results[0][0])
+    assert results[0][1:] == pytest.approx(results[1][1:])

@@ -24,31 +24,37 @@ from typing import Optional
 
 import torch
 
-__all__ = ["LayerState", "random_mask"]
+__all__ = ["LayerState", "random_mask", "sample_positions", "LARGE_LAYER"]
 
 
-# above this many positions a mask is not drawn through a full permutation (8 bytes per position)
-_PERMUTATION_LIMIT = 1 << 24
+# Above this many positions a layer is "large": random masks and random growth are sampled in
+# memory proportional to the count instead of through a permutation or a dense score tensor (4-8
+# bytes per position), and compressed layers update without dense float temporaries.
+LARGE_LAYER = 1 << 24
+_PERMUTATION_LIMIT = LARGE_LAYER
 
 
-def _sample_positions(numel: int, count: int, generator: torch.Generator, taken: torch.Tensor) -> None:
-    """Mark ``count`` uniformly random positions of ``numel`` not yet marked in ``taken`` (in place).
+def sample_positions(numel: int, count: int, generator: torch.Generator, taken: torch.Tensor) -> torch.Tensor:
+    """Mark ``count`` uniformly random positions of ``numel`` not yet marked in the flat bool
+    ``taken`` (in place) and return them (int64, in draw order).
 
     Draws positions with replacement, keeps the first occurrence of each position not yet taken,
-    in draw order, until ``count`` are found: a uniform sample without replacement, in memory
-    proportional to ``count``.
+    in draw order, until ``count`` are found: a uniform sample without replacement among the
+    untaken positions, in memory proportional to ``count`` (``count`` must not exceed them).
     """
-    need = count
+    need, found = count, []
     while need > 0:
-        draw = torch.randint(0, numel, (need + need // 8 + 64,), generator=generator)
+        draw = torch.randint(0, numel, (need + need // 8 + 64,), generator=generator).to(taken.device)
         draw = draw[~taken[draw]]
         if draw.numel():
             uniq, inv = torch.unique(draw, return_inverse=True)
-            first = torch.full((uniq.numel(),), draw.numel(), dtype=torch.int64)
-            first.scatter_reduce_(0, inv, torch.arange(draw.numel()), reduce="amin")
+            first = torch.full((uniq.numel(),), draw.numel(), dtype=torch.int64, device=draw.device)
+            first.scatter_reduce_(0, inv, torch.arange(draw.numel(), device=draw.device), reduce="amin")
             picked = draw[first.sort().values[:need]]
             taken[picked] = True
+            found.append(picked)
             need -= picked.numel()
+    return torch.cat(found) if found else torch.empty(0, dtype=torch.int64, device=taken.device)
 
 
 def random_mask(shape: torch.Size, count: int, generator: torch.Generator, device=None) -> torch.Tensor:
@@ -68,9 +74,9 @@ def random_mask(shape: torch.Size, count: int, generator: torch.Generator, devic
         flat[torch.randperm(numel, generator=generator)[:count]] = True
     elif count > 0:
         if count <= numel // 2:
-            _sample_positions(numel, count, generator, flat)
+            sample_positions(numel, count, generator, flat)
         else:  # sample the positions left out
-            _sample_positions(numel, numel - count, generator, flat)
+            sample_positions(numel, numel - count, generator, flat)
             flat = ~flat
     return flat.view(shape).to(device) if device is not None else flat.view(shape)
 

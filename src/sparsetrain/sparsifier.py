@@ -30,7 +30,7 @@ from torch import nn
 
 from . import distributions, scores
 from .algorithms import Algorithm, UpdateContext, make_algorithm
-from .masks import LayerState, random_mask
+from .masks import LARGE_LAYER, LayerState, random_mask, sample_positions
 from .sparse.linear import SparseLinear
 
 __all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
@@ -617,7 +617,8 @@ class Sparsifier:
                 self.dense_grad_steps += 1
         ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator,
                             update_index=self.updates + 1)
-        compressed = [l for l in self.layers.values() if l.sparse_module is not None]
+        streaming = {l.name for l in self.layers.values() if self._streams(l, forced, grow, drop)}
+        compressed = [l for l in self.layers.values() if l.sparse_module is not None and l.name not in streaming]
         for layer in compressed:  # the algorithms see a dense weight, once per update
             dense = layer.sparse_module.dense_weight()
             g = layer.sparse_module.values.grad
@@ -627,12 +628,22 @@ class Sparsifier:
                 dense.grad = full.view(layer.shape)
             layer.param = dense
         try:
-            return self._run_update(t, p_t, record, ctx, forced, grow, needs_grad)
+            return self._run_update(t, p_t, record, ctx, forced, grow, needs_grad, streaming)
         finally:
             for layer in compressed:
                 layer.param = layer.sparse_module.values
 
-    def _run_update(self, t, p_t, record, ctx, forced, grow, needs_grad) -> dict[str, Any]:
+    def _streams(self, layer: LayerState, forced: bool, grow: Optional[str], drop: str) -> bool:
+        """Whether ``layer`` takes the streaming update (see :meth:`_stream_layer`)."""
+        if layer.sparse_module is None or layer.numel <= LARGE_LAYER or layer.is_dense:
+            return False
+        if 4 * layer.n_active >= layer.numel:  # the dense path ranks differently there
+            return False
+        if forced:
+            return drop == "magnitude" and grow == "random" and self.algorithm.grow_init == "zero"
+        return bool(self.algorithm.streams)
+
+    def _run_update(self, t, p_t, record, ctx, forced, grow, needs_grad, streaming=frozenset()) -> dict[str, Any]:
         for layer in self.layers.values():
             layer.flush(t)
         candidates = []
@@ -658,6 +669,15 @@ class Sparsifier:
             k_drop = max(0, min(int(k_drop), layer.n_active))
             if k_drop == 0 and k_grow == 0:
                 continue
+            if layer.name in streaming:
+                info = self._stream_layer(layer, k_drop, k_grow)
+                new_total += int(info.pop("_fresh"))
+                changed_total += int(info.pop("_changed"))
+                active_total += layer.n_active
+                layer.n_active = layer.n_active - k_drop + int(info["grown"])
+                grown_total += int(info["grown"])
+                per_layer[layer.name] = info
+                continue
             old = layer.mask
             if not k_drop:
                 dropped = torch.zeros_like(old)
@@ -672,6 +692,11 @@ class Sparsifier:
                 grown = torch.zeros_like(old)
             elif forced and grow == "gradient":
                 grown = scores.select_highest(scores.gradient_magnitude(layer.grad_buffer), available, k_grow)
+            elif forced and grow == "random" and old.numel() > LARGE_LAYER:
+                taken = after_drop.reshape(-1).clone()
+                grown = torch.zeros_like(taken)
+                grown[sample_positions(taken.numel(), k_grow, self.generator, taken)] = True
+                grown = grown.view(old.shape)
             elif forced and grow == "random":
                 grown = scores.select_highest(scores.random_scores(old, self.generator), available, k_grow)
             else:
@@ -732,8 +757,54 @@ class Sparsifier:
         layer.set_mask(new)
         layer.ever_active |= new
 
-    def _restructure(self, layer: LayerState, new) -> None:
-        """Rebuild a compressed layer's CSR for mask ``new`` and move its optimizer state along."""
+    @torch.no_grad()
+    def _stream_layer(self, layer: LayerState, k_drop: int, k_grow: int) -> dict[str, float]:
+        """Magnitude drop and uniform random growth of a compressed large layer, in memory
+        proportional to nnz plus the layer's bool masks (no dense float tensor: the weight, its
+        gradient and the scores are never materialised).
+
+        Selects exactly what the dense path selects: the ``k_drop`` active weights of lowest
+        magnitude (the same ranking of the same row-major values) and ``k_grow`` positions drawn
+        by :func:`~sparsetrain.masks.sample_positions` from the same generator state, which is
+        also what SET uses for large masked-dense layers.
+        """
+        module = layer.sparse_module
+        flat, nnz = module.flat_index(), module.nnz
+        values = module.active_values().detach()
+        keep = torch.ones(nnz, dtype=torch.bool, device=flat.device)
+        if k_drop >= nnz:
+            keep.fill_(False)
+        elif k_drop > 0:
+            keep[torch.topk(values.abs().float(), k_drop, largest=False, sorted=False).indices] = False
+        old = layer.mask.reshape(-1)
+        taken = old.clone()
+        taken[flat[~keep]] = False  # after the drop; becomes the new mask below
+        k_grow = max(0, min(int(k_grow), taken.numel() - (nnz - k_drop)))
+        grown = sample_positions(taken.numel(), k_grow, self.generator, taken)
+        fresh = int(torch.count_nonzero(~layer.ever_active.reshape(-1)[grown])) if k_grow else 0
+        # grown positions start at zero, except one dropped and regrown in this same update, which
+        # keeps its value (and, in _restructure, its optimizer state), as on the dense path
+        regrown = old[grown]
+        grown_values = torch.zeros(k_grow, dtype=values.dtype, device=values.device)
+        if bool(regrown.any()):
+            grown_values[regrown] = values[torch.searchsorted(flat, grown[regrown])]
+        new_flat, order = torch.sort(torch.cat([flat[keep], grown]))
+        new_values = torch.cat([values[keep], grown_values])[order]
+        new = taken.view(layer.shape)
+        self._restructure(layer, new, new_values, new_flat)
+        layer.set_mask(new)
+        layer.ever_active.reshape(-1)[grown] = True
+        changed = k_grow - int(torch.count_nonzero(regrown))
+        info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": changed / max(nnz, 1),
+                                  "_fresh": fresh, "_changed": changed}
+        if k_grow:
+            info["exploration"] = fresh / k_grow
+        return info
+
+    def _restructure(self, layer: LayerState, new, new_values: Optional[torch.Tensor] = None,
+                     new_flat: Optional[torch.Tensor] = None) -> None:
+        """Rebuild a compressed layer's CSR for mask ``new`` (values: ``new_values`` in row-major
+        order, default the dense materialisation at ``new``) and move its optimizer state along."""
         module = layer.sparse_module
         values = module.values
         old_flat, old_nnz = module.flat_index(), module.nnz
@@ -742,13 +813,14 @@ class Sparsifier:
         if any(torch.is_tensor(v) and v.shape == values.shape for v in state.values()):
             # where each new position sits in the old (sorted, row-major) pattern: kept positions
             # take their state, grown ones start fresh; O(nnz), no dense temporaries
-            new_flat = new.reshape(-1).nonzero().squeeze(1)
+            if new_flat is None:
+                new_flat = new.reshape(-1).nonzero().squeeze(1)
             at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
             found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
             for key, v in state.items():
                 if torch.is_tensor(v) and v.shape == values.shape:
                     moved[key] = torch.where(found, v[:old_nnz][at] if old_nnz else 0, 0).to(v.dtype)
-        resized = module.set_structure(new, layer.param[new])
+        resized = module.set_structure(new, layer.param[new] if new_values is None else new_values)
         if resized:
             log.warning("sparsetrain: %s outgrew its compressed capacity; its values were reallocated (safe only "
                         "when no autograd graph that used them is still alive)", layer.name)
@@ -798,7 +870,7 @@ class Sparsifier:
             "active": sum(l.n_active for l in self.layers.values()),
             "total": sum(l.numel for l in self.layers.values()),
             "layer_density": {n: l.density for n, l in self.layers.items()},
-            "layer_itop_rate": {n: float(l.ever_active.float().mean()) for n, l in self.layers.items()},
+            "layer_itop_rate": {n: int(torch.count_nonzero(l.ever_active)) / max(l.numel, 1) for n, l in self.layers.items()},
         }
 
     def training_flops(self, report) -> dict[str, float]:
@@ -928,7 +1000,7 @@ class Sparsifier:
             l.init_std = float(s["init_std"])
             l.grad_buffer = None
             if int(torch.count_nonzero(l.mask)) != l.n_active:
-                raise ValueError(f"corrupt checkpoint: mask of {n} has {int(l.mask.sum())} active weights, expected {l.n_active}")
+                raise ValueError(f"corrupt checkpoint: mask of {n} has {int(torch.count_nonzero(l.mask))} active weights, expected {l.n_active}")
         self.step = int(state["step"])
         self.updates = int(state["updates"])
         self.dense_grad_steps = int(state["dense_grad_steps"])

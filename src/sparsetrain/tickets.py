@@ -392,7 +392,7 @@ class SupTickets:
                 masks[n] = torch.ones_like(l.mask)
         self.masks = masks
         record["density_after"] = sum(int(masks[n].sum()) for n in sparse) / max(total, 1)
-        record["layer_density"] = {n: float(m.float().mean()) for n, m in masks.items()}
+        record["layer_density"] = {n: int(torch.count_nonzero(m)) / max(m.numel(), 1) for n, m in masks.items()}
         if recalibrate is not None:
             record["recalibration_batches"] = recalibrate_norms(self.model, recalibrate, device)
         elif any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in self.model.modules()):

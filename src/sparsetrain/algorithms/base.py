@@ -185,6 +185,10 @@ class Algorithm:
         before :meth:`plan` and any selection."""
 
     # -- scores --------------------------------------------------------------------------
+    #: whether compressed layers above ``masks.LARGE_LAYER`` positions may take the streaming
+    #: update (magnitude drop, uniform random growth, zero regrowth, no dense temporaries)
+    streams: bool = False
+
     def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:
         """Importance of active weights; the lowest are dropped. Default: ``|w|``."""
         return scores.magnitude(layer.param)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from .. import scores
+from ..masks import LARGE_LAYER, sample_positions
 from .base import Algorithm
 
 __all__ = ["SET"]
@@ -34,3 +37,23 @@ class SET(Algorithm):
 
     def grow_score(self, layer, ctx):
         return scores.random_scores(layer.param, ctx.generator)
+
+    @property
+    def streams(self) -> bool:
+        """Whether a compressed large layer may update without dense temporaries (magnitude drop,
+        uniform random growth, zero-initialised regrowth: selections the streaming path reproduces
+        exactly) — false for ``drop="signed"``, ``grow_init="init"`` and subclasses that change
+        the criteria."""
+        cls = type(self)
+        return (self.drop == "magnitude" and self.grow_init == "zero" and cls.select_drop is SET.select_drop
+                and cls.select_grow is SET.select_grow and cls.drop_score is Algorithm.drop_score)
+
+    def select_grow(self, layer, k, available, ctx):
+        if available.numel() > LARGE_LAYER:
+            # a uniform sample without a dense score tensor (same rule for masked and compressed layers)
+            taken = ~available.reshape(-1)
+            picked = sample_positions(taken.numel(), k, ctx.generator, taken)
+            out = torch.zeros(available.numel(), dtype=torch.bool, device=available.device)
+            out[picked.to(available.device)] = True
+            return out.view(available.shape)
+        return super().select_grow(layer, k, available, ctx)

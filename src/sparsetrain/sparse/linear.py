@@ -95,13 +95,15 @@ def _structure(mask: torch.Tensor, index_dtype: torch.dtype):
     """CSR and transposed-CSR index tensors of a bool ``mask`` (out × in)."""
     out_f, in_f = mask.shape
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of ``weight[mask]``
+    # counts per row and column from the entries (a reduction over the dense mask would widen it
+    # to int64: 8 bytes per position)
     crow = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
-    crow[1:] = torch.cumsum(torch.count_nonzero(mask, dim=1), 0)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
     # transpose: entries sorted by (col, row); t_perm maps them to positions in values
     key = cols.to(torch.int64) * out_f + rows.to(torch.int64)
     t_perm = torch.argsort(key)
     t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
-    t_crow[1:] = torch.cumsum(torch.count_nonzero(mask, dim=0), 0)
+    t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
     return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype), rows[t_perm].to(index_dtype),
             t_perm.to(index_dtype))
 
@@ -267,7 +269,7 @@ class SparseLinear(nn.Module):
         mask = mask.to(self.values.device, torch.bool)
         if tuple(mask.shape) != tuple(self.weight_shape):
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(self.weight_shape)}")
-        n = int(mask.sum())
+        n = int(torch.count_nonzero(mask))
         if values.numel() != n:
             raise ValueError(f"{values.numel()} values for a mask with {n} entries")
         self._set_indices(mask)
