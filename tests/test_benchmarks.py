@@ -36,3 +36,15 @@ def test_truly_sparse_benchmark_runs(tmp_path):
     assert [r["density"] for r in rows] == [1.0, 0.1]
     assert rows[1]["state_over_nnz4"] == pytest.approx(2.0, rel=0.01)  # values + momentum
     assert rows[1]["train_rss_sparse_mib"] > 0
+
+
+@pytest.mark.slow
+def test_wide_sparse_mlp_demo_runs(tmp_path):
+    _run(["benchmarks/wide_sparse_mlp.py", "--dataset", "synthetic", "--width", "64", "--density", "0.1",
+          "--method", "rigl", "--epochs", "2", "--update-interval", "1", "--dense-steps", "1", "--threads", "1",
+          "--out", str(tmp_path)], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["weights"] == 784 * 64 + 64 * 64 * 2 + 64 * 10
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2] and summary["epochs"][-1]["updates"] > 0
+    assert summary["sparse_peak_rss_gib"] > 0 and summary["dense_peak_rss_gib"] > 0
+    assert 0 <= summary["final_test_acc"] <= 1

@@ -46,6 +46,9 @@ def test_spmm_and_sddmm_equal_dense_products(rows, k, batch, density, seed, int6
     crow, col, vals = _csr(mask, w[mask], torch.int64 if int64 else torch.int32)
     xt = torch.randn(k, batch, generator=g)
     torch.testing.assert_close(kernels.spmm(crow, col, vals, xt, rows), w @ xt, atol=1e-5, rtol=1e-5)
+    bias = torch.randn(rows, generator=g)
+    torch.testing.assert_close(kernels.spmm(crow, col, vals, xt, rows, bias=bias), w @ xt + bias[:, None],
+                               atol=1e-5, rtol=1e-5)
     gyt = torch.randn(rows, batch, generator=g)
     torch.testing.assert_close(kernels.sddmm(crow, col, gyt, xt), (gyt @ xt.t())[mask], atol=1e-5, rtol=1e-5)
     # the transposed product through a permutation of the values (the input gradient)
@@ -68,6 +71,8 @@ def test_the_kernels_refuse_what_they_cannot_compute():
         kernels.spmm(crow, col.long(), torch.ones(1), torch.ones(1, 3), 1)
     with pytest.raises(RuntimeError, match="rows"):
         kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 2)
+    with pytest.raises(RuntimeError, match="bias"):
+        kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 1, bias=torch.ones(2))
 
 
 def test_backend_names_are_checked(restore_backend):

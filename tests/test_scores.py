@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sparsetrain import scores
@@ -35,3 +36,27 @@ def test_random_scores_reproducible_per_seed():
     a = scores.random_scores(like, torch.Generator().manual_seed(3))
     b = scores.random_scores(like, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == like.shape
+
+
+@pytest.mark.parametrize("n,k", [(1000, 10), (300_000, 5), (300_000, 20_000), (1 << 20, 100_000), (1 << 20, 200_000)])
+def test_topk_large_picks_the_same_entries_as_topk(n, k):
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(n, generator=g)
+    x[torch.randperm(n, generator=g)[: n // 3]] = float("-inf")  # masked positions, as in growth
+    v, i = scores.topk_large(x, k)
+    ref = torch.topk(x, k).indices
+    assert torch.equal(torch.sort(i).values, torch.sort(ref).values) and torch.equal(v, x[i])
+    # with a floor only entries above it qualify, at most k of them
+    floor = float(torch.topk(x, k // 2 + 1).values[-1])
+    v, i = scores.topk_large(x, k, floor=floor)
+    assert i.numel() == k // 2 and bool((v > floor).all())
+
+
+def test_topk_large_falls_back_when_the_sample_misleads():
+    # the strided sample sees only the largest value: too few entries pass its threshold, so the
+    # plain topk runs and the result is still exact
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1 << 20, generator=g)
+    x[:: (1 << 20) // 65536] = 10.0
+    v, i = scores.topk_large(x, 100_000)
+    assert torch.equal(torch.sort(i).values, torch.sort(torch.topk(x, 100_000).indices).values)

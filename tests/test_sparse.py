@@ -61,7 +61,12 @@ def test_dense_gradient_only_when_requested():
     sp = SparseLinear(8, 6)
     sp.set_structure(torch.eye(6, 8, dtype=torch.bool), torch.ones(6))
     got = []
-    sp.dense_grad_sink = got.append
+
+    def sink(gyt, x):  # receives the factors of ∂L/∂W = gyᵀx, returns the dense product it formed
+        got.append(torch.mm(gyt, x))
+        return got[-1]
+
+    sp.dense_grad_sink = sink
     x = torch.randn(4, 8)
     sp.dense_grad_request = lambda: False
     sp(x).sum().backward()
@@ -368,8 +373,11 @@ def test_large_random_masks_are_exact_and_uniform_without_a_permutation():
         assert int(m.sum()) == count
     m = random_mask(shape, 200_000, g)
     rows = m.sum(1).float()
-    # every row is equally likely: mean 200000/16778 ≈ 11.9 per row, Poisson-like spread
-    assert abs(float(rows.mean()) - 200_000 / shape[0]) < 1e-3 and 2.0 < float(rows.var()) < 25.0
+    # every position equally likely: row counts have the mean and (nearly binomial) spread of that
+    p = 200_000 / (shape[0] * shape[1])
+    expected_var = shape[1] * p * (1 - p)
+    assert abs(float(rows.mean()) - 200_000 / shape[0]) < 1e-3
+    assert 0.75 * expected_var < float(rows.var()) < 1.25 * expected_var
     assert torch.equal(random_mask(shape, 5000, torch.Generator().manual_seed(3)),
                        random_mask(shape, 5000, torch.Generator().manual_seed(3)))
 
@@ -386,9 +394,9 @@ def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypa
     calls = []
     original = st.Sparsifier._stream_layer
 
-    def spy(self, layer, k_drop, k_grow):
+    def spy(self, layer, *args):
         calls.append(layer.name)
-        return original(self, layer, k_drop, k_grow)
+        return original(self, layer, *args)
 
     monkeypatch.setattr(st.Sparsifier, "_stream_layer", spy)
     make = lambda: st.SET(density=0.2, update_interval=20, seed=3)  # noqa: E731
@@ -414,7 +422,60 @@ def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypa
                 assert v.shape == m.values.shape
 
 
-def test_a_forced_random_update_streams_on_large_compressed_layers(monkeypatch):
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_rigl_streams_gradient_growth_from_factors_block_by_block(monkeypatch, opt):
+    # large compressed layers rank growth from the gradient's factors, a few rows at a time
+    # (blocks of 3 rows here); masks, weights and metrics equal the masked-dense RigL
+    import sparsetrain.sparsifier as sparsifier_mod
+
+    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
+    monkeypatch.setattr(sparsifier_mod, "GRADIENT_BLOCK", 64)
+    captured = []
+    original = st.Sparsifier._capture
+
+    def spy(self, layer, grad):
+        captured.append(type(grad).__name__)
+        return original(self, layer, grad)
+
+    monkeypatch.setattr(st.Sparsifier, "_capture", spy)
+    make = lambda: st.RigL(density=0.2, update_interval=20, seed=3)  # noqa: E731
+    la, ma, wa, spa, _, _ = _train(False, make, opt=opt)
+    assert set(captured) == {"Tensor"}
+    captured.clear()
+    lb, mb, wb, spb, _, _ = _train(True, make, opt=opt)
+    assert captured.count("LowRankGrad") == 2 * spb.updates and captured.count("Tensor") == spb.updates
+    assert len(ma) == len(mb) == spb.updates > 5
+    for a, b in zip(ma, mb):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
+    for n in wa:
+        assert torch.allclose(wa[n], wb[n], atol=1e-5)
+    for key in ("turnover", "exploration", "exploitation"):
+        assert [h[key] for h in spa.history] == pytest.approx([h[key] for h in spb.history], rel=1e-4)
+
+
+def test_low_rank_gradient_factors_equal_the_dense_gradient():
+    from sparsetrain.sparse import LowRankGrad
+
+    g = torch.Generator().manual_seed(0)
+    a = LowRankGrad(torch.randn(7, 5, generator=g), torch.randn(5, 9, generator=g))
+    b = LowRankGrad(torch.randn(7, 3, generator=g), torch.randn(3, 9, generator=g))
+    da, db = a.factors[0][0] @ a.factors[0][1], b.factors[0][0] @ b.factors[0][1]
+    total = (a + b) * 0.5
+    assert total.shape == (7, 9)
+    torch.testing.assert_close(total.dense(), (da + db) * 0.5)
+    torch.testing.assert_close(total.rows(2, 5), ((da + db) * 0.5)[2:5])
+    torch.testing.assert_close((a * 2.0 + b).dense(), 2 * da + db)  # different scales fold in
+    mask = torch.rand(7, 9, generator=g) < 0.4
+    layer = SparseLinear(9, 7, mask=mask)
+    torch.testing.assert_close(total.at(layer), ((da + db) * 0.5)[mask])
+    assert total.isfinite() and not LowRankGrad(torch.full((7, 1), float("nan")), torch.ones(1, 9)).isfinite()
+    with pytest.raises(TypeError):
+        a + LowRankGrad(torch.ones(2, 1), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("grow", ["random", "gradient"])
+def test_a_forced_update_streams_on_large_compressed_layers(monkeypatch, grow):
     import sparsetrain.sparsifier as sparsifier_mod
 
     monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
@@ -425,11 +486,18 @@ def test_a_forced_random_update_streams_on_large_compressed_layers(monkeypatch):
             to_sparse(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         sp = st.Sparsifier(model, opt, st.RigL(density=0.1, update_interval=10**6, end=None, seed=2), total_steps=100)
-        for x, y in _data(3):
+        data = _data(3)
+        for x, y in data[:2]:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-        rec = sp.update(drop_fraction=0.5, grow="random", drop="magnitude")
+        sp.request_update(0.5, grow=grow, drop="magnitude")
+        x, y = data[2]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec = sp.history[-1]
+        assert rec["forced"] == f"magnitude/{grow}"
         results.append((sp.masks, rec["turnover"], sp.density))
     assert all(torch.equal(results[0][0][n], results[1][0][n]) for n in results[0][0])
     assert results[0][1:] == pytest.approx(results[1][1:])

@@ -6,9 +6,12 @@ Conventions: a *drop* score ranks active weights by importance (the lowest are d
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-__all__ = ["magnitude", "gradient_magnitude", "random_scores", "select_lowest", "select_highest", "signed_drop"]
+__all__ = ["magnitude", "gradient_magnitude", "random_scores", "select_lowest", "select_highest", "signed_drop",
+           "topk_large"]
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:
@@ -75,3 +78,36 @@ def signed_drop(weight: torch.Tensor, active: torch.Tensor, k: int) -> torch.Ten
     k_pos = min(k - k_neg, n_pos)
     # smallest positive: lowest w among positives; largest negative: highest w among non-positives
     return select_lowest(w, pos, k_pos) | select_highest(w, neg, k_neg)
+
+
+def topk_large(x: torch.Tensor, k: int, floor: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(x, k, sorted=False)`` of a long 1-d tensor, faster when ``k`` is large.
+
+    ``torch.topk`` on CPU costs far more than a pass over the data when ``k`` is in the tens of
+    thousands. This estimates a threshold from a strided sample of 65,536 entries (keeping about
+    twice ``k`` above it), keeps the entries above it, and ranks only those; if fewer than ``k``
+    pass, it falls back to the plain ``topk``. The result is exact: whenever at least ``k``
+    entries exceed a threshold, the top ``k`` are all among them (which of several entries tied
+    at the k-th value is chosen may differ from ``torch.topk``'s choice). With ``floor`` (e.g.
+    the k-th best of earlier blocks), entries at or below it are left out, and fewer than ``k``
+    may be returned.
+    """
+    n = x.numel()
+    if floor is not None:
+        idx = (x > floor).nonzero().squeeze(1)
+        if idx.numel() <= k:
+            return x[idx], idx
+        v, j = torch.topk(x[idx], k, sorted=False)
+        return v, idx[j]
+    if n < (1 << 18) or 8 * k > n:
+        return torch.topk(x, k, sorted=False)
+    sample = x[:: max(1, n // 65536)].float()
+    sample = sample[torch.isfinite(sample)]
+    if sample.numel() > 16:
+        keep = min(1.0, 2.0 * k / n)
+        t = float(torch.quantile(sample, 1.0 - keep)) if keep < 1.0 else float("-inf")
+        idx = (x > t).nonzero().squeeze(1)
+        if k <= idx.numel() < n // 2:
+            v, j = torch.topk(x[idx], k, sorted=False)
+            return v, idx[j]
+    return torch.topk(x, k, sorted=False)

@@ -31,11 +31,14 @@ from torch import nn
 from . import distributions, scores
 from .algorithms import Algorithm, UpdateContext, make_algorithm
 from .masks import LARGE_LAYER, LayerState, random_mask, sample_positions
-from .sparse.linear import SparseLinear
+from .sparse.linear import LowRankGrad, SparseLinear
 
 __all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
 
 log = logging.getLogger(__name__)
+
+#: entries of the dense gradient formed at once by a streaming gradient-growth update (64 MiB in float32)
+GRADIENT_BLOCK = 1 << 24
 
 #: Module types whose ``weight`` is sparse by default (spec §1.1).
 DEFAULT_SPARSE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -277,7 +280,7 @@ class Sparsifier:
             deferred = module is not None and module.deferred
             with torch.no_grad():
                 if deferred:  # no weights yet: they are drawn below, at the chosen positions only
-                    dense_w, init_std = None, module.init_bound() / math.sqrt(3.0)
+                    dense_w, init_std = None, module.init_bound(max(counts[name], 1) / shape.numel()) / math.sqrt(3.0)
                 else:
                     dense_w = module.dense_weight() if module is not None else param.detach()
                     init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
@@ -294,7 +297,7 @@ class Sparsifier:
                 if saved is not None:  # load_state_dict brings the values
                     values = torch.zeros(int(torch.count_nonzero(mask)), dtype=param.dtype)
                 else:
-                    b = module.init_bound()
+                    b = module.init_bound(max(int(torch.count_nonzero(mask)), 1) / shape.numel())
                     values = torch.rand(int(torch.count_nonzero(mask)), generator=self.generator,
                                         dtype=param.dtype).mul_(2 * b).sub_(b)
                 module.set_structure(mask, values.to(param.device), reallocate=True)
@@ -404,12 +407,21 @@ class Sparsifier:
             or g is None
             or layer.grad_signature != (g.data_ptr(), g._version)
         )
-        layer.grad_buffer = grad.detach() if fresh else layer.grad_buffer + grad.detach()
+        grad = grad.detach() if torch.is_tensor(grad) else grad
+        if not fresh and type(layer.grad_buffer) is not type(grad):  # cannot happen within one step
+            fresh = True
+        layer.grad_buffer = grad if fresh else layer.grad_buffer + grad
         layer.grad_buffer_step = self.step
 
     def _make_dense_sink(self, layer: LayerState):
-        def sink(grad: torch.Tensor):
-            self._capture(layer, grad)
+        def sink(gyt: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
+            if self._stream_growth(layer) == "gradient":
+                # a large layer's streaming update ranks growth from the factors, block by block
+                self._capture(layer, LowRankGrad(gyt.detach(), x.detach()))
+                return None
+            dense = torch.mm(gyt, x)
+            self._capture(layer, dense)
+            return dense
 
         return sink
 
@@ -453,6 +465,10 @@ class Sparsifier:
         if not layers:
             return
         present = [l.grad_buffer is not None and l.grad_buffer_step == self.step for l in layers]
+        for l, ok in zip(layers, present):
+            if ok and isinstance(l.grad_buffer, LowRankGrad):
+                # factors cannot be summed across ranks: averaging needs the dense gradient
+                l.grad_buffer = l.grad_buffer.dense()
         ref = next((l.grad_buffer for l, ok in zip(layers, present) if ok), None)
         dtype = ref.dtype if ref is not None else layers[0].param.dtype
         device = ref.device if ref is not None else layers[0].param.device
@@ -513,7 +529,10 @@ class Sparsifier:
             if buf is None or g is None or layer.grad_buffer_step != self.step:
                 layer.grad_buffer = None
                 continue
-            seen = torch.linalg.vector_norm(buf[layer.mask] if layer.mask_mul is None else buf * layer.mask_mul)
+            if isinstance(buf, LowRankGrad):
+                seen = torch.linalg.vector_norm(buf.at(layer.sparse_module))
+            else:
+                seen = torch.linalg.vector_norm(buf[layer.mask] if layer.mask_mul is None else buf * layer.mask_mul)
             actual = torch.linalg.vector_norm(g)
             if float(seen) > 0:
                 ratio = float(actual) / float(seen)
@@ -574,7 +593,11 @@ class Sparsifier:
         for layer in self.layers.values():
             if layer.is_dense:
                 continue
-            if layer.grad_buffer is not None and not bool(torch.isfinite(layer.grad_buffer).all()):
+            buf = layer.grad_buffer
+            if isinstance(buf, LowRankGrad):
+                if not buf.isfinite():
+                    return layer.name
+            elif buf is not None and not bool(torch.isfinite(buf).all()):
                 return layer.name
         return None
 
@@ -617,7 +640,11 @@ class Sparsifier:
                 self.dense_grad_steps += 1
         ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator,
                             update_index=self.updates + 1)
-        streaming = {l.name for l in self.layers.values() if self._streams(l, forced, grow, drop)}
+        how = {"drop_fraction": p_t, "grow": grow, "drop": drop} if forced else {}
+        streaming = {l.name: g for l in self.layers.values() if (g := self._stream_growth(l, how)) is not None}
+        for layer in self.layers.values():  # factors captured for a layer that does not stream after all
+            if layer.name not in streaming and isinstance(layer.grad_buffer, LowRankGrad):
+                layer.grad_buffer = layer.grad_buffer.dense()
         compressed = [l for l in self.layers.values() if l.sparse_module is not None and l.name not in streaming]
         for layer in compressed:  # the algorithms see a dense weight, once per update
             dense = layer.sparse_module.dense_weight()
@@ -633,17 +660,23 @@ class Sparsifier:
             for layer in compressed:
                 layer.param = layer.sparse_module.values
 
-    def _streams(self, layer: LayerState, forced: bool, grow: Optional[str], drop: str) -> bool:
-        """Whether ``layer`` takes the streaming update (see :meth:`_stream_layer`)."""
+    def _stream_growth(self, layer: LayerState, forced: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """``"random"`` or ``"gradient"`` if ``layer`` takes the streaming update of the coming
+        topology update (see :meth:`_stream_layer`), else ``None``. ``forced``: the forced
+        update's arguments (default: the pending request, if any)."""
         if layer.sparse_module is None or layer.numel <= LARGE_LAYER or layer.is_dense:
-            return False
+            return None
         if 4 * layer.n_active >= layer.numel:  # the dense path ranks differently there
-            return False
+            return None
+        forced = self._forced if forced is None else forced
         if forced:
-            return drop == "magnitude" and grow == "random" and self.algorithm.grow_init == "zero"
-        return bool(self.algorithm.streams)
+            ok = (forced.get("drop") == "magnitude" and forced.get("grow") in ("random", "gradient")
+                  and self.algorithm.grow_init == "zero")
+            return forced["grow"] if ok else None
+        return self.algorithm.stream_growth
 
-    def _run_update(self, t, p_t, record, ctx, forced, grow, needs_grad, streaming=frozenset()) -> dict[str, Any]:
+    def _run_update(self, t, p_t, record, ctx, forced, grow, needs_grad, streaming=None) -> dict[str, Any]:
+        streaming = streaming or {}
         for layer in self.layers.values():
             layer.flush(t)
         candidates = []
@@ -670,7 +703,10 @@ class Sparsifier:
             if k_drop == 0 and k_grow == 0:
                 continue
             if layer.name in streaming:
-                info = self._stream_layer(layer, k_drop, k_grow)
+                info = self._stream_layer(layer, k_drop, k_grow, streaming[layer.name])
+                if "_exploit" in info:
+                    exploit_num += info.pop("_exploit") * int(info["grown"])
+                    exploit_w += int(info["grown"])
                 new_total += int(info.pop("_fresh"))
                 changed_total += int(info.pop("_changed"))
                 active_total += layer.n_active
@@ -758,7 +794,7 @@ class Sparsifier:
         layer.ever_active |= new
 
     @torch.no_grad()
-    def _stream_layer(self, layer: LayerState, k_drop: int, k_grow: int) -> dict[str, float]:
+    def _stream_layer(self, layer: LayerState, k_drop: int, k_grow: int, growth: str = "random") -> dict[str, float]:
         """Magnitude drop and uniform random growth of a compressed large layer, in memory
         proportional to nnz plus the layer's bool masks (no dense float tensor: the weight, its
         gradient and the scores are never materialised).
@@ -766,7 +802,10 @@ class Sparsifier:
         Selects exactly what the dense path selects: the ``k_drop`` active weights of lowest
         magnitude (the same ranking of the same row-major values) and ``k_grow`` positions drawn
         by :func:`~sparsetrain.masks.sample_positions` from the same generator state, which is
-        also what SET uses for large masked-dense layers.
+        also what SET uses for large masked-dense layers — or, with ``growth="gradient"``, the
+        ``k_grow`` available positions of largest dense-gradient magnitude, ranked block of rows
+        by block of rows from the gradient's factors (:class:`~sparsetrain.sparse.LowRankGrad`);
+        the same set as the dense ranking up to exact ties.
         """
         module = layer.sparse_module
         flat, nnz = module.flat_index(), module.nnz
@@ -780,7 +819,12 @@ class Sparsifier:
         taken = old.clone()
         taken[flat[~keep]] = False  # after the drop; becomes the new mask below
         k_grow = max(0, min(int(k_grow), taken.numel() - (nnz - k_drop)))
-        grown = sample_positions(taken.numel(), k_grow, self.generator, taken)
+        exploit = None
+        if growth == "gradient":
+            grown, exploit = self._top_gradient_positions(layer, taken, k_grow)
+            taken[grown] = True
+        else:
+            grown = sample_positions(taken.numel(), k_grow, self.generator, taken)
         fresh = int(torch.count_nonzero(~layer.ever_active.reshape(-1)[grown])) if k_grow else 0
         # grown positions start at zero, except one dropped and regrown in this same update, which
         # keeps its value (and, in _restructure, its optimizer state), as on the dense path
@@ -799,7 +843,46 @@ class Sparsifier:
                                   "_fresh": fresh, "_changed": changed}
         if k_grow:
             info["exploration"] = fresh / k_grow
+        if exploit is not None:
+            info["exploitation"] = info["_exploit"] = exploit
         return info
+
+    def _top_gradient_positions(self, layer: LayerState, taken: torch.Tensor, k: int):
+        """The ``k`` positions not in ``taken`` (flat bool) of largest ``|∂L/∂W|``, computed from the
+        captured factors in blocks of rows of about 2²⁴ entries; also the exploitation degree
+        (mean |g| of the grown over mean |g| of the available positions), or ``None``."""
+        grad = layer.grad_buffer  # factors; a dense tensor under DDP (averaged across ranks)
+        if grad is None:
+            raise RuntimeError(f"{layer.name}: no gradient captured for its streaming update")
+        out_f, in_f = layer.shape
+        block = max(1, GRADIENT_BLOCK // max(in_f, 1))
+        best_v = torch.empty(0, dtype=torch.float32, device=taken.device)
+        best_p = torch.empty(0, dtype=torch.int64, device=taken.device)
+        total_avail, n_avail = 0.0, 0
+        for r0 in range(0, out_f, block):
+            r1 = min(out_f, r0 + block)
+            g = grad.rows(r0, r1).abs_() if isinstance(grad, LowRankGrad) else grad[r0:r1].abs()
+            g = g.float().reshape(-1)
+            busy = taken[r0 * in_f:r1 * in_f].nonzero().squeeze(1)  # active after the drop: ~nnz
+            free = g.numel() - busy.numel()
+            n_avail += free
+            if free:
+                total_avail += float(g.sum()) - float(g[busy].sum())
+            g.index_fill_(0, busy, float("-inf"))
+            kk = min(k, free)
+            if kk <= 0:
+                continue
+            # only entries above the running k-th best can enter the top k
+            floor = float(best_v.min()) if best_v.numel() >= k else None
+            v, i = scores.topk_large(g, kk, floor=floor)
+            best_v, best_p = torch.cat([best_v, v]), torch.cat([best_p, i + r0 * in_f])
+            if best_v.numel() > k:
+                keep = torch.topk(best_v, k, sorted=False).indices
+                best_v, best_p = best_v[keep], best_p[keep]
+        exploit = None
+        if k and n_avail and total_avail > 0:
+            exploit = float(best_v.sum()) / k / (total_avail / n_avail)
+        return best_p, exploit
 
     def _restructure(self, layer: LayerState, new, new_values: Optional[torch.Tensor] = None,
                      new_flat: Optional[torch.Tensor] = None) -> None:

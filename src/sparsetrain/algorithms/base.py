@@ -185,9 +185,10 @@ class Algorithm:
         before :meth:`plan` and any selection."""
 
     # -- scores --------------------------------------------------------------------------
-    #: whether compressed layers above ``masks.LARGE_LAYER`` positions may take the streaming
-    #: update (magnitude drop, uniform random growth, zero regrowth, no dense temporaries)
-    streams: bool = False
+    #: ``"random"`` or ``"gradient"`` if compressed layers above ``masks.LARGE_LAYER`` positions
+    #: may take the streaming update (magnitude drop, uniform random or gradient-magnitude
+    #: growth, zero regrowth, no dense temporaries); ``None``: the dense path
+    stream_growth: Optional[str] = None
 
     def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:
         """Importance of active weights; the lowest are dropped. Default: ``|w|``."""

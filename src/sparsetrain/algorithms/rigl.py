@@ -21,3 +21,13 @@ class RigL(Algorithm):
 
     def grow_score(self, layer, ctx):
         return scores.gradient_magnitude(layer.grad_buffer)
+
+    @property
+    def stream_growth(self):
+        """``"gradient"``: a compressed large layer may update without dense temporaries
+        (magnitude drop; growth ranked from the gradient's factors block by block; zero
+        regrowth); ``None`` for ``grow_init="init"`` and subclasses that change the criteria."""
+        cls = type(self)
+        same = (cls.select_drop is Algorithm.select_drop and cls.select_grow is Algorithm.select_grow
+                and cls.drop_score is Algorithm.drop_score and cls.grow_score is RigL.grow_score)
+        return "gradient" if same and self.grow_init == "zero" else None

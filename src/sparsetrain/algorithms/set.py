@@ -39,14 +39,15 @@ class SET(Algorithm):
         return scores.random_scores(layer.param, ctx.generator)
 
     @property
-    def streams(self) -> bool:
-        """Whether a compressed large layer may update without dense temporaries (magnitude drop,
-        uniform random growth, zero-initialised regrowth: selections the streaming path reproduces
-        exactly) — false for ``drop="signed"``, ``grow_init="init"`` and subclasses that change
-        the criteria."""
+    def stream_growth(self):
+        """``"random"``: a compressed large layer may update without dense temporaries (magnitude
+        drop, uniform random growth, zero-initialised regrowth: selections the streaming path
+        reproduces exactly); ``None`` for ``drop="signed"``, ``grow_init="init"`` and subclasses
+        that change the criteria."""
         cls = type(self)
-        return (self.drop == "magnitude" and self.grow_init == "zero" and cls.select_drop is SET.select_drop
-                and cls.select_grow is SET.select_grow and cls.drop_score is Algorithm.drop_score)
+        same = (cls.select_drop is SET.select_drop and cls.select_grow is SET.select_grow
+                and cls.drop_score is Algorithm.drop_score)
+        return "random" if same and self.drop == "magnitude" and self.grow_init == "zero" else None
 
     def select_grow(self, layer, k, available, ctx):
         if available.numel() > LARGE_LAYER:

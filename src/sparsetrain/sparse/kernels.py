@@ -147,10 +147,12 @@ def use_native(*tensors: torch.Tensor) -> bool:
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor, rows: int,
-         perm: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``A @ xt`` for the CSR matrix ``A = (crow, col, values[perm] if perm else values)`` with
-    ``rows`` rows; ``xt`` is ``K × B``; returns a contiguous ``rows × B`` tensor."""
-    return torch.ops.sparsetrain.spmm(crow, col, values.contiguous(), perm, xt.contiguous(), int(rows))
+         perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``A @ xt (+ bias[:, None])`` for the CSR matrix ``A = (crow, col, values[perm] if perm else
+    values)`` with ``rows`` rows; ``xt`` is ``K × B``; returns a contiguous ``rows × B`` tensor."""
+    if bias is not None:
+        bias = bias.detach().contiguous()
+    return torch.ops.sparsetrain.spmm(crow, col, values.contiguous(), perm, xt.contiguous(), int(rows), bias)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, gyt: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:

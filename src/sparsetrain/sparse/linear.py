@@ -27,7 +27,7 @@ from torch import nn
 
 from . import kernels
 
-__all__ = ["SparseLinear", "to_sparse", "to_dense"]
+__all__ = ["SparseLinear", "LowRankGrad", "to_sparse", "to_dense"]
 
 # torch marks CSR as beta; the kernels used here are the stable, documented ones.
 warnings.filterwarnings("ignore", message=r"Sparse CSR tensor support is in beta", category=UserWarning)
@@ -43,27 +43,31 @@ def _csr(crow, col, values, size):
 
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, values, module):
-        # CSR × dense is fastest with a contiguous right operand; the result's transpose is returned
-        # as a view, so a following SparseLinear (through bias, ReLU, ... which keep the layout)
-        # gets an input whose transpose is already contiguous
-        native = kernels.use_native(x, values)
-        if native:
-            y = kernels.spmm(module.crow_indices, module.col_indices, values, x.t(), module.out_features).t()
+    def forward(ctx, x, values, bias, module):
+        # Returns yᵀ (out × B, contiguous: CSR × dense wants a contiguous right operand and gives
+        # a row-major result). The caller takes its transpose as a view, so a following
+        # SparseLinear (through bias, ReLU, ... which keep the layout) gets an input whose
+        # transpose is already contiguous, and in-place ops on y are ordinary ops on a view.
+        native = kernels.use_native(x, values) and (bias is None or kernels.use_native(bias))
+        if native:  # the bias is added in the kernel (no extra pass over the output)
+            yt = kernels.spmm(module.crow_indices, module.col_indices, values, x.t(), module.out_features, bias=bias)
         else:
             w = _csr(module.crow_indices, module.col_indices, values, module.weight_shape)
-            y = torch.mm(w, _contiguous(x.t())).t()
+            yt = torch.mm(w, _contiguous(x.t()))
+            if bias is not None:
+                yt = yt + bias[:, None]
         ctx.module, ctx.native = module, native
         ctx.save_for_backward(x, values)
-        return y
+        return yt
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx, gyt):
         x, values = ctx.saved_tensors
         m = ctx.module
-        gx = gvals = None
-        gyt = gy.t()
-        native = ctx.native and kernels.use_native(gy)
+        gx = gvals = gbias = None
+        if ctx.needs_input_grad[2]:
+            gbias = gyt.sum(1)
+        native = ctx.native and kernels.use_native(gyt)
         if ctx.needs_input_grad[0]:
             if native:  # Wᵀ read through t_perm: no permuted copy of the values
                 gx = kernels.spmm(m.t_crow_indices, m.t_col_indices, values, gyt, m.in_features, perm=m.t_perm).t()
@@ -72,9 +76,10 @@ class _SparseLinearFn(torch.autograd.Function):
                 gx = torch.mm(wt, _contiguous(gyt)).t()
         if ctx.needs_input_grad[1]:
             want = m.dense_grad_request
-            if want is not None and want():
-                dense = torch.mm(gyt, x)  # only at topology-update steps
-                m.dense_grad_sink(dense)
+            # only at topology-update steps: the sink gets the gradient's factors and returns the
+            # dense product if it formed one (a large layer's streaming update never does)
+            dense = m.dense_grad_sink(gyt, x) if want is not None and want() else None
+            if dense is not None:
                 gvals = dense.reshape(-1)[m.flat_index()]
             elif native:
                 gvals = kernels.sddmm(m.crow_indices, m.col_indices, gyt, x.t())
@@ -82,7 +87,7 @@ class _SparseLinearFn(torch.autograd.Function):
                 # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
                 pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
                 gvals = torch.sparse.sampled_addmm(pattern, gyt, _contiguous(x), beta=0.0).values()
-        return gx, gvals, None
+        return gx, gvals, gbias, None
 
 
 def _rows(crow: torch.Tensor) -> torch.Tensor:
@@ -122,6 +127,11 @@ class SparseLinear(nn.Module):
             initialisation ``U(-1/√in, 1/√in)``. Memory then follows nnz from the start, which is
             what lets a layer too large to hold densely be trained (see :func:`to_sparse` with a
             meta-device model).
+        init: for a deferred layer, the scale of the values drawn: ``"dense"`` (``nn.Linear``'s
+            ``U(-1/√in, 1/√in)``, what masking a dense layer gives) or ``"sparse"`` (the same
+            divided by ``√density``: the variance a unit would get from its *sparse* fan-in, as
+            Evci et al. (2022) recommend; at 99% sparsity and beyond a dense-scaled init makes the
+            signal vanish through a few layers).
 
     The trainable parameters are ``values`` (nnz,) and ``bias``; ``weight_shape`` is the dense
     shape. ``state_dict()`` holds values and the index buffers (a compressed checkpoint).
@@ -129,12 +139,16 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                 index_dtype: torch.dtype = torch.int32, deferred: bool = False, device=None, dtype=None):
+                 index_dtype: torch.dtype = torch.int32, deferred: bool = False, init: str = "dense",
+                 device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = torch.Size((self.out_features, self.in_features))
         self.index_dtype = index_dtype
         self._deferred = bool(deferred)
+        if init not in ("dense", "sparse"):
+            raise ValueError(f"unknown init {init!r}: use 'dense' (nn.Linear's scale) or 'sparse' (scaled by 1/√density)")
+        self.init = init
         if self._deferred:
             if weight is not None or mask is not None:
                 raise ValueError("deferred=True draws the weights when a Sparsifier attaches: pass no weight or mask")
@@ -168,9 +182,12 @@ class SparseLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
         else:
             self.register_parameter("bias", None)
-        # installed by a Sparsifier: whether this backward should produce the dense weight gradient
+        # installed by a Sparsifier: whether this backward should hand over the dense weight
+        # gradient ∂L/∂W = gyᵀ x, and the receiver, called with its factors (gyᵀ, x) and returning
+        # the dense product if it formed one
         self.dense_grad_request: Optional[Callable[[], bool]] = None
-        self.dense_grad_sink: Callable[[torch.Tensor], None] = lambda g: None
+        self.dense_grad_sink: Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]] = \
+            lambda gyt, x: torch.mm(gyt, x)
 
     # ------------------------------------------------------------------ structure
     def _set_indices(self, mask: torch.Tensor) -> None:
@@ -186,21 +203,26 @@ class SparseLinear(nn.Module):
         """Whether the layer has no weights yet (they are drawn when a Sparsifier attaches)."""
         return self._deferred
 
-    def init_bound(self) -> float:
-        """Half-width of ``nn.Linear``'s default weight initialisation, ``1/√in_features``."""
-        return 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+    def init_bound(self, density: float = 1.0) -> float:
+        """Half-width of the uniform initialisation of a deferred layer: ``1/√in_features``
+        (``nn.Linear``'s default), divided by ``√density`` when ``init="sparse"``."""
+        if self.in_features <= 0:
+            return 0.0
+        scale = 1.0 / math.sqrt(max(density, 1e-12)) if self.init == "sparse" else 1.0
+        return scale / math.sqrt(self.in_features)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
-                    index_dtype: torch.dtype = torch.int32, device=None) -> "SparseLinear":
+                    index_dtype: torch.dtype = torch.int32, device=None, init: str = "dense") -> "SparseLinear":
         """A SparseLinear holding ``linear``'s weight (at ``mask``; default: every position, to be
         assigned a mask by a Sparsifier) and bias. A meta-device ``linear`` gives a ``deferred``
-        layer on ``device`` (default CPU) with a freshly initialised bias and no weights yet."""
+        layer on ``device`` (default CPU) with a freshly initialised bias and no weights yet
+        (``init``: see the class)."""
         if linear.weight.is_meta:  # a model built on the meta device: nothing to copy, nothing allocated
             if mask is not None:
                 raise ValueError("a meta-device Linear has no weights to keep at a mask: convert it without one")
             return cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                       index_dtype=index_dtype, deferred=True, device=device, dtype=linear.weight.dtype)
+                       index_dtype=index_dtype, deferred=True, init=init, device=device, dtype=linear.weight.dtype)
         m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                 weight=linear.weight.detach(), mask=mask, index_dtype=index_dtype)
         if linear.bias is not None:
@@ -321,9 +343,7 @@ class SparseLinear(nn.Module):
             return nn.functional.linear(x, self.values.view(self.weight_shape), self.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = _SparseLinearFn.apply(x2, self.active_values(), self)
-        if self.bias is not None:
-            y = y + self.bias
+        y = _SparseLinearFn.apply(x2, self.active_values(), self.bias, self).t()
         return y.reshape(*lead, self.out_features)
 
     def to_linear(self) -> nn.Linear:
@@ -343,6 +363,73 @@ class SparseLinear(nn.Module):
                 f"nnz={self.nnz} ({self.nnz / max(n, 1):.4f}){pad}")
 
 
+class LowRankGrad:
+    """The dense weight gradient of a :class:`SparseLinear`, ``scale · Σᵢ gytᵢ @ xᵢ``, kept as its
+    factors (``out × B`` and ``B × in``: memory ∝ batch × width instead of out × in).
+
+    A large layer's streaming topology update ranks growth candidates from it block of rows by
+    block of rows (:meth:`rows`), so the full gradient never exists. Micro-batches add factors
+    (``+``), loss-scale corrections multiply ``scale`` (``*``).
+    """
+
+    def __init__(self, gyt: torch.Tensor, x: torch.Tensor, scale: float = 1.0):
+        self.factors = [(gyt, x)]
+        self.scale = float(scale)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.factors[0][0].shape[0], self.factors[0][1].shape[1]))
+
+    def __add__(self, other: "LowRankGrad") -> "LowRankGrad":
+        if not isinstance(other, LowRankGrad) or other.shape != self.shape:
+            raise TypeError("a LowRankGrad adds only to another of the same shape")
+        out = LowRankGrad.__new__(LowRankGrad)
+        if self.scale == other.scale:
+            out.factors, out.scale = self.factors + other.factors, self.scale
+        else:  # fold the scales into the first factor of each (one batch-sized copy)
+            out.factors = ([(g * self.scale, x) for g, x in self.factors]
+                           + [(g * other.scale, x) for g, x in other.factors])
+            out.scale = 1.0
+        return out
+
+    def __mul__(self, ratio: float) -> "LowRankGrad":
+        out = LowRankGrad.__new__(LowRankGrad)
+        out.factors, out.scale = list(self.factors), self.scale * float(ratio)
+        return out
+
+    __rmul__ = __mul__
+
+    def isfinite(self) -> bool:
+        """Whether every factor is finite (then so is the product)."""
+        return math.isfinite(self.scale) and all(bool(torch.isfinite(g).all()) and bool(torch.isfinite(x).all())
+                                                 for g, x in self.factors)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the dense gradient (``(stop - start) × in``)."""
+        out = None
+        for g, x in self.factors:
+            part = torch.mm(g[start:stop], x)
+            out = part if out is None else out.add_(part)
+        return out.mul_(self.scale) if self.scale != 1.0 else out
+
+    def dense(self) -> torch.Tensor:
+        """The whole dense gradient (``out × in``)."""
+        return self.rows(0, self.shape[0])
+
+    def at(self, module: "SparseLinear") -> torch.Tensor:
+        """The gradient at ``module``'s stored entries (row-major, nnz)."""
+        out = None
+        for g, x in self.factors:
+            if kernels.use_native(g, x):
+                part = kernels.sddmm(module.crow_indices, module.col_indices, g, x.t())
+            else:
+                pattern = _csr(module.crow_indices, module.col_indices, module.active_values().detach(),
+                               module.weight_shape)
+                part = torch.sparse.sampled_addmm(pattern, _contiguous(g), _contiguous(x), beta=0.0).values()
+            out = part if out is None else out.add_(part)
+        return out.mul_(self.scale) if self.scale != 1.0 else out
+
+
 def _replace(model: nn.Module, pick, make) -> nn.Module:
     if pick(model):
         return make(model)
@@ -353,7 +440,8 @@ def _replace(model: nn.Module, pick, make) -> nn.Module:
 
 def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
               index_dtype: torch.dtype = torch.int32,
-              include: Optional[Callable[[str, nn.Linear], bool]] = None, device=None) -> nn.Module:
+              include: Optional[Callable[[str, nn.Linear], bool]] = None, device=None,
+              init: str = "dense") -> nn.Module:
     """Replace ``nn.Linear`` layers by :class:`SparseLinear` (in place; returns the model).
 
     Call it *before* creating the optimizer: the new layers' parameters are ``values`` and
@@ -364,7 +452,9 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
     Layers of a model built on the meta device (``with torch.device("meta"): model = ...``)
     become ``deferred`` SparseLinear layers on ``device`` (default CPU): no dense weight is ever
     allocated, and the Sparsifier attached next draws the weights at the positions it picks. This
-    is how a model too large to hold densely is trained (``docs/sparse.md``).
+    is how a model too large to hold densely is trained (``docs/sparse.md``). ``init`` sets their
+    scale: ``"dense"`` (``nn.Linear``'s) or ``"sparse"`` (divided by √density, for very sparse
+    deep models; see :class:`SparseLinear`).
     """
     masks = dict(masks or {})
     names = {id(m): n for n, m in model.named_modules()}
@@ -381,7 +471,7 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
         mask = masks.get(key)
         if mask is None and not m.weight.is_meta and bool((m.weight == 0).any()):
             mask = m.weight != 0
-        return SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device)
+        return SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device, init=init)
 
     return _replace(model, pick, make)
 

@@ -39,10 +39,10 @@ at::Tensor pack(const at::Tensor& xt) {
   return xp;
 }
 
-// y[r][b] = sum_k val[perm? perm[k] : k] * xt[col[k]][b] over the CSR row r
+// y[r][b] = bias[r] + sum_k val[perm? perm[k] : k] * xt[col[k]][b] over the CSR row r (bias optional)
 template <typename idx_t>
-void spmm_impl(const idx_t* crow, const idx_t* col, const float* val, const idx_t* perm, const float* xp,
-               float* y, int64_t rows, int64_t K, int64_t B) {
+void spmm_impl(const idx_t* crow, const idx_t* col, const float* val, const idx_t* perm, const float* bias,
+               const float* xp, float* y, int64_t rows, int64_t K, int64_t B) {
   const int64_t nt = (B + T - 1) / T;
   const int64_t rb = 256, nrb = (rows + rb - 1) / rb;
   at::parallel_for(0, nt * nrb, 1, [&](int64_t w0, int64_t w1) {
@@ -52,6 +52,7 @@ void spmm_impl(const idx_t* crow, const idx_t* col, const float* val, const idx_
       const float* strip = xp + t * K * T;
       for (int64_t r = r0; r < r1; ++r) {
         v16 a0{}, a1{}, a2{}, a3{};
+        if (bias) a0 += bias[r];
         const int64_t s = crow[r], e = crow[r + 1];
         int64_t k = s;
         for (; k + 4 <= e; k += 4) {
@@ -120,7 +121,8 @@ void check(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& m, c
 }
 
 at::Tensor spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
-                const c10::optional<at::Tensor>& perm, const at::Tensor& xt, int64_t rows) {
+                const c10::optional<at::Tensor>& perm, const at::Tensor& xt, int64_t rows,
+                const c10::optional<at::Tensor>& bias) {
   check(crow, col, xt, "sparsetrain::spmm");
   TORCH_CHECK(val.is_contiguous() && val.scalar_type() == at::kFloat, "sparsetrain::spmm: float32 values");
   TORCH_CHECK(crow.numel() == rows + 1, "sparsetrain::spmm: crow has ", crow.numel(), " entries for ", rows, " rows");
@@ -129,12 +131,16 @@ at::Tensor spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor&
   if (rows == 0 || B == 0) return y;
   auto xp = pack(xt);
   const bool p = perm.has_value() && perm->defined();
+  const bool b = bias.has_value() && bias->defined();
+  TORCH_CHECK(!b || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == rows),
+              "sparsetrain::spmm: bias must be a contiguous float32 vector with one entry per row");
+  const float* bp = b ? bias->data_ptr<float>() : nullptr;
   if (crow.scalar_type() == at::kInt)
     spmm_impl<int32_t>(crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(), val.data_ptr<float>(),
-                       p ? perm->data_ptr<int32_t>() : nullptr, xp.data_ptr<float>(), y.data_ptr<float>(), rows, K, B);
+                       p ? perm->data_ptr<int32_t>() : nullptr, bp, xp.data_ptr<float>(), y.data_ptr<float>(), rows, K, B);
   else
     spmm_impl<int64_t>(crow.data_ptr<int64_t>(), col.data_ptr<int64_t>(), val.data_ptr<float>(),
-                       p ? perm->data_ptr<int64_t>() : nullptr, xp.data_ptr<float>(), y.data_ptr<float>(), rows, K, B);
+                       p ? perm->data_ptr<int64_t>() : nullptr, bp, xp.data_ptr<float>(), y.data_ptr<float>(), rows, K, B);
   return y;
 }
 
@@ -159,7 +165,7 @@ at::Tensor sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(sparsetrain, m) {
-  m.def("spmm(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xt, int rows) -> Tensor");
+  m.def("spmm(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xt, int rows, Tensor? bias=None) -> Tensor");
   m.def("sddmm(Tensor crow, Tensor col, Tensor gyt, Tensor xt) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(sparsetrain, CPU, m) {
