@@ -310,6 +310,7 @@ def test_a_meta_device_model_trains_without_ever_allocating_dense_weights():
     assert all(m.deferred and m.values.numel() == 0 and not m.values.is_meta for m in layers)
     with pytest.raises(RuntimeError, match="attach a sparsetrain.Sparsifier first"):
         model(torch.randn(2, 20))
+    assert not layers[0].mask().any() and layers[0].nnz == 0 and "nnz=0" in repr(layers[0])
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = st.Sparsifier(model, opt, st.SET(density=0.05, update_interval=2), total_steps=20)
     for m, name in zip(layers, ("0.weight", "2.weight")):

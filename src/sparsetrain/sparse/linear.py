@@ -259,6 +259,8 @@ class SparseLinear(nn.Module):
 
     def flat_index(self) -> torch.Tensor:
         """Row-major flat positions of the nonzeros (cached until the structure changes)."""
+        if self._deferred:  # no entries yet
+            return torch.empty(0, dtype=torch.int64, device=self.values.device)
         if self._flat is None or self._flat.numel() != self._nnz:
             if self._dense_pattern:
                 self._flat = torch.arange(self._nnz, device=self.values.device)
