@@ -2,10 +2,11 @@
 //
 // All products use the "transposed activation" layout of SparseLinear: an activation x (B x K) is
 // passed as xt = x^T (K x B, contiguous), which is what a chain of SparseLinear layers produces
-// for free. The batch is split into tiles of T = 16 columns; each tile of xt is packed into a
+// for free. The batch is split into tiles of T = 32 columns; each tile of xt is packed into a
 // contiguous (K x T) strip that stays in L2 while every row of the sparse matrix streams over
-// it, and each stored entry costs one 64-byte load and one 16-wide fused multiply-add. Four
-// independent accumulators hide the FMA latency. Built on first use by
+// it, and each stored entry costs one 128-byte load and two 16-wide fused multiply-adds (its
+// column index and value are read once per strip). Four independent chains hide the FMA
+// latency. Built on first use by
 // torch.utils.cpp_extension (see kernels.py); GCC/Clang vector extensions keep the source
 // portable across SIMD widths.
 #include <ATen/ATen.h>
@@ -17,7 +18,8 @@
 
 namespace {
 
-constexpr int64_t T = 16;
+constexpr int64_t T = 32;  // batch columns per packed strip (two 16-lane vectors)
+constexpr int64_t L = 16;  // lanes of a v16
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
 inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
@@ -51,28 +53,41 @@ void spmm_impl(const idx_t* crow, const idx_t* col, const float* val, const idx_
       const int64_t n = std::min(T, B - t * T);
       const float* strip = xp + t * K * T;
       for (int64_t r = r0; r < r1; ++r) {
-        v16 a0{}, a1{}, a2{}, a3{};
-        if (bias) a0 += bias[r];
+        v16 a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};  // a: columns 0-15 of the strip, b: 16-31
+        if (bias) { a0 += bias[r]; b0 += bias[r]; }
         const int64_t s = crow[r], e = crow[r + 1];
         int64_t k = s;
         for (; k + 4 <= e; k += 4) {
           const float v0 = val[perm ? perm[k] : k], v1 = val[perm ? perm[k + 1] : k + 1];
           const float v2 = val[perm ? perm[k + 2] : k + 2], v3 = val[perm ? perm[k + 3] : k + 3];
-          a0 += v0 * load(strip + (int64_t)col[k] * T);
-          a1 += v1 * load(strip + (int64_t)col[k + 1] * T);
-          a2 += v2 * load(strip + (int64_t)col[k + 2] * T);
-          a3 += v3 * load(strip + (int64_t)col[k + 3] * T);
+          const float* p0 = strip + (int64_t)col[k] * T;
+          const float* p1 = strip + (int64_t)col[k + 1] * T;
+          const float* p2 = strip + (int64_t)col[k + 2] * T;
+          const float* p3 = strip + (int64_t)col[k + 3] * T;
+          a0 += v0 * load(p0); b0 += v0 * load(p0 + L);
+          a1 += v1 * load(p1); b1 += v1 * load(p1 + L);
+          a2 += v2 * load(p2); b2 += v2 * load(p2 + L);
+          a3 += v3 * load(p3); b3 += v3 * load(p3 + L);
         }
-        for (; k < e; ++k) a0 += val[perm ? perm[k] : k] * load(strip + (int64_t)col[k] * T);
-        const v16 acc = (a0 + a1) + (a2 + a3);
+        for (; k < e; ++k) {
+          const float v0 = val[perm ? perm[k] : k];
+          const float* p0 = strip + (int64_t)col[k] * T;
+          a0 += v0 * load(p0); b0 += v0 * load(p0 + L);
+        }
+        const v16 lo = (a0 + a1) + (a2 + a3), hi = (b0 + b1) + (b2 + b3);
         float* out = y + r * B + t * T;
-        if (n == T) std::memcpy(out, &acc, sizeof(acc));
-        else for (int64_t j = 0; j < n; ++j) out[j] = acc[j];
+        float tmp[T];
+        std::memcpy(tmp, &lo, sizeof(lo));
+        std::memcpy(tmp + L, &hi, sizeof(hi));
+        if (n == T) std::memcpy(out, tmp, sizeof(tmp));
+        else for (int64_t j = 0; j < n; ++j) out[j] = tmp[j];
       }
     }
   });
 }
 
+// g[k] = sum_b gyt[r][b] * xt[col[k]][b] for every stored entry k (row r): one dot product of
+// length B per entry, 16 lanes at a time, the gradient row held in registers per tile of 4 vectors
 inline float hsum(v16 p) {
   typedef float v8 __attribute__((vector_size(32), aligned(4)));
   typedef float v4 __attribute__((vector_size(16), aligned(4)));
@@ -88,7 +103,7 @@ inline float hsum(v16 p) {
 template <typename idx_t>
 void sddmm_impl(const idx_t* crow, const idx_t* col, const float* gyt, const float* xt, float* g,
                 int64_t rows, int64_t K, int64_t B) {
-  const int64_t nv = B / T;  // full vectors; the tail is done in scalar
+  const int64_t nv = B / L;  // full vectors; the tail is done in scalar
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* gy = gyt + r * B;
@@ -98,14 +113,14 @@ void sddmm_impl(const idx_t* crow, const idx_t* col, const float* gyt, const flo
         v16 a0{}, a1{}, a2{}, a3{};
         int64_t v = 0;
         for (; v + 4 <= nv; v += 4) {
-          a0 += load(gy + v * T) * load(x + v * T);
-          a1 += load(gy + (v + 1) * T) * load(x + (v + 1) * T);
-          a2 += load(gy + (v + 2) * T) * load(x + (v + 2) * T);
-          a3 += load(gy + (v + 3) * T) * load(x + (v + 3) * T);
+          a0 += load(gy + v * L) * load(x + v * L);
+          a1 += load(gy + (v + 1) * L) * load(x + (v + 1) * L);
+          a2 += load(gy + (v + 2) * L) * load(x + (v + 2) * L);
+          a3 += load(gy + (v + 3) * L) * load(x + (v + 3) * L);
         }
-        for (; v < nv; ++v) a0 += load(gy + v * T) * load(x + v * T);
+        for (; v < nv; ++v) a0 += load(gy + v * L) * load(x + v * L);
         float sum = hsum((a0 + a1) + (a2 + a3));
-        for (int64_t b = nv * T; b < B; ++b) sum += gy[b] * x[b];
+        for (int64_t b = nv * L; b < B; ++b) sum += gy[b] * x[b];
         g[k] = sum;
       }
     }
