@@ -60,3 +60,19 @@ def test_topk_large_falls_back_when_the_sample_misleads():
     x[:: (1 << 20) // 65536] = 10.0
     v, i = scores.topk_large(x, 100_000)
     assert torch.equal(torch.sort(i).values, torch.sort(torch.topk(x, 100_000).indices).values)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_selection_over_many_candidates_is_the_exact_top_k(largest):
+    # growth over most of a large layer goes through topk_large: the same set as torch.topk
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(700, 600, generator=g)
+    candidates = torch.rand(700, 600, generator=g) < 0.9
+    k = 30_000
+    picked = (scores.select_highest if largest else scores.select_lowest)(s, candidates, k)
+    fill = float("-inf") if largest else float("inf")
+    ref = torch.topk(s.masked_fill(~candidates, fill).reshape(-1), k, largest=largest).indices
+    expected = torch.zeros(700 * 600, dtype=torch.bool)
+    expected[ref] = True
+    assert torch.equal(picked.reshape(-1), expected) and int(picked.sum()) == k
+    assert not bool((picked & ~candidates).any())

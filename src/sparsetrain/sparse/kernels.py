@@ -8,8 +8,9 @@ SparseLinear layers produces them without copies):
 
 - ``spmm``: ``Y = A · Xᵀ`` for a CSR ``A`` (optionally with its values read through a
   permutation, which gives the transposed product for the input gradient without a copy): the
-  batch is cut into 16-column strips packed so each stays in cache while all rows stream over
-  it; every stored entry costs one 64-byte load and one 16-wide multiply-add;
+  batch is cut into 32-column strips packed so each stays in cache while all rows stream over
+  it; every stored entry costs one 128-byte load and two 16-wide multiply-adds per strip (the
+  bias, if given, is added in the kernel);
 - ``sddmm``: the value gradient, one dot product of length B per stored entry.
 
 They are compiled with :func:`torch.utils.cpp_extension.load` the first time a SparseLinear
