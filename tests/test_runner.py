@@ -186,6 +186,22 @@ def test_truly_sparse_execution_trains_like_masked(execution, tmp_path):
     assert sparse["train_flops_fraction"] == pytest.approx(masked["train_flops_fraction"])
     with pytest.raises(ValueError, match="execution"):
         run(_cfg(execution="csr"))
+    assert masked["sparse_kernels"] is None
+
+
+def test_the_kernel_choice_is_applied_and_recorded(tmp_path):
+    from sparsetrain.sparse import kernels
+
+    saved = kernels._state["backend"]
+    try:
+        r = run(_cfg(epochs=1, execution="sparse", kernels="torch"))
+        assert r["sparse_kernels"] == "torch"
+        if kernels.native_available():
+            assert run(_cfg(epochs=1, execution="sparse", kernels="auto"))["sparse_kernels"] == "native"
+        with pytest.raises(ValueError, match="kernels"):
+            run(_cfg(kernels="mkl"))
+    finally:
+        kernels._state["backend"] = saved
 
 
 def test_bf16_amp_channels_last_and_label_smoothing_run(tmp_path):

@@ -63,6 +63,8 @@ FIELD_HELP = {
     "checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
     "execution": "Linear layers: masked (dense kernels), sparse (CSR, cost follows nnz), auto (sparse below "
                  "20%% layer density, the measured break-even)",
+    "kernels": "CPU kernels of truly sparse layers: auto (compiled on first use, torch's if that fails), native "
+               "(compiled or an error), torch",
     "sup_tickets": "Sup-tickets: superpose tickets from cyclic final epochs (same epoch budget)",
     "cycles": "Sup-tickets: number of tickets K (default: from --cycle-ratio)",
     "cycle_epochs": "Sup-tickets: epochs per cycle C",

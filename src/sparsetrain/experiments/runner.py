@@ -84,6 +84,7 @@ class RunConfig:
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
     execution: str = "masked"
+    kernels: str = "auto"
     # Sup-tickets (spec §4): the last cycles of the same epoch budget collect tickets
     sup_tickets: bool = False
     cycles: Optional[int] = None
@@ -153,6 +154,8 @@ class RunConfig:
             bad(f"milestones are fractions of training in (0, 1), got {self.milestones}")
         if self.execution not in ("masked", "sparse", "auto"):
             bad(f"unknown execution {self.execution!r}; valid: masked, sparse, auto")
+        if self.kernels not in ("auto", "native", "torch"):
+            bad(f"unknown kernels {self.kernels!r}; valid: auto, native, torch")
         if self.execution != "masked" and st.algorithms.parse_method(self.method)[0].lower() in ("snip", "grasp"):
             bad("SNIP/GraSP score the mask on dense weights: use execution='masked' with them")
         if self.checkpoint_every < 0:
@@ -265,11 +268,22 @@ def _convert_execution(cfg: RunConfig, model: nn.Module, algorithm) -> list[str]
                                                 power=algorithm.erk_power)
         chosen = {n for n in linears if dens.get(n, 1.0) < AUTO_BREAK_EVEN}
     if chosen:
-        from sparsetrain.sparse import to_sparse
+        from sparsetrain.sparse import kernels, to_sparse
 
+        kernels.set_backend(cfg.kernels)  # "native" raises here if the kernels cannot be built
         to_sparse(model, include=lambda name, m: f"{name}.weight" in chosen)
     log.info("truly sparse execution for %s", sorted(chosen))
     return sorted(chosen)
+
+
+def _kernels_used(model: nn.Module) -> Optional[str]:
+    """Which kernels the model's SparseLinear layers ran on ("native" or "torch"), or None."""
+    from sparsetrain.sparse import SparseLinear, kernels
+
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    if not layers:
+        return None
+    return "native" if kernels.use_native(layers[0].values, layers[0].values) else "torch"
 
 
 def _prepare_out(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[dict]:
@@ -585,6 +599,7 @@ def _summarise(cfg, model, test, device, sparsifier, tickets, curve, wall, total
         "inference_flops_fraction": report.fraction,
         "dense_flops_per_example": report.dense,
         "versions": {"sparsetrain": st.__version__, "torch": torch.__version__},
+        "sparse_kernels": _kernels_used(model),
     }
     if sparsifier is None:
         result.update(density=1.0, itop_rate=1.0, train_flops_fraction=1.0, updates=0, layer_density={},
