@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-batches", type=int, default=None, help="batches per epoch (quick checks)")
     ap.add_argument("--dense-steps", type=int, default=2, help="dense steps measured for comparison (0: skip)")
-    ap.add_argument("--out", default=None, help="directory for log.txt-style summary.json")
+    ap.add_argument("--out", default=None, help="directory to write summary.json into")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
