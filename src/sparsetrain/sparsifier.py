@@ -795,7 +795,7 @@ class Sparsifier:
 
     @torch.no_grad()
     def _stream_layer(self, layer: LayerState, k_drop: int, k_grow: int, growth: str = "random") -> dict[str, float]:
-        """Magnitude drop and uniform random growth of a compressed large layer, in memory
+        """Magnitude drop and random or gradient growth of a compressed large layer, in memory
         proportional to nnz plus the layer's bool masks (no dense float tensor: the weight, its
         gradient and the scores are never materialised).
 
