@@ -124,15 +124,11 @@ def _train(sparse: bool, make_alg, steps=240, opt="sgd", data=None):
     ("dstee", lambda: st.DSTEE(density=0.2, update_interval=20, c=0.01, seed=3)),
 ])
 def test_truly_sparse_training_matches_masked_dense(name, make_alg):
-    la, ma, wa, spa, _, _ = _train(False, make_alg)
-    lb, mb, wb, spb, model, opt = _train(True, make_alg)
-    assert len(ma) == len(mb) == spa.updates > 5
-    for a, b in zip(ma, mb):  # identical topology after every update
-        assert all(torch.equal(a[n], b[n]) for n in a)
-    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
-    for n in wa:
-        assert torch.allclose(wa[n], wb[n], atol=1e-5)
-    assert spa.itop_rate == spb.itop_rate
+    masked = _train(False, make_alg)
+    sparse = _train(True, make_alg)
+    spb, opt = sparse[3], sparse[5]
+    assert len(masked[1]) == len(sparse[1]) == masked[3].updates > 5
+    _assert_same_training(masked, sparse)  # identical topology after every update
     # optimizer state holds only the nonzeros
     for layer in spb.layers.values():
         values = layer.sparse_module.values
@@ -365,10 +361,10 @@ def test_a_deferred_layer_resumes_from_a_checkpoint():
 
 
 def test_large_random_masks_are_exact_and_uniform_without_a_permutation():
-    from sparsetrain.masks import _PERMUTATION_LIMIT, random_mask
+    from sparsetrain.masks import LARGE_LAYER, random_mask
 
     g = torch.Generator().manual_seed(0)
-    shape = (_PERMUTATION_LIMIT // 1000 + 1, 1000)  # just above the limit
+    shape = (LARGE_LAYER // 1000 + 1, 1000)  # just above the limit
     for count in (1, 12345, shape[0] * shape[1] - 7):
         m = random_mask(shape, count, g)
         assert int(m.sum()) == count
@@ -383,15 +379,35 @@ def test_large_random_masks_are_exact_and_uniform_without_a_permutation():
                        random_mask(shape, 5000, torch.Generator().manual_seed(3)))
 
 
+def _all_layers_large(monkeypatch, limit=100):
+    """Every layer above ``limit`` positions counts as large (streaming updates, sampled growth)."""
+    import sparsetrain.scores as scores_mod
+    import sparsetrain.sparsifier as sparsifier_mod
+
+    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", limit)
+    monkeypatch.setattr(scores_mod, "LARGE_LAYER", limit)
+
+
+def _assert_same_training(a, b, history_keys=(), rel=None):
+    """Two ``_train`` results: identical masks after every update, losses and weights within float
+    tolerance, the same R_s and per-update metrics."""
+    la, ma, wa, spa = a[:4]
+    lb, mb, wb, spb = b[:4]
+    for x, y in zip(ma, mb):
+        assert all(torch.equal(x[n], y[n]) for n in x)
+    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
+    for n in wa:
+        assert torch.allclose(wa[n], wb[n], atol=1e-5)
+    assert spa.itop_rate == spb.itop_rate
+    for key in history_keys:
+        assert [h[key] for h in spa.history] == pytest.approx([h[key] for h in spb.history], rel=rel)
+
+
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypatch, opt):
     # every layer counts as "large": compressed layers update without dense temporaries, and the
     # masked-dense SET samples its growth the same way; the two runs must stay identical
-    import sparsetrain.algorithms.set as set_mod
-    import sparsetrain.sparsifier as sparsifier_mod
-
-    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
-    monkeypatch.setattr(set_mod, "LARGE_LAYER", 100)
+    _all_layers_large(monkeypatch)
     calls = []
     original = st.Sparsifier._stream_layer
 
@@ -401,20 +417,14 @@ def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypa
 
     monkeypatch.setattr(st.Sparsifier, "_stream_layer", spy)
     make = lambda: st.SET(density=0.2, update_interval=20, seed=3)  # noqa: E731
-    la, ma, wa, spa, _, _ = _train(False, make, opt=opt)
+    masked = _train(False, make, opt=opt)
     assert not calls  # masked-dense layers never stream
-    lb, mb, wb, spb, _, optimizer = _train(True, make, opt=opt)
+    sparse = _train(True, make, opt=opt)
+    spb, optimizer = sparse[3], sparse[5]
     # the last layer is denser than 25% under ERK: it takes the dense path, where ranking differs
     assert spb.layers["4.weight"].density > 0.25
     assert sorted(set(calls)) == ["0.weight", "2.weight"] and len(calls) == 2 * spb.updates and spb.updates > 5
-    for a, b in zip(ma, mb):
-        assert all(torch.equal(a[n], b[n]) for n in a)
-    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
-    for n in wa:
-        assert torch.allclose(wa[n], wb[n], atol=1e-5)
-    assert spa.itop_rate == spb.itop_rate
-    for key in ("turnover", "exploration"):
-        assert [h[key] for h in spa.history] == pytest.approx([h[key] for h in spb.history])
+    _assert_same_training(masked, sparse, ("turnover", "exploration"))
     for layer in spb.layers.values():
         m = layer.sparse_module
         assert m.nnz == layer.n_active == int(layer.mask.sum()) and torch.equal(m.mask(), layer.mask)
@@ -429,7 +439,7 @@ def test_rigl_streams_gradient_growth_from_factors_block_by_block(monkeypatch, o
     # (blocks of 3 rows here); masks, weights and metrics equal the masked-dense RigL
     import sparsetrain.sparsifier as sparsifier_mod
 
-    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
+    _all_layers_large(monkeypatch)
     monkeypatch.setattr(sparsifier_mod, "GRADIENT_BLOCK", 64)
     captured = []
     original = st.Sparsifier._capture
@@ -440,19 +450,14 @@ def test_rigl_streams_gradient_growth_from_factors_block_by_block(monkeypatch, o
 
     monkeypatch.setattr(st.Sparsifier, "_capture", spy)
     make = lambda: st.RigL(density=0.2, update_interval=20, seed=3)  # noqa: E731
-    la, ma, wa, spa, _, _ = _train(False, make, opt=opt)
+    masked = _train(False, make, opt=opt)
     assert set(captured) == {"Tensor"}
     captured.clear()
-    lb, mb, wb, spb, _, _ = _train(True, make, opt=opt)
+    sparse = _train(True, make, opt=opt)
+    spb = sparse[3]
     assert captured.count("LowRankGrad") == 2 * spb.updates and captured.count("Tensor") == spb.updates
-    assert len(ma) == len(mb) == spb.updates > 5
-    for a, b in zip(ma, mb):
-        assert all(torch.equal(a[n], b[n]) for n in a)
-    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-4, atol=1e-5)
-    for n in wa:
-        assert torch.allclose(wa[n], wb[n], atol=1e-5)
-    for key in ("turnover", "exploration", "exploitation"):
-        assert [h[key] for h in spa.history] == pytest.approx([h[key] for h in spb.history], rel=1e-4)
+    assert len(masked[1]) == len(sparse[1]) == spb.updates > 5
+    _assert_same_training(masked, sparse, ("turnover", "exploration", "exploitation"), rel=1e-4)
 
 
 def test_low_rank_gradient_factors_equal_the_dense_gradient():
@@ -477,9 +482,7 @@ def test_low_rank_gradient_factors_equal_the_dense_gradient():
 
 @pytest.mark.parametrize("grow", ["random", "gradient"])
 def test_a_forced_update_streams_on_large_compressed_layers(monkeypatch, grow):
-    import sparsetrain.sparsifier as sparsifier_mod
-
-    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", 100)
+    _all_layers_large(monkeypatch)
     results = []
     for compressed in (False, True):
         model = _mlp()
@@ -502,3 +505,18 @@ def test_a_forced_update_streams_on_large_compressed_layers(monkeypatch, grow):
         results.append((sp.masks, rec["turnover"], sp.density))
     assert all(torch.equal(results[0][0][n], results[1][0][n]) for n in results[0][0])
     assert results[0][1:] == pytest.approx(results[1][1:])
+
+
+def test_a_removed_sparsifier_leaves_working_layers_behind():
+    model = to_sparse(_mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=2), total_steps=20)
+    layer = model[0]
+    assert layer.dense_grad_request is not None
+    sp.remove()
+    assert layer.dense_grad_request is None
+    a, b = torch.randn(64, 3), torch.randn(3, 20)
+    assert torch.allclose(layer.dense_grad_sink(a, b), a @ b)  # the module's own default again
+    x, y = _data()[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert layer.values.grad is not None and layer.values.grad.shape == layer.values.shape

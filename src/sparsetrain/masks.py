@@ -32,7 +32,6 @@ __all__ = ["LayerState", "random_mask", "sample_positions", "LARGE_LAYER"]
 # (4-8 bytes per position), and compressed layers update without dense float temporaries (3.8×
 # cheaper for a 4096 × 4096 layer at 2%). Every layer of the committed results is below it.
 LARGE_LAYER = 1 << 20
-_PERMUTATION_LIMIT = LARGE_LAYER
 
 
 def sample_positions(numel: int, count: int, generator: torch.Generator, taken: torch.Tensor) -> torch.Tensor:
@@ -71,7 +70,7 @@ def random_mask(shape: torch.Size, count: int, generator: torch.Generator, devic
     flat = torch.zeros(numel, dtype=torch.bool)
     if count >= numel:
         flat.fill_(True)
-    elif count > 0 and numel <= _PERMUTATION_LIMIT:
+    elif count > 0 and numel <= LARGE_LAYER:
         flat[torch.randperm(numel, generator=generator)[:count]] = True
     elif count > 0:
         if count <= numel // 2:

@@ -10,8 +10,10 @@ from typing import Optional
 
 import torch
 
+from .masks import LARGE_LAYER, sample_positions
+
 __all__ = ["magnitude", "gradient_magnitude", "random_scores", "select_lowest", "select_highest", "signed_drop",
-           "topk_large"]
+           "select_random", "topk_large"]
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:
@@ -30,6 +32,21 @@ def random_scores(like: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     Drawn on the CPU and moved, so the same seed gives the same choice on every device and rank.
     """
     return torch.rand(like.shape, generator=generator).to(like.device)
+
+
+def select_random(candidates: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Bool tensor marking ``k`` uniformly random positions among ``candidates``.
+
+    Up to ``masks.LARGE_LAYER`` positions: the ``k`` highest of :func:`random_scores`; above it a
+    sample without replacement by :func:`~sparsetrain.masks.sample_positions`, in memory
+    proportional to ``k`` instead of a dense score tensor (both from the CPU ``generator``).
+    """
+    if candidates.numel() <= LARGE_LAYER:
+        return select_highest(random_scores(candidates, generator), candidates, k)
+    taken = ~candidates.reshape(-1)
+    out = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
+    out[sample_positions(taken.numel(), k, generator, taken).to(candidates.device)] = True
+    return out.view(candidates.shape)
 
 
 def _select(scores: torch.Tensor, candidates: torch.Tensor, k: int, largest: bool) -> torch.Tensor:

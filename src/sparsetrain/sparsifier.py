@@ -31,7 +31,7 @@ from torch import nn
 from . import distributions, scores
 from .algorithms import Algorithm, UpdateContext, make_algorithm
 from .masks import LARGE_LAYER, LayerState, random_mask, sample_positions
-from .sparse.linear import LowRankGrad, SparseLinear
+from .sparse.linear import LowRankGrad, SparseLinear, form_dense_grad
 
 __all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
 
@@ -341,7 +341,7 @@ class Sparsifier:
         for layer in self.layers.values():
             if layer.sparse_module is not None:
                 layer.sparse_module.dense_grad_request = None
-                layer.sparse_module.dense_grad_sink = lambda g: None
+                layer.sparse_module.dense_grad_sink = form_dense_grad
         if _ATTACHED.get(self.optimizer) is self:
             del _ATTACHED[self.optimizer]
 
@@ -407,15 +407,13 @@ class Sparsifier:
             or g is None
             or layer.grad_signature != (g.data_ptr(), g._version)
         )
-        grad = grad.detach() if torch.is_tensor(grad) else grad
-        if not fresh and type(layer.grad_buffer) is not type(grad):  # cannot happen within one step
-            fresh = True
+        grad = grad.detach() if torch.is_tensor(grad) else grad  # a LowRankGrad holds detached factors
         layer.grad_buffer = grad if fresh else layer.grad_buffer + grad
         layer.grad_buffer_step = self.step
 
     def _make_dense_sink(self, layer: LayerState):
         def sink(gyt: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
-            if self._stream_growth(layer) == "gradient":
+            if self._stream_growth(layer, self._forced) == "gradient":
                 # a large layer's streaming update ranks growth from the factors, block by block
                 self._capture(layer, LowRankGrad(gyt.detach(), x.detach()))
                 return None
@@ -640,7 +638,7 @@ class Sparsifier:
                 self.dense_grad_steps += 1
         ctx = UpdateContext(step=t, total_steps=self.total_steps, drop_fraction=p_t, generator=self.generator,
                             update_index=self.updates + 1)
-        how = {"drop_fraction": p_t, "grow": grow, "drop": drop} if forced else {}
+        how = {"drop_fraction": p_t, "grow": grow, "drop": drop} if forced else None
         streaming = {l.name: g for l in self.layers.values() if (g := self._stream_growth(l, how)) is not None}
         for layer in self.layers.values():  # factors captured for a layer that does not stream after all
             if layer.name not in streaming and isinstance(layer.grad_buffer, LowRankGrad):
@@ -660,16 +658,15 @@ class Sparsifier:
             for layer in compressed:
                 layer.param = layer.sparse_module.values
 
-    def _stream_growth(self, layer: LayerState, forced: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    def _stream_growth(self, layer: LayerState, forced: Optional[Mapping[str, Any]]) -> Optional[str]:
         """``"random"`` or ``"gradient"`` if ``layer`` takes the streaming update of the coming
         topology update (see :meth:`_stream_layer`), else ``None``. ``forced``: the forced
-        update's arguments (default: the pending request, if any)."""
+        update's arguments, or ``None`` for the algorithm's own update."""
         if layer.sparse_module is None or layer.numel <= LARGE_LAYER or layer.is_dense:
             return None
         if 4 * layer.n_active >= layer.numel:  # the dense path ranks differently there
             return None
-        forced = self._forced if forced is None else forced
-        if forced:
+        if forced is not None:
             ok = (forced.get("drop") == "magnitude" and forced.get("grow") in ("random", "gradient")
                   and self.algorithm.grow_init == "zero")
             return forced["grow"] if ok else None
@@ -702,66 +699,20 @@ class Sparsifier:
             k_drop = max(0, min(int(k_drop), layer.n_active))
             if k_drop == 0 and k_grow == 0:
                 continue
+            n_before = layer.n_active
             if layer.name in streaming:
                 info = self._stream_layer(layer, k_drop, k_grow, streaming[layer.name])
-                if "_exploit" in info:
-                    exploit_num += info.pop("_exploit") * int(info["grown"])
-                    exploit_w += int(info["grown"])
-                new_total += int(info.pop("_fresh"))
-                changed_total += int(info.pop("_changed"))
-                active_total += layer.n_active
-                layer.n_active = layer.n_active - k_drop + int(info["grown"])
-                grown_total += int(info["grown"])
-                per_layer[layer.name] = info
-                continue
-            old = layer.mask
-            if not k_drop:
-                dropped = torch.zeros_like(old)
-            elif forced:
-                dropped = scores.select_lowest(scores.magnitude(layer.param), old, k_drop)
             else:
-                dropped = self.algorithm.select_drop(layer, k_drop, ctx)
-            after_drop = old & ~dropped
-            available = ~after_drop
-            k_grow = max(0, min(int(k_grow), int(torch.count_nonzero(available))))
-            if not k_grow:
-                grown = torch.zeros_like(old)
-            elif forced and grow == "gradient":
-                grown = scores.select_highest(scores.gradient_magnitude(layer.grad_buffer), available, k_grow)
-            elif forced and grow == "random" and old.numel() > LARGE_LAYER:
-                taken = after_drop.reshape(-1).clone()
-                grown = torch.zeros_like(taken)
-                grown[sample_positions(taken.numel(), k_grow, self.generator, taken)] = True
-                grown = grown.view(old.shape)
-            elif forced and grow == "random":
-                grown = scores.select_highest(scores.random_scores(old, self.generator), available, k_grow)
-            else:
-                grown = self.algorithm.select_grow(layer, k_grow, available, ctx)
-            new = after_drop | grown
-            expected = layer.n_active - k_drop + k_grow
-            if int(torch.count_nonzero(new)) != expected or bool((grown & after_drop).any()):  # an algorithm bug, never user input
-                raise RuntimeError(f"{type(self.algorithm).__name__} selected an inconsistent drop/grow set in {layer.name}")
-            newly = new & ~old
-            n_new = int(torch.count_nonzero(newly))
-            info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": n_new / max(layer.n_active, 1)}
-            if k_grow:
-                fresh_grown = int(torch.count_nonzero(grown & ~layer.ever_active))
-                info["exploration"] = fresh_grown / k_grow
-                if layer.grad_buffer is not None:
-                    g = layer.grad_buffer.abs()
-                    n_avail = int(torch.count_nonzero(available))
-                    # means over positions by sums (boolean indexing of a large layer is slow)
-                    base = float(g.sum() - (g * after_drop).sum()) / max(n_avail, 1)
-                    if base > 0:
-                        info["exploitation"] = float((g * grown).sum()) / k_grow / base
-                        exploit_num += info["exploitation"] * k_grow
-                        exploit_w += k_grow
-                new_total += fresh_grown
-            changed_total += n_new
-            active_total += layer.n_active
-            self._apply_new_mask(layer, new, old & new, newly)
-            layer.n_active = expected
-            grown_total += k_grow
+                info = self._dense_layer(layer, k_drop, k_grow, ctx, forced, grow)
+            grown = int(info["grown"])
+            layer.n_active = n_before - k_drop + grown
+            new_total += info.pop("_fresh")
+            changed_total += info.pop("_changed")
+            active_total += n_before
+            grown_total += grown
+            if "exploitation" in info:
+                exploit_num += info["exploitation"] * grown
+                exploit_w += grown
             per_layer[layer.name] = info
         self.updates += 1
         record.update(
@@ -777,6 +728,49 @@ class Sparsifier:
         self.history.append(record)
         log.debug("sparsetrain update at step %d: p=%.4f turnover=%.4f R_s=%.4f", t, p_t, record["turnover"], record["itop_rate"])
         return record
+
+    def _dense_layer(self, layer: LayerState, k_drop: int, k_grow: int, ctx: UpdateContext, forced: bool,
+                     grow: Optional[str]) -> dict[str, float]:
+        """Drop and grow one layer on dense-shaped tensors (the algorithm's selections, or the forced
+        rule); returns its update record (private keys ``_fresh``/``_changed`` for the totals)."""
+        old = layer.mask
+        if not k_drop:
+            dropped = torch.zeros_like(old)
+        elif forced:
+            dropped = scores.select_lowest(scores.magnitude(layer.param), old, k_drop)
+        else:
+            dropped = self.algorithm.select_drop(layer, k_drop, ctx)
+        after_drop = old & ~dropped
+        available = ~after_drop
+        k_grow = max(0, min(int(k_grow), int(torch.count_nonzero(available))))
+        if not k_grow:
+            grown = torch.zeros_like(old)
+        elif forced and grow == "gradient":
+            grown = scores.select_highest(scores.gradient_magnitude(layer.grad_buffer), available, k_grow)
+        elif forced and grow == "random":
+            grown = scores.select_random(available, k_grow, self.generator)
+        else:
+            grown = self.algorithm.select_grow(layer, k_grow, available, ctx)
+        new = after_drop | grown
+        if int(torch.count_nonzero(new)) != layer.n_active - k_drop + k_grow or bool((grown & after_drop).any()):
+            # an algorithm bug, never user input
+            raise RuntimeError(f"{type(self.algorithm).__name__} selected an inconsistent drop/grow set in {layer.name}")
+        newly = new & ~old
+        n_new = int(torch.count_nonzero(newly))
+        fresh = int(torch.count_nonzero(grown & ~layer.ever_active)) if k_grow else 0
+        info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": n_new / max(layer.n_active, 1),
+                                  "_fresh": fresh, "_changed": n_new}
+        if k_grow:
+            info["exploration"] = fresh / k_grow
+            if layer.grad_buffer is not None:
+                g = layer.grad_buffer.abs()
+                n_avail = int(torch.count_nonzero(available))
+                # means over positions by sums (boolean indexing of a large layer is slow)
+                base = float(g.sum() - (g * after_drop).sum()) / max(n_avail, 1)
+                if base > 0:
+                    info["exploitation"] = float((g * grown).sum()) / k_grow / base
+        self._apply_new_mask(layer, new, old & new, newly)
+        return info
 
     def _apply_new_mask(self, layer: LayerState, new, kept, newly) -> None:
         param = layer.param  # for a compressed layer: its dense materialisation during the update
@@ -844,7 +838,7 @@ class Sparsifier:
         if k_grow:
             info["exploration"] = fresh / k_grow
         if exploit is not None:
-            info["exploitation"] = info["_exploit"] = exploit
+            info["exploitation"] = exploit
         return info
 
     def _top_gradient_positions(self, layer: LayerState, taken: torch.Tensor, k: int):

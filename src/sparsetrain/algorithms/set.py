@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
 from .. import scores
-from ..masks import LARGE_LAYER, sample_positions
 from .base import Algorithm
 
 __all__ = ["SET"]
@@ -50,11 +47,6 @@ class SET(Algorithm):
         return "random" if same and self.drop == "magnitude" and self.grow_init == "zero" else None
 
     def select_grow(self, layer, k, available, ctx):
-        if available.numel() > LARGE_LAYER:
-            # a uniform sample without a dense score tensor (same rule for masked and compressed layers)
-            taken = ~available.reshape(-1)
-            picked = sample_positions(taken.numel(), k, ctx.generator, taken)
-            out = torch.zeros(available.numel(), dtype=torch.bool, device=available.device)
-            out[picked.to(available.device)] = True
-            return out.view(available.shape)
-        return super().select_grow(layer, k, available, ctx)
+        # uniform among the available positions; sampled without a dense score tensor on large
+        # layers (the same rule for masked and compressed layers)
+        return scores.select_random(available, k, ctx.generator)

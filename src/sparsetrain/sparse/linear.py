@@ -41,6 +41,11 @@ def _csr(crow, col, values, size):
     return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
+def form_dense_grad(gyt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The default ``SparseLinear.dense_grad_sink``: the dense weight gradient ``gyt @ x``."""
+    return torch.mm(gyt, x)
+
+
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, module):
@@ -81,13 +86,19 @@ class _SparseLinearFn(torch.autograd.Function):
             dense = m.dense_grad_sink(gyt, x) if want is not None and want() else None
             if dense is not None:
                 gvals = dense.reshape(-1)[m.flat_index()]
-            elif native:
-                gvals = kernels.sddmm(m.crow_indices, m.col_indices, gyt, x.t())
             else:
-                # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
-                pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
-                gvals = torch.sparse.sampled_addmm(pattern, gyt, _contiguous(x), beta=0.0).values()
+                gvals = _sampled_grad(m, values, gyt, x, native)
         return gx, gvals, gbias, None
+
+
+def _sampled_grad(m: "SparseLinear", values: torch.Tensor, gyt: torch.Tensor, x: torch.Tensor,
+                  native: bool) -> torch.Tensor:
+    """``(gyt @ x)`` at the stored entries of ``m`` (row-major, nnz): the value gradient."""
+    if native:
+        return kernels.sddmm(m.crow_indices, m.col_indices, gyt, x.t())
+    # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
+    pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
+    return torch.sparse.sampled_addmm(pattern, _contiguous(gyt), _contiguous(x), beta=0.0).values()
 
 
 def _rows(crow: torch.Tensor) -> torch.Tensor:
@@ -186,8 +197,7 @@ class SparseLinear(nn.Module):
         # gradient ∂L/∂W = gyᵀ x, and the receiver, called with its factors (gyᵀ, x) and returning
         # the dense product if it formed one
         self.dense_grad_request: Optional[Callable[[], bool]] = None
-        self.dense_grad_sink: Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]] = \
-            lambda gyt, x: torch.mm(gyt, x)
+        self.dense_grad_sink: Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]] = form_dense_grad
 
     # ------------------------------------------------------------------ structure
     def _set_indices(self, mask: torch.Tensor) -> None:
@@ -421,13 +431,9 @@ class LowRankGrad:
     def at(self, module: "SparseLinear") -> torch.Tensor:
         """The gradient at ``module``'s stored entries (row-major, nnz)."""
         out = None
+        values = module.active_values()
         for g, x in self.factors:
-            if kernels.use_native(g, x):
-                part = kernels.sddmm(module.crow_indices, module.col_indices, g, x.t())
-            else:
-                pattern = _csr(module.crow_indices, module.col_indices, module.active_values().detach(),
-                               module.weight_shape)
-                part = torch.sparse.sampled_addmm(pattern, _contiguous(g), _contiguous(x), beta=0.0).values()
+            part = _sampled_grad(module, values, g, x, kernels.use_native(g, x, values))
             out = part if out is None else out.add_(part)
         return out.mul_(self.scale) if self.scale != 1.0 else out
 
