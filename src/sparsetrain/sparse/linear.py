@@ -390,6 +390,7 @@ class LowRankGrad:
 
     @property
     def shape(self) -> torch.Size:
+        """Shape of the dense gradient, ``(out, in)``."""
         return torch.Size((self.factors[0][0].shape[0], self.factors[0][1].shape[1]))
 
     def __add__(self, other: "LowRankGrad") -> "LowRankGrad":
