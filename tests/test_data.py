@@ -1,4 +1,4 @@
-"""Tests for sparsetrain.experiments.data: loaders, file parsers, errors, determinism."""
+"""Tests for the data layer (experiments.data, .loader, .datasets): loaders, file parsers, errors, determinism."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsetrain.experiments import data as D
 from sparsetrain.experiments.data import (
     DATASETS,
     InMemoryDataset,
@@ -21,6 +20,7 @@ from sparsetrain.experiments.data import (
     random_crop,
     read_idx,
 )
+from sparsetrain.experiments.datasets import cifar, idx
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -100,7 +100,7 @@ def test_missing_mnist_says_where(tmp_path, monkeypatch):
 
 def test_missing_fashion_mnist_explains_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (str(tmp_path / "absent"),))
+    monkeypatch.setattr(idx, "FASHION_MNIST_DIRS", (str(tmp_path / "absent"),))
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("fashion-mnist", root=tmp_path / "mine")
     msg = str(err.value)
@@ -456,9 +456,9 @@ def test_numpy_free_unpickler_handles_dtypes_and_layouts(protocol):
               np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),
               np.arange(6, dtype=">i4").reshape(2, 3)]
     blob = pickle.dumps({"a": arrays, "s": np.int64(7)}, protocol=protocol)
-    out = D._NumpyFreeUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    out = cifar.NumpyFreeUnpickler(io.BytesIO(blob), encoding="bytes").load()
     for got, ref in zip(out["a"], arrays):
-        tensor = D._as_tensor(got)
+        tensor = cifar.as_tensor(got)
         assert tensor.shape == ref.shape
         assert tensor.tolist() == ref.tolist()
     assert out["s"] == 7
@@ -474,21 +474,21 @@ def test_download_checks_md5_and_loads(tmp_path, monkeypatch):
     write_fake_idx_dir(src, n_train=5, n_test=2, compress=True)
     files = {p.name: p.read_bytes() for p in src.iterdir()}
     md5 = {name: hashlib.md5(blob).hexdigest() for name, blob in files.items()}
-    monkeypatch.setitem(D._DOWNLOADS, "mnist", {"urls": ("http://fake/",), "md5": md5})
+    monkeypatch.setitem(idx.DOWNLOADS, "mnist", {"urls": ("http://fake/",), "md5": md5})
     requested = []
 
     def fake_urlopen(url, timeout=None):
         requested.append(url)
         return contextlib.closing(io.BytesIO(files[url.rsplit("/", 1)[1]]))
 
-    monkeypatch.setattr(D.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(idx.urllib.request, "urlopen", fake_urlopen)
     monkeypatch.chdir(tmp_path)
     train, test, _ = load_dataset("mnist", root=tmp_path / "dl", download=True)
     assert (len(train), len(test)) == (5, 2) and len(requested) == 4
     assert not list((tmp_path / "dl").glob("*.part"))
 
     bad = dict(md5, **{"t10k-labels-idx1-ubyte.gz": "0" * 32})
-    monkeypatch.setitem(D._DOWNLOADS, "mnist", {"urls": ("http://fake/",), "md5": bad})
+    monkeypatch.setitem(idx.DOWNLOADS, "mnist", {"urls": ("http://fake/",), "md5": bad})
     with pytest.raises(OSError, match="checksum mismatch"):
         load_dataset("mnist", root=tmp_path / "dl2", download=True)
     assert not (tmp_path / "dl2" / "t10k-labels-idx1-ubyte.gz").exists()
