@@ -239,3 +239,23 @@ def test_tensorboard_logs_are_written(tmp_path):
     run(_cfg(epochs=1), out, tensorboard=True)
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
+
+
+def test_run_directory_refuses_a_foreign_checkpoint_and_keeps_the_log_in_step(tmp_path):
+    from sparsetrain.experiments.rundir import RunDirectory
+
+    out = tmp_path / "r"
+    run(_cfg(epochs=2), out)
+    (out / "summary.json").unlink()  # as if killed after the last checkpoint
+    with open(out / "metrics.jsonl", "a") as f:  # ... and after writing a line the checkpoint does not know
+        f.write('{"type": "epoch", "epoch": 99}\n')
+    d = RunDirectory(out)
+    ckpt = d.prepare(_cfg(epochs=2), resume=True)
+    assert ckpt["epoch"] == 2 and ckpt["metric_lines"] < len((out / "metrics.jsonl").read_text().splitlines())
+    d.open(_cfg(epochs=2), ckpt, steps_per_epoch=8, total_steps=16)
+    d.close()
+    assert '"epoch": 99' not in (out / "metrics.jsonl").read_text()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == ckpt["metric_lines"]
+    torch.save({"format": "something/else"}, out / "checkpoint_last.pt")
+    with pytest.raises(ValueError, match="not a sparsetrain run checkpoint"):
+        RunDirectory(out).prepare(_cfg(epochs=2), resume=True)

@@ -1,0 +1,125 @@
+"""From a :class:`RunConfig` to the objects a run trains with: data, optimizer, schedule, algorithm.
+
+Each function builds one piece, the way a user of the library would; the order in which
+:mod:`sparsetrain.experiments.runner` calls them fixes the order of the random draws.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import registry
+from ..distributions import layer_densities
+from .config import RunConfig
+from .data import load_dataset
+from .loader import Loader
+
+__all__ = ["AUTO_BREAK_EVEN", "build_loaders", "build_optimizer", "build_scheduler", "build_algorithm",
+           "convert_execution", "kernels_used"]
+
+log = logging.getLogger(__name__)
+
+_CIFAR_STYLE = ("resnet", "vgg", "wrn")
+
+#: Below this layer density the truly sparse Linear path is faster on CPU (measured by
+#: benchmarks/truly_sparse.py: 1.4× per training step at 20%, 0.2× at 100%; see docs/sparse.md).
+AUTO_BREAK_EVEN = 0.2
+
+
+def build_loaders(cfg: RunConfig) -> tuple[Loader, Loader, dict[str, Any], Optional[int]]:
+    """The training and test loaders, the dataset's ``info``, and the side images are padded to
+    (32 for a CIFAR-style model on smaller images, else ``None``)."""
+    train_set, test_set, info = load_dataset(cfg.dataset, root=cfg.data_root)
+    if cfg.train_subset:
+        train_set = train_set.head(int(cfg.train_subset))
+    pad_to = 32 if cfg.model.lower().startswith(_CIFAR_STYLE) and info["image_size"] < 32 else None
+    augment = cfg.augment
+    if augment is None:
+        augment = "crop-flip" if info["name"].startswith("cifar") else "none"
+    train = Loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment, pad_to=pad_to)
+    test = Loader(test_set, 1000, shuffle=False, seed=cfg.seed, pad_to=pad_to)
+    return train, test, info, pad_to
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam or AdamW over all of ``model``'s parameters."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps: int, steps_per_epoch: int):
+    """The per-step learning-rate schedule over ``steps`` steps, after an optional linear warm-up."""
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    main = max(steps - warm, 1)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=main)
+    elif cfg.schedule == "multistep":
+        marks = sorted({max(1, int(round(m * steps)) - warm) for m in cfg.milestones})
+        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=cfg.gamma)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if warm:
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm)
+        sched = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, sched], milestones=[warm])
+    return sched
+
+
+def build_algorithm(cfg: RunConfig, train: Loader, device: torch.device):
+    """The sparse-training algorithm of ``cfg.method`` (a registered class or preset).
+
+    A static algorithm ignores ``update_interval``; one that scores its mask on data (SNIP,
+    GraSP) gets the first training batches of the run's own order.
+    """
+    name, spec_kwargs = registry.parse_method(cfg.method)
+    kwargs = {**cfg.algorithm_kwargs, **spec_kwargs}
+    cls = registry.ALGORITHMS.get(name.lower())  # None for a preset
+    if cls is not None and not cls.dynamic:  # a static mask has no schedule
+        kwargs.pop("update_interval", None)
+    kwargs.setdefault("distribution", cfg.distribution)
+    if cls is not None and getattr(cls, "needs_batch", False) and "batch" not in kwargs:
+        train.set_epoch(0)
+        it = iter(train)
+        kwargs["batch"] = [tuple(t.to(device) for t in next(it)) for _ in range(min(4, len(train)))]
+    return registry.make_algorithm(name, density=cfg.density, seed=cfg.seed, **kwargs)
+
+
+def convert_execution(cfg: RunConfig, model: nn.Module, algorithm) -> list[str]:
+    """``execution``: keep Linear layers masked-dense, make them truly sparse, or choose per layer.
+
+    Returns the names of the weights made truly sparse.
+    """
+    if cfg.execution == "masked":
+        return []
+    linears = {f"{n}.weight": m for n, m in model.named_modules() if type(m) is nn.Linear}
+    if cfg.execution == "sparse":
+        chosen = set(linears)
+    else:  # auto: the layers whose target density is below the measured break-even
+        prunable = [(f"{n}.weight", m.weight.shape) for n, m in model.named_modules()
+                    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+        dens = layer_densities([n for n, _ in prunable], [s for _, s in prunable], algorithm.initial_density,
+                               algorithm.distribution, power=algorithm.erk_power)
+        chosen = {n for n in linears if dens.get(n, 1.0) < AUTO_BREAK_EVEN}
+    if chosen:
+        from ..sparse import kernels, to_sparse
+
+        kernels.set_backend(cfg.kernels)  # "native" raises here if the kernels cannot be built
+        to_sparse(model, include=lambda name, m: f"{name}.weight" in chosen)
+    log.info("truly sparse execution for %s", sorted(chosen))
+    return sorted(chosen)
+
+
+def kernels_used(model: nn.Module) -> Optional[str]:
+    """Which kernels the model's SparseLinear layers ran on (``"native"`` or ``"torch"``), or ``None``."""
+    from ..sparse import SparseLinear, kernels
+
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    if not layers:
+        return None
+    return "native" if kernels.use_native(layers[0].values, layers[0].values) else "torch"
