@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import sparsetrain as st
+from sparsetrain.testing import assert_invariants
 from sparsetrain.algorithms import UpdateContext
 from sparsetrain.algorithms.granet import GraNet
 from sparsetrain.masks import LayerState
@@ -27,15 +28,6 @@ def _batches(n, seed=1):
     return [(torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(n)]
 
 
-def _check_invariants(sp, opt):
-    for layer in sp.layers.values():
-        assert int(layer.mask.sum()) == layer.n_active
-        assert bool((layer.param.detach()[~layer.mask] == 0).all()), layer.name
-        for v in opt.state[layer.param].values():
-            if torch.is_tensor(v) and v.shape == layer.param.shape:
-                assert bool((v[~layer.mask] == 0).all()), layer.name
-
-
 def _train(alg, steps=40, total=40, opt="sgd", **kw):
     model = _model()
     if opt == "sgd":
@@ -50,7 +42,7 @@ def _train(alg, steps=40, total=40, opt="sgd", **kw):
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad()
-        _check_invariants(sp, optimizer)
+        assert_invariants(sp, optimizer)
         if sp.updates != before:
             after.append({n: l.n_active for n, l in sp.layers.items()})
     return sp, start, after

@@ -29,14 +29,3 @@ def test_lazy_counter_flush_is_exact():
     layer.set_mask(torch.tensor([False, True, True, False]))
     layer.flush(8)
     assert layer.counter.tolist() == [5, 3, 8, 0] and layer.active_steps == 16
-
-
-def test_mask_mul_follows_mask_dtype_and_values():
-    layer = _layer(torch.tensor([True, False]))
-    assert layer.mask_mul.dtype == layer.param.dtype and layer.mask_mul.tolist() == [1.0, 0.0]
-    layer.set_mask(torch.tensor([False, True]))
-    assert layer.mask_mul.tolist() == [0.0, 1.0]
-    assert layer.density == 0.5 and not layer.is_dense
-    layer.param.data = layer.param.data.double()
-    layer.sync_device()
-    assert layer.mask_mul.dtype == torch.float64

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import sparsetrain as st
+from sparsetrain.testing import assert_invariants
 from sparsetrain.algorithms import UpdateContext
 from sparsetrain.algorithms.mest import MEST
 from sparsetrain.masks import LayerState
@@ -45,15 +46,6 @@ def _train(alg, steps=24, total=24, opt="sgd", check=None):
     return sp, counts
 
 
-def _check_invariants(sp, opt):
-    for layer in sp.layers.values():
-        assert int(layer.mask.sum()) == layer.n_active
-        assert bool((layer.param.detach()[~layer.mask] == 0).all()), layer.name
-        for v in opt.state[layer.param].values():
-            if torch.is_tensor(v) and v.shape == layer.param.shape:
-                assert bool((v[~layer.mask] == 0).all()), layer.name
-
-
 # milestones as steps: phases [0, 8), [8, 16), [16, ...)
 KW = dict(update_interval=4, milestones=(8, 16))
 
@@ -61,7 +53,7 @@ KW = dict(update_interval=4, milestones=(8, 16))
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_hard_bound_keeps_every_count_and_mutates_on_schedule(opt):
     alg = MEST(0.2, **KW)
-    sp, counts = _train(alg, opt=opt, check=_check_invariants)
+    sp, counts = _train(alg, opt=opt, check=assert_invariants)
     targets = {n: l.n_active for n, l in sp.layers.items()}
     assert all(c == targets for c in counts)  # never above (nor below) the budget after a step
     assert [h["step"] for h in sp.history] == [4, 8, 12, 16, 20, 24]
@@ -78,7 +70,7 @@ def test_hard_bound_keeps_every_count_and_mutates_on_schedule(opt):
 
 def test_soft_bound_grows_above_budget_then_prunes_back():
     alg = MEST(0.2, memory_bound="soft", **KW)
-    sp, counts = _train(alg, check=_check_invariants)
+    sp, counts = _train(alg, check=assert_invariants)
     targets = dict(alg._targets)
     assert targets == {n: c for n, c in counts[0].items()}  # before the first update: the budget
     for step, c in enumerate(counts, start=1):

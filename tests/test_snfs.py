@@ -5,6 +5,7 @@ from hypothesis import strategies as hst
 from torch import nn
 
 import sparsetrain as st
+from sparsetrain.testing import assert_invariants
 from sparsetrain.algorithms import UpdateContext
 from sparsetrain.algorithms.snfs import SNFS, apportion
 from sparsetrain.masks import LayerState
@@ -42,15 +43,6 @@ def _step(model, opt, x, y):
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     opt.zero_grad()
-
-
-def _check_invariants(sp, opt):
-    for layer in sp.layers.values():
-        assert int(layer.mask.sum()) == layer.n_active
-        assert bool((layer.param.detach()[~layer.mask] == 0).all()), layer.name
-        for v in opt.state[layer.param].values():
-            if torch.is_tensor(v) and v.shape == layer.param.shape:
-                assert bool((v[~layer.mask] == 0).all()), layer.name
 
 
 # -- apportionment -----------------------------------------------------------------------
@@ -147,7 +139,7 @@ def test_training_keeps_global_count_and_invariants(opt):
     per_layer = []
     for x, y in _batches(30):
         _step(model, optimizer, x, y)
-        _check_invariants(sp, optimizer)
+        assert_invariants(sp, optimizer)
         assert sum(l.n_active for l in sp.layers.values()) == total0
         per_layer.append(tuple(l.n_active for l in sp.layers.values()))
     assert sp.updates == 10 and sp.dense_grad_steps == 30
@@ -269,7 +261,7 @@ def test_global_ranking_keeps_the_global_count_exactly(cls):
     counts = []
     for x, y in _batches(18):
         _step(model, opt, x, y)
-        _check_invariants(sp, opt)
+        assert_invariants(sp, opt)
         assert sum(l.n_active for l in sp.layers.values()) == total0
         counts.append(tuple(sp.layers[n].n_active for n in eligible))
     assert sp.updates == 6 and all(h["grown"] == k for h in sp.history)

@@ -11,6 +11,7 @@ import sparsetrain as st
 from sparsetrain.sparse import SparseLinear, compressed_size, load_compressed, save_compressed, to_dense, to_sparse
 from sparsetrain.sparse import kernels
 from sparsetrain.sparse.export import pack_bits, unpack_bits
+from sparsetrain.storage import StreamingStorage
 
 
 @pytest.fixture(autouse=True, params=["native", "torch"])
@@ -382,9 +383,9 @@ def test_large_random_masks_are_exact_and_uniform_without_a_permutation():
 def _all_layers_large(monkeypatch, limit=100):
     """Every layer above ``limit`` positions counts as large (streaming updates, sampled growth)."""
     import sparsetrain.scores as scores_mod
-    import sparsetrain.sparsifier as sparsifier_mod
+    import sparsetrain.storage as storage_mod
 
-    monkeypatch.setattr(sparsifier_mod, "LARGE_LAYER", limit)
+    monkeypatch.setattr(storage_mod, "LARGE_LAYER", limit)
     monkeypatch.setattr(scores_mod, "LARGE_LAYER", limit)
 
 
@@ -409,13 +410,13 @@ def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypa
     # masked-dense SET samples its growth the same way; the two runs must stay identical
     _all_layers_large(monkeypatch)
     calls = []
-    original = st.Sparsifier._stream_layer
+    original = StreamingStorage.stream_update
 
     def spy(self, layer, *args):
         calls.append(layer.name)
         return original(self, layer, *args)
 
-    monkeypatch.setattr(st.Sparsifier, "_stream_layer", spy)
+    monkeypatch.setattr(StreamingStorage, "stream_update", spy)
     make = lambda: st.SET(density=0.2, update_interval=20, seed=3)  # noqa: E731
     masked = _train(False, make, opt=opt)
     assert not calls  # masked-dense layers never stream
@@ -437,18 +438,19 @@ def test_large_layers_stream_their_updates_and_still_match_masked_dense(monkeypa
 def test_rigl_streams_gradient_growth_from_factors_block_by_block(monkeypatch, opt):
     # large compressed layers rank growth from the gradient's factors, a few rows at a time
     # (blocks of 3 rows here); masks, weights and metrics equal the masked-dense RigL
-    import sparsetrain.sparsifier as sparsifier_mod
+    import sparsetrain.capture as capture_mod
+    import sparsetrain.storage.streaming as streaming_mod
 
     _all_layers_large(monkeypatch)
-    monkeypatch.setattr(sparsifier_mod, "GRADIENT_BLOCK", 64)
+    monkeypatch.setattr(streaming_mod, "GRADIENT_BLOCK", 64)
     captured = []
-    original = st.Sparsifier._capture
+    original = capture_mod.accumulate
 
-    def spy(self, layer, grad):
+    def spy(layer, grad, step):
         captured.append(type(grad).__name__)
-        return original(self, layer, grad)
+        return original(layer, grad, step)
 
-    monkeypatch.setattr(st.Sparsifier, "_capture", spy)
+    monkeypatch.setattr(capture_mod, "accumulate", spy)
     make = lambda: st.RigL(density=0.2, update_interval=20, seed=3)  # noqa: E731
     masked = _train(False, make, opt=opt)
     assert set(captured) == {"Tensor"}

@@ -16,6 +16,7 @@ from hypothesis import strategies as hs
 from torch import nn
 
 import sparsetrain as st
+from sparsetrain.testing import assert_invariants
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -98,21 +99,8 @@ def weight_state(opt, param):
 
 def check_invariants(sp, opt, counts, density=None):
     """Spec §1.5 after an optimizer step; returns how many optimizer-state tensors were checked."""
-    n_state = 0
-    for name, layer in sp.layers.items():
-        mask = sp.masks[name]
-        assert mask.dtype == torch.bool and mask.shape == layer.param.shape
-        assert torch.equal(mask, layer.mask)
-        w = layer.param.detach()
-        assert torch.all(w[~mask] == 0), f"masked weights of {name} are not exactly 0"
-        for key, t in weight_state(opt, layer.param).items():
-            n_state += 1
-            assert torch.all(t[~mask] == 0), f"optimizer state {key!r} of {name} is not 0 at masked positions"
-        assert int(mask.sum()) == layer.n_active == counts[name], name
-    if density is not None:
-        total = sum(l.numel for l in sp.layers.values())
-        assert sum(l.n_active for l in sp.layers.values()) == round(density * total)
-    return n_state
+    assert all(torch.equal(sp.masks[n], l.mask) for n, l in sp.layers.items())
+    return assert_invariants(sp, opt, counts, density)
 
 
 def masks_of(sp):
@@ -882,15 +870,6 @@ def _conv_net():
                          nn.Linear(16, 3))
 
 
-def _check_invariants(sp, opt):
-    for layer in sp.layers.values():
-        assert int(layer.mask.sum()) == layer.n_active
-        assert bool((layer.param[~layer.mask] == 0).all())
-        for v in opt.state[layer.param].values():
-            if torch.is_tensor(v) and v.shape == layer.param.shape:
-                assert bool((v[~layer.mask] == 0).all())
-
-
 def test_bf16_autocast_on_cpu_keeps_the_invariants():
     model = _conv_net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -904,7 +883,7 @@ def test_bf16_autocast_on_cpu_keeps_the_invariants():
         loss.backward()
         opt.step()
         opt.zero_grad()
-        _check_invariants(sp, opt)
+        assert_invariants(sp, opt)
     assert sp.updates == 4 and {n: l.n_active for n, l in sp.layers.items()} == counts
     assert all(r["turnover"] > 0 for r in sp.history[:-1])  # the drop fraction is 0 at the very end
 
@@ -921,7 +900,7 @@ def test_torch_compile_with_the_sparsifier_attached():
         nn.functional.cross_entropy(compiled(x), y).backward()
         opt.step()
         opt.zero_grad()
-        _check_invariants(sp, opt)
+        assert_invariants(sp, opt)
     assert sp.updates == 3 and all(r["grown"] > 0 for r in sp.history[:-1])
     # the compiled model computes with the current (updated) masks: same output as eager
     with torch.no_grad():

@@ -337,3 +337,59 @@ def test_compare_runs_sup_tickets_end_to_end(tmp_path):
     assert 0 <= run["ensemble_test_acc"] <= 1 and 0 <= run["live_test_acc"] <= 1
     text = (out / "results.md").read_text()
     assert "| rigl+sup-tickets | 80% |" in text and "## Sup-tickets" in text
+
+
+def test_sup_tickets_on_a_truly_sparse_model_equal_the_masked_dense_run():
+    """Sup-tickets read and write weights through the storages: on SparseLinear layers the masks,
+    the superposed model and its outputs equal the masked-dense run's. (Without BatchNorm: after a
+    very sparse first layer a unit with no active input has zero batch variance, and BatchNorm
+    amplifies float noise in its gradient by 1/√eps, so the two runs' RigL growth parts ways.)"""
+    bn = False
+    from sparsetrain.sparse import SparseLinear, to_sparse
+    from sparsetrain.storage import dense_state
+    from sparsetrain.testing import assert_invariants
+
+    data = _batches()
+    results = []
+    for compressed in (False, True):
+        model = _mlp(bn)
+        if compressed:
+            to_sparse(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        alg = st.make_algorithm("rigl", density=0.2, update_interval=3, seed=0)
+        sp = st.Sparsifier(model, opt, alg, total_steps=3 * 6)
+        tk = st.SupTickets(sp, epochs=6, steps_per_epoch=6, cycle_epochs=1, cycles=3, lr_low=0.01, lr_high=0.05)
+        sched = tk.lr_scheduler(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tk.pre_steps))
+        for _ in range(tk.epochs):
+            for x, y in data:
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                assert_invariants(sp, opt)
+            tk.epoch_end(recalibrate=data)
+        assert tk.tickets_done == 3
+        if compressed:
+            assert all(isinstance(m, SparseLinear) for m in (tk.model[0], tk.model[-1]))
+            assert sum(m.nnz for m in tk.model.modules() if isinstance(m, SparseLinear)) == tk.budget
+        with torch.no_grad():
+            tk.model.eval()
+            out = tk.model(data[0][0])
+        results.append((dense_state(tk.model), tk.masks, out, [h["density_before"] for h in tk.history],
+                        len(tk.ensemble().members)))
+    (sa, ma, oa, da, ea), (sb, mb, ob, db, eb) = results
+    assert set(sa) == set(sb)
+    assert all(torch.equal(ma[n], mb[n]) for n in ma)
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5), k
+    assert torch.allclose(oa, ob, atol=1e-5) and da == pytest.approx(db) and ea == eb == 3
+
+
+def test_cli_trains_sup_tickets_on_compressed_layers(tmp_path):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--method", "rigl+sup-tickets", "--execution", "sparse", "--density", "0.2",
+                   "--dataset", "synthetic", "--epochs", "3", "--cycle-epochs", "1", "--cycles", "1",
+                   "--hp", "update_interval=4", "--batch-size", "64", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["tickets"]) == 1 and summary["sup_density"] == pytest.approx(0.2, abs=2e-3)

@@ -8,7 +8,7 @@ Three lines on top of an unchanged training loop::
     print(sp.summary())
 """
 
-from . import algorithms, distributions, presets, schedules, scores, tickets
+from . import algorithms, distributions, presets, registry, schedules, scores, testing, tickets
 from .algorithms import (
     ALGORITHMS, DSTEE, MEST, SET, SNFS, SNIP, Algorithm, GraNet, GraSP, RigL, Static, make_algorithm, register,
 )
@@ -23,6 +23,8 @@ __all__ = [
     "SupTickets",
     "TicketEnsemble",
     "tickets",
+    "testing",
+    "registry",
     "Algorithm",
     "Static",
     "SET",

@@ -24,6 +24,7 @@ __all__ = [
     "DistributionSpec",
     "layer_densities",
     "layer_counts",
+    "exact_counts",
     "raw_scores",
 ]
 
@@ -159,3 +160,24 @@ def layer_counts(densities: Mapping[str, float], sizes: Mapping[str, int], total
                 counts[n] += 1
                 remaining -= 1
     return counts
+
+
+def exact_counts(
+    names: Sequence[str],
+    shapes: Sequence[torch.Size],
+    density: float,
+    distribution: "DistributionSpec",
+    *,
+    dense: Sequence[str] = (),
+    power: float = 1.0,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Per-layer densities and exact active counts for a global ``density`` in one call.
+
+    With a named distribution the counts sum to exactly ``round(density · Σ N_l)`` (layers in
+    ``dense`` included, at their full size); with an explicit mapping or a callable each layer
+    gets ``d_l · N_l`` apportioned by largest remainder.
+    """
+    dens = layer_densities(names, shapes, density, distribution, dense=dense, power=power)
+    sizes = {n: torch.Size(s).numel() for n, s in zip(names, shapes)}
+    total = int(round(density * sum(sizes.values()))) if isinstance(distribution, str) else None
+    return dens, layer_counts(dens, sizes, total)

@@ -2,9 +2,7 @@
 
 One :class:`LayerState` per sparse parameter holds
 
-- ``mask``: bool tensor, ``True`` where the weight is active, and ``mask_mul``, the same mask
-  in the parameter's dtype (multiplying by a float mask is ~10× faster than by a bool one, and
-  the per-step enforcement does exactly that);
+- ``mask``: bool tensor with the weight's dense shape, ``True`` where the weight is active;
 - ``ever_active``: bool tensor, ``True`` where the weight has been active at least once
   (initial mask included) — the numerator of the ITOP rate R_s;
 - ``counter``: int32 tensor, the number of optimizer steps each weight has been active
@@ -14,13 +12,15 @@ One :class:`LayerState` per sparse parameter holds
 - ``pinned``: the layer was pinned dense with ``Sparsifier(dense=...)``;
 - ``active_steps``: ``sum_t n_active(t)`` over the steps so far (exact training-FLOPs accounting);
 - ``grad_buffer``: the dense gradient of the current step, captured only when the next
-  optimizer step is followed by a topology update that needs it.
+  optimizer step is followed by a topology update that needs it
+  (:mod:`sparsetrain.capture`);
+- ``storage``: where the weight lives (:mod:`sparsetrain.storage`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -83,9 +83,17 @@ def random_mask(shape: torch.Size, count: int, generator: torch.Generator, devic
 
 @dataclass
 class LayerState:
-    """The sparse state of one parameter (see the module docstring)."""
+    """The sparse state of one parameter (see the module docstring).
+
+    The mask, counters and ever-active map always have the weight's *dense* shape. Where the
+    weight actually lives is the layer's :attr:`storage` (:mod:`sparsetrain.storage`): a masked
+    dense parameter or a compressed :class:`~sparsetrain.sparse.SparseLinear`. Algorithms read
+    the weight through :attr:`weight` and its last gradient through :attr:`weight_grad`, both
+    dense-shaped whatever the storage.
+    """
 
     name: str
+    #: the parameter the optimizer holds (``values`` of a compressed layer)
     param: torch.nn.Parameter
     target_density: float
     n_active: int
@@ -99,24 +107,42 @@ class LayerState:
     grad_buffer: Optional[torch.Tensor] = field(default=None, repr=False)
     grad_buffer_step: int = -1
     grad_signature: tuple = field(default=(), repr=False)
-    mask_mul: Optional[torch.Tensor] = field(default=None, repr=False)
-    #: dense shape of the weight (``param.shape`` unless the layer is stored compressed)
+    #: dense shape of the weight
     shape: Optional[torch.Size] = None
-    #: the :class:`~sparsetrain.sparse.SparseLinear` holding this weight as CSR, if any; then
-    #: ``param`` is its nnz-sized ``values`` (outside topology updates)
-    sparse_module: Optional[torch.nn.Module] = field(default=None, repr=False)
+    #: where the weight lives (a :class:`~sparsetrain.storage.Storage`); set by the Sparsifier
+    storage: Optional[Any] = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.shape is None:
             self.shape = self.param.shape
         self.shape = torch.Size(self.shape)
-        self.set_mask(self.mask)
 
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the mask (bool) and refresh its multiplicative copy."""
+        """Replace the mask (bool); the storage refreshes what it derives from it."""
         self.mask = mask
-        # a compressed layer never multiplies by its mask: no dense float copy for it
-        self.mask_mul = mask.to(self.param.dtype) if self.sparse_module is None else None
+        if self.storage is not None:
+            self.storage.mask_changed(mask)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight with its dense shape (zeros off the mask). For a masked layer this is the
+        parameter itself; for a compressed one a dense copy, made once per topology update."""
+        return self.storage.dense_weight() if self.storage is not None else self.param
+
+    @property
+    def weight_grad(self) -> Optional[torch.Tensor]:
+        """The gradient of the last backward with the weight's dense shape (zeros off the mask), or ``None``."""
+        return self.storage.dense_grad() if self.storage is not None else self.param.grad
+
+    @property
+    def sparse_module(self) -> Optional[torch.nn.Module]:
+        """The compressed module holding this weight (a SparseLinear), or ``None`` for a masked one."""
+        return getattr(self.storage, "module", None)
+
+    @property
+    def values_param(self) -> torch.nn.Parameter:
+        """The parameter the optimizer holds (the same as :attr:`param`)."""
+        return self.param
 
     @property
     def numel(self) -> int:
@@ -124,14 +150,15 @@ class LayerState:
         return self.shape.numel()
 
     @property
-    def values_param(self) -> torch.nn.Parameter:
-        """The parameter the optimizer holds (``values`` for a compressed layer)."""
-        return self.sparse_module.values if self.sparse_module is not None else self.param
-
-    @property
     def is_dense(self) -> bool:
         """Whether every entry is active (no topology updates apply)."""
         return self.n_active >= self.numel
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the layer never takes part in drop and grow: pinned with ``dense=`` or given
+        every weight by the distribution."""
+        return self.pinned or self.target_density >= 1.0
 
     @property
     def density(self) -> float:
@@ -151,9 +178,10 @@ class LayerState:
     def sync_device(self) -> None:
         """Move the bookkeeping tensors to the parameter's device if the model was moved."""
         dev = self.param.device
-        stale = self.mask_mul is not None and (self.mask_mul.dtype != self.param.dtype or self.mask_mul.device != dev)
-        if self.mask.device != dev or stale:
-            self.set_mask(self.mask.to(dev))
+        if self.mask.device != dev:
             self.ever_active = self.ever_active.to(dev)
             if self.counter is not None:
                 self.counter = self.counter.to(dev)
+            self.set_mask(self.mask.to(dev))
+        elif self.storage is not None:
+            self.storage.mask_changed(self.mask)

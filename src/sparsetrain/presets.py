@@ -10,6 +10,7 @@ exploring until the end of training, with ΔT long enough that grown weights are
 from __future__ import annotations
 
 from .algorithms import SET, RigL
+from .registry import PRESETS, register_preset
 from .schedules import CosineAnnealing
 
 __all__ = ["set_itop", "rigl_itop", "PRESETS"]
@@ -29,5 +30,5 @@ def rigl_itop(density: float, *, update_interval: int = 4000, p0: float = 0.5, e
     return RigL(density, update_interval=update_interval, drop_fraction=CosineAnnealing(p0, eta_min), end=None, **kwargs)
 
 
-#: preset name -> factory ``f(density, **kwargs)``; usable wherever an algorithm name is.
-PRESETS = {"set-itop": set_itop, "rigl-itop": rigl_itop}
+register_preset("set-itop", set_itop)
+register_preset("rigl-itop", rigl_itop)

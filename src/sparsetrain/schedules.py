@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from ._util import is_fraction, to_step
+
 __all__ = [
     "DROP_SCHEDULES",
     "DropSchedule",
@@ -126,26 +128,21 @@ class UpdateSchedule:
     def __post_init__(self):
         if int(self.interval) < 1:
             raise ValueError(f"update_interval must be a positive number of steps, got {self.interval}")
-        if self.end is not None and (self.end <= 0):
-            raise ValueError(f"end must be positive (a fraction of total_steps or a step count), got {self.end}")
+        if self.end is not None and (isinstance(self.end, bool) or not isinstance(self.end, (int, float))
+                                     or not self.end > 0):
+            raise ValueError(f"end must be positive (a fraction of total_steps or a step count), got {self.end!r}")
+        if self.end is not None and not is_fraction(self.end):
+            to_step(self.end, None, "end")  # a fractional value above 1 is refused here
 
     @property
     def needs_total(self) -> bool:
         """Whether ``end`` is a fraction, so the run length must be known."""
-        return isinstance(self.end, float) and self.end <= 1.0
+        return self.end is not None and is_fraction(self.end)
 
     def end_step(self, total: Optional[int]) -> Optional[int]:
-        """The first step at which no more updates happen (``None``: never ends)."""
-        if self.end is None:
-            return None
-        if self.needs_total:
-            if total is None:
-                raise ValueError(
-                    f"end={self.end} is a fraction of the run, so total_steps is required: "
-                    "pass total_steps=len(loader) * epochs to the Sparsifier, or end=None"
-                )
-            return int(round(self.end * total))
-        return int(self.end)
+        """The first step at which no more updates happen (``None``: never ends); ``end`` read by
+        :func:`sparsetrain._util.to_step` (a float <= 1 is a fraction of ``total``, else a step)."""
+        return to_step(self.end, total, "end")
 
     def is_update_step(self, t: int, total: Optional[int]) -> bool:
         """Whether a topology update follows optimizer step ``t`` (1-based)."""

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, SequentialLR
 
+from ._util import global_topk
+from .storage import dense_state, load_dense_state
 from .sparsifier import Sparsifier
 
 __all__ = [
@@ -167,16 +169,10 @@ def prune_to_budget(weights: Mapping[str, torch.Tensor], budget: int) -> dict[st
         raise ValueError(f"budget {budget} outside [0, {total}]")
     if not names:
         return {}
-    flat = torch.cat([weights[n].detach().abs().reshape(-1).float().cpu() for n in names])
-    keep = torch.zeros(total, dtype=torch.bool)
-    if budget:
-        keep[torch.topk(flat, budget, largest=True, sorted=False).indices] = True
-    masks, offset = {}, 0
-    for n in names:
-        w = weights[n]
-        m = keep[offset:offset + w.numel()].view(w.shape).to(w.device)
-        offset += w.numel()
-        w.mul_(m)
+    keep = global_topk([weights[n].abs() for n in names], budget, largest=True)
+    masks = {}
+    for n, m in zip(names, keep):
+        weights[n].mul_(m)
         masks[n] = m
     return masks
 
@@ -358,11 +354,11 @@ class SupTickets:
         return record
 
     def _live_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.sparsifier.model.state_dict().items()}
+        # every sparse weight under its dense name and shape, whatever its storage
+        return dense_state(self.sparsifier.model)
 
     def _start_superposition(self) -> None:
         self.model = copy.deepcopy(self.sparsifier.model)
-        self.model.load_state_dict(self._live_state())
         self.masks = {n: m.clone() for n, m in self.sparsifier.masks.items()}
         log.info("sup-tickets: base phase done after %d epochs; %d cycles of %d epochs follow",
                  self.pre_epochs, self.cycles, self.cycle_epochs)
@@ -381,7 +377,7 @@ class SupTickets:
             record["ticket_acc"] = float(evaluate(sp.model))
         if self.keep_tickets:
             self.ticket_states.append(ticket)
-        sup = self.model.state_dict()
+        sup = dense_state(self.model)
         superpose(sup, ticket, k, self.beta)
         sparse = {n: sup[n] for n, l in sp.layers.items() if not l.is_dense}
         total = sum(w.numel() for w in sparse.values())
@@ -391,6 +387,7 @@ class SupTickets:
             if l.is_dense:
                 masks[n] = torch.ones_like(l.mask)
         self.masks = masks
+        load_dense_state(self.model, sup, masks)
         record["density_after"] = sum(int(masks[n].sum()) for n in sparse) / max(total, 1)
         record["layer_density"] = {n: int(torch.count_nonzero(m)) / max(m.numel(), 1) for n, m in masks.items()}
         if recalibrate is not None:
@@ -413,7 +410,7 @@ class SupTickets:
         members = []
         for state in self.ticket_states:
             m = copy.deepcopy(self.model if self.model is not None else self.sparsifier.model)
-            m.load_state_dict(state)
+            load_dense_state(m, state)
             m.eval()
             members.append(m)
         return TicketEnsemble(members)

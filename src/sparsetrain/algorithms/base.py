@@ -192,7 +192,7 @@ class Algorithm:
 
     def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:
         """Importance of active weights; the lowest are dropped. Default: ``|w|``."""
-        return scores.magnitude(layer.param)
+        return scores.magnitude(layer.weight)
 
     def grow_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:  # pragma: no cover
         """Promise of inactive positions; the highest are grown."""

@@ -25,6 +25,7 @@ from typing import Type
 
 import torch
 
+from .._util import global_topk
 from .base import Algorithm
 from .dstee import DSTEE
 from .rigl import RigL
@@ -56,15 +57,11 @@ class GlobalRanking:
     def config(self):
         return {**super().config(), "ranking": self.ranking}
 
-    @staticmethod
-    def _frozen(layer) -> bool:
-        return bool(getattr(layer, "pinned", False)) or layer.target_density >= 1.0
-
     def plan(self, layers, ctx):
         if self.ranking == "layer":
             return super().plan(layers, ctx)
         self._drop_sel, self._grow_sel = {}, {}
-        eligible = [l for l in layers if not self._frozen(l) and l.n_active > 0]
+        eligible = [l for l in layers if not l.frozen and l.n_active > 0]
         if not eligible:
             return {}
         k = int(round(ctx.drop_fraction * sum(l.n_active for l in eligible)))
@@ -78,17 +75,17 @@ class GlobalRanking:
             active = layer.mask.reshape(-1).cpu()
             s[~active] = float("inf")
             s[torch.argmax(s.masked_fill(~active, float("-inf")))] = float("inf")
-            flat.append(s)
-        drop = self._split(eligible, torch.topk(torch.cat(flat), k, largest=False, sorted=False).indices)
+            flat.append(s.view(layer.shape))
+        drop = dict(zip((l.name for l in eligible), global_topk(flat, k, largest=False)))
         # global growth: the k highest grow scores among positions inactive after the drop
         flat = []
         for layer in eligible:
-            available = (~(layer.mask & ~drop[layer.name].to(layer.mask.device))).reshape(-1).cpu()
+            available = (~(layer.mask.cpu() & ~drop[layer.name])).reshape(-1)
             s = self.grow_score(layer, ctx).detach().float().reshape(-1).cpu().clone()
             s = torch.nan_to_num(s, nan=float("-inf"))
             s[~available] = float("-inf")
-            flat.append(s)
-        grow = self._split(eligible, torch.topk(torch.cat(flat), k, largest=True, sorted=False).indices)
+            flat.append(s.view(layer.shape))
+        grow = dict(zip((l.name for l in eligible), global_topk(flat, k, largest=True)))
         out = {}
         for layer in eligible:
             d, g = drop[layer.name], grow[layer.name]
@@ -97,16 +94,6 @@ class GlobalRanking:
                 self._drop_sel[layer.name] = d.to(layer.mask.device)
                 self._grow_sel[layer.name] = g.to(layer.mask.device)
                 out[layer.name] = (kd, kg)
-        return out
-
-    @staticmethod
-    def _split(layers, indices) -> dict[str, torch.Tensor]:
-        chosen = torch.zeros(sum(l.numel for l in layers), dtype=torch.bool)
-        chosen[indices] = True
-        out, offset = {}, 0
-        for layer in layers:
-            out[layer.name] = chosen[offset:offset + layer.numel].view(layer.param.shape)
-            offset += layer.numel
         return out
 
     def select_drop(self, layer, k, ctx):

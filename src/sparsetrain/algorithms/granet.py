@@ -7,7 +7,8 @@ from typing import Optional, Union
 
 import torch
 
-from .. import distributions, scores
+from .. import scores
+from .._util import global_topk, to_step
 from .base import Algorithm
 
 __all__ = ["GraNet", "cubic_density"]
@@ -22,16 +23,6 @@ def cubic_density(i: int, i0: int, i_f: int, d_init: float, d_final: float) -> f
     if i >= i_f:
         return d_final
     return d_final + (d_init - d_final) * (1.0 - (i - i0) / (i_f - i0)) ** 3
-
-
-def _to_step(x: Bound, total: Optional[int], what: str) -> int:
-    if x == 0:
-        return 0
-    if isinstance(x, float) and x <= 1.0:
-        if total is None:
-            raise ValueError(f"{what}={x} is a fraction of the run, so total_steps is required")
-        return int(round(x * total))
-    return int(x)
 
 
 class GraNet(Algorithm):
@@ -100,8 +91,6 @@ class GraNet(Algorithm):
         self._init_counts: dict[str, int] = {}
         # every LayerState seen (references, so their counts are current)
         self._seen: dict = {}
-        # layers pinned dense by the Sparsifier (see _detect_pinned)
-        self._pinned: set = set()
 
     @property
     def initial_density(self) -> float:
@@ -115,8 +104,8 @@ class GraNet(Algorithm):
     def prune_rounds(self, total_steps: Optional[int]) -> tuple[int, int]:
         """``(i₀, i_f)``: the update rounds where pruning starts and ends."""
         dt = self.update_schedule.interval
-        s0 = _to_step(self.prune_start, total_steps, "prune_start")
-        sf = _to_step(self.prune_end, total_steps, "prune_end")
+        s0 = to_step(self.prune_start, total_steps, "prune_start")
+        sf = to_step(self.prune_end, total_steps, "prune_end")
         i0, i_f = s0 // dt, sf // dt
         if i_f <= i0:
             raise ValueError(
@@ -140,36 +129,14 @@ class GraNet(Algorithm):
     def is_update_step(self, step, total_steps):
         if not super().is_update_step(step, total_steps):
             return False
-        return step >= _to_step(self.prune_start, total_steps, "prune_start")
+        return step >= to_step(self.prune_start, total_steps, "prune_start")
 
     # -- initial state ---------------------------------------------------------------------
     def initial_masks(self, model, named_params, counts, generator):
         named_params = list(named_params)
         self._sizes = {name: p.numel() for name, p in named_params}
         self._init_counts = {name: int(c) for name, c in counts.items()}
-        self._pinned = self._detect_pinned(named_params, counts)
         return None
-
-    def _detect_pinned(self, named_params, counts) -> set:
-        """Layers pinned dense with the Sparsifier's ``dense=`` (until ``LayerState`` says so itself).
-
-        Pinning only lowers the other layers' densities, so a layer that is dense in ``counts``
-        but would not be without pins was pinned. A pinned layer that the distribution caps dense
-        anyway cannot be told apart (and is pruned, as the reference prunes capped layers).
-        """
-        names = [n for n, _ in named_params]
-        sizes = {n: p.numel() for n, p in named_params}
-        try:
-            free = distributions.layer_densities(names, [p.shape for _, p in named_params], self._d_init,
-                                                 self.distribution, power=self.erk_power)
-            total = int(round(self._d_init * sum(sizes.values()))) if isinstance(self.distribution, str) else None
-            free_counts = distributions.layer_counts(free, sizes, total)
-        except (ValueError, TypeError):
-            return set()
-        return {n for n in names if counts[n] >= sizes[n] and free_counts[n] < sizes[n]}
-
-    def _is_pinned(self, layer) -> bool:
-        return bool(getattr(layer, "pinned", False)) or layer.name in self._pinned
 
     def on_update_start(self, layers, ctx):
         self._seen = dict(layers)
@@ -184,7 +151,8 @@ class GraNet(Algorithm):
             if name not in names:  # no gradient this time: not updated, but counted
                 current += self._seen[name].n_active if name in self._seen else self._init_counts.get(name, 0)
         keep = int(round(self.target_density(ctx.step, ctx.total_steps) * total))
-        eligible = [l for l in layers if not self._is_pinned(l) and l.n_active > 0]
+        # pinned layers stay dense; layers the distribution capped dense are pruned (as the reference does)
+        eligible = [l for l in layers if not l.pinned and l.n_active > 0]
         n_prune = max(0, current - keep)
         n_prune = min(n_prune, sum(l.n_active - 1 for l in eligible))
         pruned = self._global_prune(eligible, n_prune)
@@ -209,24 +177,14 @@ class GraNet(Algorithm):
             return {}
         flat = []
         for layer in layers:
-            s = scores.magnitude(layer.param).float().reshape(-1).clone()
+            s = scores.magnitude(layer.weight).float().reshape(-1).clone()
             active = layer.mask.reshape(-1)
             s[~active] = float("inf")
             top = torch.argmax(s.masked_fill(~active, float("-inf")))
             s[top] = float("inf")  # never empty a layer
-            flat.append(s.cpu())
-        alls = torch.cat(flat)
-        idx = torch.topk(alls, k, largest=False, sorted=False).indices
-        chosen = torch.zeros(alls.numel(), dtype=torch.bool)
-        chosen[idx] = True
-        out, offset = {}, 0
-        for layer in layers:
-            n = layer.numel
-            part = chosen[offset:offset + n]
-            offset += n
-            if bool(part.any()):
-                out[layer.name] = part.view(layer.param.shape).to(layer.mask.device)
-        return out
+            flat.append(s.view(layer.shape))
+        chosen = global_topk(flat, k, largest=False)
+        return {layer.name: part.to(layer.mask.device) for layer, part in zip(layers, chosen) if bool(part.any())}
 
     def select_drop(self, layer, k, ctx):
         pruned = self._pruned.get(layer.name)

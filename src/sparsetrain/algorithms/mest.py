@@ -6,6 +6,7 @@ import math
 from typing import Optional, Sequence, Union
 
 from .. import scores
+from .._util import is_fraction, to_step
 from .base import Algorithm
 
 __all__ = ["MEST", "MEMORY_BOUNDS", "DEFAULT_BOUNDS"]
@@ -43,10 +44,6 @@ def _as_tuple(x, what: str) -> tuple:
 def _join(values) -> str:
     """``(0.8, 0.9, 1.0)`` -> ``"0.8,0.9,1.0"`` (configs hold plain scalars only)."""
     return ",".join(repr(v) for v in values)
-
-
-def _is_fraction(m: Milestone) -> bool:
-    return isinstance(m, float) and m <= 1.0
 
 
 class MEST(Algorithm):
@@ -145,7 +142,7 @@ class MEST(Algorithm):
         for m in milestones:
             if not isinstance(m, (int, float)) or isinstance(m, bool) or not m > 0:
                 raise ValueError(f"milestones must be positive (fractions of total_steps or steps), got {milestones}")
-        kinds = {_is_fraction(m) for m in milestones}
+        kinds = {is_fraction(m) for m in milestones}
         if len(kinds) == 1 and list(milestones) != sorted(milestones):
             raise ValueError(f"milestones must be increasing, got {milestones}")
         self.lam = float(lam)
@@ -165,14 +162,7 @@ class MEST(Algorithm):
     # -- schedule ------------------------------------------------------------------------
     def milestone_steps(self, total_steps: Optional[int]) -> list[int]:
         """The milestones in optimizer steps."""
-        out = []
-        for m in self.milestones:
-            if _is_fraction(m):
-                if total_steps is None:
-                    raise ValueError(f"milestone {m} is a fraction of the run, so total_steps is required")
-                out.append(int(round(m * total_steps)))
-            else:
-                out.append(int(m))
+        out = [to_step(m, total_steps, f"milestone {m}") for m in self.milestones]
         if out != sorted(out):
             raise ValueError(f"milestones {self.milestones} are not increasing in steps ({out})")
         return out
@@ -203,7 +193,7 @@ class MEST(Algorithm):
         lo, up = self.lower[i], self.upper[i]
         out = {}
         for layer in layers:
-            if getattr(layer, "pinned", False) or layer.target_density >= 1.0:
+            if layer.frozen:
                 continue  # dense from the start: pinned or capped by the distribution
             n = self.target_count(layer)
             low = min(layer.numel, int(round(lo * n)))
@@ -215,14 +205,14 @@ class MEST(Algorithm):
         return out
 
     def drop_score(self, layer, ctx):
-        s = scores.magnitude(layer.param).float()
-        g = layer.param.grad
+        s = scores.magnitude(layer.weight).float()
+        g = layer.weight_grad
         if self.lam and g is not None and g.shape == s.shape:
             s = s + self.lam * g.detach().abs().float()
         return s
 
     def grow_score(self, layer, ctx):
-        return scores.random_scores(layer.param, ctx.generator)
+        return scores.random_scores(layer.weight, ctx.generator)
 
     # -- state -------------------------------------------------------------------------
     def state_dict(self):

@@ -29,11 +29,11 @@ class SET(Algorithm):
 
     def select_drop(self, layer, k, ctx):
         if self.drop == "signed":
-            return scores.signed_drop(layer.param, layer.mask, k)
+            return scores.signed_drop(layer.weight, layer.mask, k)
         return super().select_drop(layer, k, ctx)
 
     def grow_score(self, layer, ctx):
-        return scores.random_scores(layer.param, ctx.generator)
+        return scores.random_scores(layer.weight, ctx.generator)
 
     @property
     def stream_growth(self):

@@ -109,15 +109,11 @@ class SNFS(Algorithm):
     def config(self):
         return {**super().config(), "momentum": self.momentum, "redistribution": self.redistribution}
 
-    @staticmethod
-    def _frozen(layer) -> bool:
-        return bool(getattr(layer, "pinned", False)) or layer.target_density >= 1.0
-
     # -- momentum ----------------------------------------------------------------------
     def on_step(self, layers, step):
         beta = self.momentum
         for name, layer in layers.items():
-            if self._frozen(layer):
+            if layer.frozen:
                 continue
             g = layer.grad_buffer
             if g is None or layer.grad_buffer_step != step - 1:
@@ -137,7 +133,7 @@ class SNFS(Algorithm):
         """The layer's momentum (zeros before the first step)."""
         m = self._ema.get(layer.name)
         if m is None:
-            return torch.zeros(layer.param.shape, dtype=torch.float32, device=layer.param.device)
+            return torch.zeros(layer.shape, dtype=torch.float32, device=layer.mask.device)
         return m
 
     def layer_weight(self, layer) -> float:
@@ -149,7 +145,7 @@ class SNFS(Algorithm):
 
     # -- one update ----------------------------------------------------------------------
     def plan(self, layers, ctx):
-        eligible = [l for l in layers if not self._frozen(l)]
+        eligible = [l for l in layers if not l.frozen]
         drops = [min(int(round(ctx.drop_fraction * l.n_active)), l.n_active) for l in eligible]
         if self.redistribution == "none":
             return {l.name: (k, k) for l, k in zip(eligible, drops) if k > 0}

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from .._util import global_topk
 from ..masks import random_mask
 from .static import Static
 
@@ -132,16 +133,11 @@ class _Saliency(Static):
         budget = sum(int(counts[n]) for n, _ in named_params) - sum(p.numel() for n, p in named_params if n in dense)
         masks = {n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in named_params if n in dense}
         if free:
-            flat = torch.cat([sc[n].reshape(-1).float().cpu() for n, _ in free])
-            flat = torch.nan_to_num(flat, nan=float("-inf") if not self.keep_lowest else float("inf"))
-            budget = max(0, min(budget, flat.numel()))
-            chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-            if budget:
-                chosen[torch.topk(flat, budget, largest=not self.keep_lowest, sorted=False).indices] = True
-            offset = 0
-            for n, p in free:
-                part = chosen[offset:offset + p.numel()].view(p.shape)
-                offset += p.numel()
+            worst = float("-inf") if not self.keep_lowest else float("inf")
+            flat = [torch.nan_to_num(sc[n].float().cpu(), nan=worst).view(p.shape) for n, p in free]
+            budget = max(0, min(budget, sum(p.numel() for _, p in free)))
+            chosen = global_topk(flat, budget, largest=not self.keep_lowest)
+            for (n, p), part in zip(free, chosen):
                 if self.positions == "random":
                     part = random_mask(p.shape, int(part.sum()), generator)
                 masks[n] = part.to(p.device)

@@ -1,0 +1,82 @@
+"""Dense-gradient capture: the gradient a topology update ranks growth by.
+
+Growth by gradient (RigL, DST-EE, GraNet, ...) needs ``∂L/∂W`` at *every* position, masked ones
+included, but only at the steps a topology update follows. The storages hand it over from
+``backward()`` (a masked layer's tensor hook sees the dense gradient before masking it; a
+compressed layer forms ``∂L/∂yᵀ x`` or keeps its factors) and this module keeps it:
+
+- :func:`accumulate` sums the micro-batches of one step into ``layer.grad_buffer``; the buffer
+  continues only if ``.grad`` is exactly what the last accumulation left (same tensor, same
+  version), so ``zero_grad`` or a step skipped by GradScaler starts afresh;
+- :func:`record_signature` (a post-accumulate-grad hook) remembers that tensor and version;
+- :func:`match_optimizer_scale` brings the buffer to the scale the optimizer sees (GradScaler's
+  unscaling and gradient clipping rescale ``.grad`` in place after backward);
+- :func:`first_nonfinite` names a layer whose captured gradient has a NaN or infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Optional
+
+import torch
+
+from .masks import LayerState
+from .sparse.linear import LowRankGrad
+
+__all__ = ["accumulate", "record_signature", "match_optimizer_scale", "first_nonfinite", "clear"]
+
+
+def accumulate(layer: LayerState, grad: Any, step: int) -> None:
+    """Add this backward's dense gradient (a tensor or :class:`LowRankGrad`) to the step's buffer."""
+    g = layer.param.grad
+    fresh = (
+        layer.grad_buffer is None
+        or layer.grad_buffer_step != step
+        or g is None
+        or layer.grad_signature != (g.data_ptr(), g._version)
+    )
+    grad = grad.detach() if torch.is_tensor(grad) else grad  # a LowRankGrad holds detached factors
+    layer.grad_buffer = grad if fresh else layer.grad_buffer + grad
+    layer.grad_buffer_step = step
+
+
+def record_signature(layer: LayerState, param: torch.Tensor) -> None:
+    """After ``.grad`` was accumulated: remember which tensor and version our buffer matches."""
+    if layer.grad_buffer is not None and param.grad is not None:
+        layer.grad_signature = (param.grad.data_ptr(), param.grad._version)
+
+
+def match_optimizer_scale(layers: Iterable[LayerState], step: int) -> None:
+    """Scale each captured gradient so that its active part has the norm of ``.grad``; drop stale ones."""
+    for layer in layers:
+        buf, g = layer.grad_buffer, layer.param.grad
+        if buf is None or g is None or layer.grad_buffer_step != step:
+            layer.grad_buffer = None
+            continue
+        seen = torch.linalg.vector_norm(layer.storage.grad_at_active(layer, buf))
+        actual = torch.linalg.vector_norm(g)
+        if float(seen) > 0:
+            ratio = float(actual) / float(seen)
+            if math.isfinite(ratio) and abs(ratio - 1.0) > 1e-6:
+                layer.grad_buffer = buf * ratio
+
+
+def first_nonfinite(layers: Iterable[LayerState]) -> Optional[str]:
+    """The name of the first sparse layer whose captured gradient is not finite, or ``None``."""
+    for layer in layers:
+        if layer.is_dense:
+            continue
+        buf = layer.grad_buffer
+        if isinstance(buf, LowRankGrad):
+            if not buf.isfinite():
+                return layer.name
+        elif buf is not None and not bool(torch.isfinite(buf).all()):
+            return layer.name
+    return None
+
+
+def clear(layers: Iterable[LayerState]) -> None:
+    """Forget the captured gradients (after the step that used them)."""
+    for layer in layers:
+        layer.grad_buffer = None

@@ -1,0 +1,88 @@
+"""The initial sparse state: per-layer densities, exact counts, the first masks, the layer states.
+
+Densities come from the algorithm's distribution (ERK by default) with ``dense=`` pins, turned
+into exact integer counts (:func:`~sparsetrain.distributions.exact_counts`). Masks come from the
+algorithm when it scores them (SNIP, GraSP), from a checkpoint when one is given, and are drawn
+at random otherwise. Each layer's storage then realises its mask; a compressed layer with
+deferred initialisation draws its values at the chosen positions only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from .distributions import exact_counts
+from .masks import LayerState, random_mask
+from .selection import Selected
+from .storage import Storage, storage_for
+
+__all__ = ["build_layers"]
+
+
+def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected], pinned: Sequence[str],
+                 generator: torch.Generator, optimizer: torch.optim.Optimizer, track_usage: bool,
+                 state: Optional[Mapping[str, Any]] = None) -> dict[str, LayerState]:
+    """One :class:`LayerState` per selected parameter, with its storage, mask and bookkeeping.
+
+    Generator draws, in order: the algorithm's initial masks (if any), then per layer its random
+    mask and, for a deferred compressed layer, its values.
+    """
+    storages: dict[str, Storage] = {s.name: storage_for(s.param, s.module) for s in selected}
+    names = [s.name for s in selected]
+    shapes = [storages[n].shape for n in names]
+    dens, counts = exact_counts(names, shapes, algorithm.initial_density, algorithm.distribution,
+                                dense=pinned, power=algorithm.erk_power)
+    compressed = any(st.module is not None for st in storages.values())
+    if compressed and getattr(algorithm, "needs_batch", False):
+        raise ValueError(
+            f"{type(algorithm).__name__} scores its initial mask on dense weights; choose the mask on "
+            "the dense model first, then convert with st.sparse.to_sparse(model, masks=sp.masks)"
+        )
+    # the algorithms see every weight with its dense shape (no data needed: scored masks are refused)
+    seen = [(s.name, s.param if storages[s.name].module is None
+             else torch.empty(storages[s.name].shape, device="meta", dtype=s.param.dtype)) for s in selected]
+    given = algorithm.initial_masks(model, seen, counts, generator)
+    del seen
+    layers: dict[str, LayerState] = {}
+    for s, shape in zip(selected, shapes):
+        name, param, storage = s.name, s.param, storages[s.name]
+        with torch.no_grad():
+            dense_w = storage.initial_weight()
+            if dense_w is None:  # deferred: no weights yet; drawn below at the chosen positions only
+                init_std = storage.deferred_init_std(counts[name])
+            else:
+                init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
+            del dense_w
+        target = dens[name]
+        saved = state["layers"].get(name) if state is not None else None
+        if saved is not None and list(saved["shape"]) == list(shape):
+            mask = saved["mask"].to(param.device, torch.bool).clone()  # load_state_dict completes the rest
+        elif given is not None and name in given:
+            mask = given[name].to(param.device, torch.bool).reshape(shape).clone()
+            target = float(torch.count_nonzero(mask)) / shape.numel()
+        else:
+            mask = random_mask(shape, counts[name], generator, param.device)
+        n_active = int(torch.count_nonzero(mask))
+        values = None
+        if storage.module is not None and storage.module.deferred:
+            values = (torch.zeros(n_active, dtype=param.dtype) if saved is not None  # load_state_dict brings them
+                      else storage.draw_values(n_active, generator))
+        layer = LayerState(
+            name=name,
+            param=param,
+            target_density=target,
+            pinned=name in pinned,
+            n_active=n_active,
+            mask=mask,
+            ever_active=mask.clone(),
+            counter=torch.zeros(shape, dtype=torch.int32, device=param.device) if track_usage else None,
+            init_std=init_std,
+            shape=shape,
+            storage=storage,
+        )
+        layer.set_mask(mask)
+        storage.realise(layer, optimizer, values)
+        layers[name] = layer
+    return layers

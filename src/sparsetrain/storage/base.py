@@ -1,0 +1,143 @@
+"""The storage interface: how one sparse weight is held, and how a mask is realised on it.
+
+The engine (:class:`~sparsetrain.Sparsifier`, :mod:`~sparsetrain.update`) and the algorithms
+speak *masks on dense shapes*. A :class:`Storage` turns such a mask into stored weights:
+
+- :meth:`Storage.attach` installs the per-layer hooks (gradient masking and capture);
+- :meth:`Storage.enforce` runs after every optimizer step (keeps masked entries at zero);
+- :meth:`Storage.dense_weight` / :meth:`Storage.dense_grad` give the dense view an update
+  scores, materialised once per update between :meth:`Storage.begin_update` and
+  :meth:`Storage.end_update`;
+- :meth:`Storage.commit` realises a new mask, moving the optimizer state along (kept entries
+  keep theirs, grown entries start from zero state);
+- :meth:`Storage.stream_growth` says whether a growth rule can run on the storage itself
+  without dense temporaries (large compressed layers), and :meth:`Storage.stream_update` runs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..masks import LayerState
+
+__all__ = ["Storage", "Hooks"]
+
+class Hooks:
+    """What a storage's hooks call back into (implemented by the Sparsifier).
+
+    ``capturing()``: whether this backward's dense gradient is wanted; ``capture(layer, grad)``:
+    hand it over (a tensor or a :class:`~sparsetrain.sparse.LowRankGrad`); ``enabled()``: whether
+    the sparsifier acts at all (see ``Sparsifier.hooks_disabled``); ``nan_safe``: mask gradients
+    by selection instead of multiplication; ``stream_growth(layer)``: the streaming growth of the
+    coming update (``"gradient"``, ``"random"`` or ``None``).
+    """
+
+    nan_safe: bool = False
+
+    def enabled(self) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def capturing(self) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def capture(self, layer: "LayerState", grad: Any) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stream_growth(self, layer: "LayerState") -> Optional[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+class Storage:
+    """Base class of the per-layer storages (see the module docstring).
+
+    Attributes:
+        param: the parameter the optimizer holds.
+        shape: the weight's dense shape.
+        kind: a short name for summaries (``"masked"``, ``"compressed"``, ``"streaming"``).
+    """
+
+    kind = "base"
+    #: the module holding the weight in a form of its own (a SparseLinear), if any
+    module: Optional[torch.nn.Module] = None
+
+    def __init__(self, param: torch.nn.Parameter, shape: torch.Size):
+        self.param = param
+        self.shape = torch.Size(shape)
+        self._handles: list[Any] = []
+
+    # -- life cycle ----------------------------------------------------------------------
+    def attach(self, layer: "LayerState", hooks: Hooks) -> None:
+        """Install this layer's hooks (gradient masking, dense-gradient capture)."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Remove what :meth:`attach` installed."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def initial_weight(self) -> Optional[torch.Tensor]:
+        """The dense weight before any mask (``None`` if it does not exist yet: deferred init)."""
+        return self.param.detach()
+
+    def realise(self, layer: "LayerState", optimizer: torch.optim.Optimizer,
+                values: Optional[torch.Tensor] = None) -> None:
+        """Make the stored weight follow ``layer.mask`` when the layer is set up. ``values``: the
+        active weights in row-major order, for a storage that holds no weight yet. (A masked
+        storage does nothing here: the Sparsifier's first :meth:`enforce` zeroes it.)"""
+
+    def mask_changed(self, mask: torch.Tensor) -> None:
+        """Refresh whatever the storage derives from the mask (called by ``LayerState.set_mask``)."""
+
+    def enforce(self, layer: "LayerState", optimizer: torch.optim.Optimizer) -> None:
+        """After every optimizer step: nothing stored off the mask may be nonzero."""
+
+    # -- the dense view of an update ------------------------------------------------------
+    def begin_update(self) -> None:
+        """A topology update starts: :meth:`dense_weight` and :meth:`dense_grad` may be materialised."""
+
+    def end_update(self) -> None:
+        """The update is over: drop what :meth:`begin_update` materialised."""
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight with its dense shape; writes to it before :meth:`commit` are committed."""
+        raise NotImplementedError
+
+    def dense_grad(self) -> Optional[torch.Tensor]:
+        """The last gradient with the weight's dense shape (zeros off the mask), or ``None``."""
+        raise NotImplementedError
+
+    def grad_at_active(self, layer: "LayerState", grad: Any) -> torch.Tensor:
+        """A captured dense gradient restricted to the active entries (for its norm)."""
+        return grad[layer.mask]
+
+    def commit(self, layer: "LayerState", new: torch.Tensor, kept: torch.Tensor,
+               optimizer: torch.optim.Optimizer) -> None:
+        """Realise mask ``new`` from :meth:`dense_weight` (already zero at dropped entries); the
+        optimizer state of ``kept`` entries stays, every other entry's state is zero."""
+        raise NotImplementedError
+
+    # -- streaming updates ------------------------------------------------------------------
+    def stream_growth(self, layer: "LayerState", rule: Any) -> Optional[str]:
+        """``"random"`` or ``"gradient"`` if ``rule``'s update of this layer runs on the storage
+        itself (:meth:`stream_update`), without dense temporaries; ``None``: the dense path."""
+        return None
+
+    def stream_update(self, layer: "LayerState", k_drop: int, k_grow: int, growth: str,
+                      generator: torch.Generator, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Magnitude drop and ``growth`` growth of ``layer`` without dense temporaries."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream updates")
+
+    # -- helpers --------------------------------------------------------------------------
+    @staticmethod
+    def state_tensors(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> Iterable[torch.Tensor]:
+        """Every optimizer-state tensor of ``param`` shaped like it (momentum, Adam's moments, ...)."""
+        state = optimizer.state.get(param)
+        if not state:
+            return ()
+        return [v for v in state.values() if torch.is_tensor(v) and v.shape == param.shape]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={tuple(self.shape)})"
