@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from .update import ForcedUpdate
+
 if TYPE_CHECKING:  # pragma: no cover
     from .sparsifier import Sparsifier
 
@@ -86,8 +88,6 @@ def check_layers(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
 
 def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
     """Restore :func:`state_dict` into ``sp``; checks that it comes from the same model and layers."""
-    from .update import ForcedUpdate
-
     check_format(state)
     check_layers(sp, state)
     if state["algorithm"] != sp.algorithm.name:

@@ -15,6 +15,9 @@ from ._util import parse_value
 __all__ = ["ALGORITHMS", "PRESETS", "register", "register_preset", "names", "lookup", "make_algorithm",
            "parse_method"]
 
+#: what a registered class must have (the :class:`~sparsetrain.Algorithm` interface)
+_INTERFACE = ("plan", "select_drop", "select_grow", "initial_masks", "drop_fraction", "is_update_step")
+
 #: name -> Algorithm subclass
 ALGORITHMS: dict[str, type] = {}
 #: name -> preset factory ``f(density, **kwargs) -> Algorithm`` (configurations from the papers)
@@ -23,9 +26,9 @@ PRESETS: dict[str, Callable[..., Any]] = {}
 
 def register(cls: type) -> type:
     """Register an :class:`~sparsetrain.Algorithm` subclass under ``cls.name`` (usable as a decorator)."""
-    from .algorithms.base import Algorithm  # loaded before any subclass exists
-
-    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+    # checked by interface, so that this module imports nothing of the library
+    if not (isinstance(cls, type) and isinstance(getattr(cls, "name", None), str)
+            and all(callable(getattr(cls, a, None)) for a in _INTERFACE)):
         raise TypeError(f"only Algorithm subclasses can be registered, got {cls!r}")
     ALGORITHMS[cls.name.lower()] = cls
     return cls

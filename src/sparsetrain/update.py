@@ -34,7 +34,7 @@ from .sparse.linear import LowRankGrad
 if TYPE_CHECKING:  # pragma: no cover
     from .sparsifier import Sparsifier
 
-__all__ = ["ForcedUpdate", "FORCED_GROW", "FORCED_DROP", "run_update"]
+__all__ = ["ForcedUpdate", "FORCED_GROW", "FORCED_DROP", "run_update", "layer_record"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,21 @@ class ForcedUpdate:
         if self.grow == "random":
             return scores.select_random(available, k, ctx.generator)
         return self.algorithm.select_grow(layer, k, available, ctx)
+
+
+def layer_record(k_drop: int, k_grow: int, n_before: int, fresh: int, changed: int,
+                 exploitation: Optional[float] = None) -> dict[str, float]:
+    """One layer's entry in an update record: dropped, grown, turnover (positions newly active over
+    the active count before), exploration (grown never active before, over grown), exploitation
+    (mean |g| of the grown over that of the available positions); ``_fresh``/``_changed`` are
+    private counts for the update's totals."""
+    info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": changed / max(n_before, 1),
+                              "_fresh": fresh, "_changed": changed}
+    if k_grow:
+        info["exploration"] = fresh / k_grow
+    if exploitation is not None:
+        info["exploitation"] = exploitation
+    return info
 
 
 @torch.no_grad()
@@ -214,17 +229,15 @@ def _dense_layer(sp: "Sparsifier", rule, layer: LayerState, k_drop: int, k_grow:
     newly = new & ~old
     n_new = int(torch.count_nonzero(newly))
     fresh = int(torch.count_nonzero(grown & ~layer.ever_active)) if k_grow else 0
-    info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": n_new / max(layer.n_active, 1),
-                              "_fresh": fresh, "_changed": n_new}
-    if k_grow:
-        info["exploration"] = fresh / k_grow
-        if layer.grad_buffer is not None:
-            g = layer.grad_buffer.abs()
-            n_avail = int(torch.count_nonzero(available))
-            # means over positions by sums (boolean indexing of a large layer is slow)
-            base = float(g.sum() - (g * after_drop).sum()) / max(n_avail, 1)
-            if base > 0:
-                info["exploitation"] = float((g * grown).sum()) / k_grow / base
+    exploit = None
+    if k_grow and layer.grad_buffer is not None:
+        g = layer.grad_buffer.abs()
+        n_avail = int(torch.count_nonzero(available))
+        # means over positions by sums (boolean indexing of a large layer is slow)
+        base = float(g.sum() - (g * after_drop).sum()) / max(n_avail, 1)
+        if base > 0:
+            exploit = float((g * grown).sum()) / k_grow / base
+    info = layer_record(k_drop, k_grow, layer.n_active, fresh, n_new, exploit)
     kept = old & new
     weight = layer.weight  # the dense view: the parameter itself, or the storage's copy
     weight.mul_(kept)

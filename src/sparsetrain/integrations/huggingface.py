@@ -26,6 +26,7 @@ try:
 except ImportError as e:  # pragma: no cover - the extra is optional
     raise ImportError("the Hugging Face integration needs transformers: pip install 'sparsetrain[huggingface]'") from e
 
+from .._util import atomic_save
 from ..algorithms import Algorithm
 from ..sparsifier import Sparsifier
 
@@ -66,9 +67,7 @@ class SparsetrainTrainerCallback(TrainerCallback):
             return
         ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(ckpt, exist_ok=True)
-        tmp = os.path.join(ckpt, STATE_FILE + ".tmp")
-        torch.save(self.sparsifier.state_dict(), tmp)
-        os.replace(tmp, os.path.join(ckpt, STATE_FILE))
+        atomic_save(self.sparsifier.state_dict(), os.path.join(ckpt, STATE_FILE))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.sparsifier is None or logs is None:

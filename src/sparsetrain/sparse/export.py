@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
+
+from .._util import atomic_save
 
 __all__ = ["save_compressed", "load_compressed", "compressed_size", "pack_bits", "unpack_bits"]
 
@@ -86,11 +87,7 @@ def save_compressed(model_or_state, path: str | os.PathLike,
     ``masks`` (e.g. ``sp.masks``) names the sparse weights of masked-dense layers; compressed
     layers (SparseLinear) need none.
     """
-    payload = _compress(model_or_state, masks)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    path = atomic_save(_compress(model_or_state, masks), path)
     return path.stat().st_size
 
 

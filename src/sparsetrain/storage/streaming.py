@@ -20,6 +20,7 @@ import torch
 from .. import scores
 from ..masks import sample_positions
 from ..sparse.linear import LowRankGrad
+from ..update import layer_record
 from .compressed import CompressedStorage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,13 +77,7 @@ class StreamingStorage(CompressedStorage):
         layer.set_mask(new)
         layer.ever_active.reshape(-1)[grown] = True
         changed = k_grow - int(torch.count_nonzero(regrown))
-        info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": changed / max(nnz, 1),
-                                  "_fresh": fresh, "_changed": changed}
-        if k_grow:
-            info["exploration"] = fresh / k_grow
-        if exploit is not None:
-            info["exploitation"] = exploit
-        return info
+        return layer_record(k_drop, k_grow, nnz, fresh, changed, exploit)
 
 
 def top_gradient_positions(layer: "LayerState", taken: torch.Tensor, k: int):
