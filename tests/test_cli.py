@@ -161,3 +161,34 @@ def test_sweep_from_yaml_config_with_grid_over_an_algorithm_hyperparameter(tmp_p
     assert cs == [0.0, 0.01]
     assert all(json.loads(p.read_text())["config"]["algorithm_kwargs"]["update_interval"] == 3
                for p in out.glob("runs/*/summary.json"))
+
+
+def test_one_grid_plan_for_compare_and_sweep_orders_and_tags():
+    from sparsetrain.experiments.grid import plan_runs
+
+    base = {"epochs": 1, "algorithm_kwargs": {"update_interval": 5}}
+    cmp_plan = plan_runs(["rigl", "dense", "set+sup-tickets"], [0.1, 0.05], [0, 1], base, dense_first=True)
+    assert [p.tag for p in cmp_plan] == [
+        "dense-d1-s0", "dense-d1-s1",
+        "rigl-d0.1-s0", "rigl-d0.1-s1", "set+sup-tickets-d0.1-s0", "set+sup-tickets-d0.1-s1",
+        "rigl-d0.05-s0", "rigl-d0.05-s1", "set+sup-tickets-d0.05-s0", "set+sup-tickets-d0.05-s1"]
+    assert cmp_plan[2].settings == {"epochs": 1, "algorithm_kwargs": {"update_interval": 5}, "method": "rigl",
+                                    "density": 0.1, "seed": 0}
+    sweep_plan = plan_runs(["dense", "dstee"], [0.1], [0], base, {"lr": [0.1, 0.05], "c": [0.01]})
+    assert [p.tag for p in sweep_plan] == ["dense-d1-s0-lr=0.1-c=0.01", "dense-d1-s0-lr=0.05-c=0.01",
+                                           "dstee-d0.1-s0-lr=0.1-c=0.01", "dstee-d0.1-s0-lr=0.05-c=0.01"]
+    s = sweep_plan[3].settings
+    assert s["lr"] == 0.05 and s["algorithm_kwargs"] == {"update_interval": 5, "c": 0.01}  # a setting vs a hyper-parameter
+    assert s["name"] == "dstee lr=0.05 c=0.01" and base["algorithm_kwargs"] == {"update_interval": 5}
+
+
+def test_compare_without_resume_reruns_and_a_failing_run_stops_it(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "static", "--densities", "0.3", "--seeds", "0", "--dataset", "synthetic",
+            "--epochs", "1", "--batch-size", "128", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 0
+    assert "skipped" not in capsys.readouterr().out
+    assert cli.main(args[:2] + ["static,magic"] + args[3:]) == 2  # compare stops at the first failure
+    captured = capsys.readouterr()
+    assert "unknown method 'magic'" in captured.err and not (out / "failures.jsonl").exists()

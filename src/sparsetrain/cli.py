@@ -10,22 +10,24 @@ The command line is a user of the library: it prints to the terminal; the librar
 - ``compare``: the quick form of a sweep (one JSON result per run, no checkpoints).
 - ``report``: tables (markdown, CSV) and plots from any of the above.
 - ``demo``: the curated comparison behind ``make demo``.
+
+``sweep``, ``compare`` and ``demo`` share one grid runner (:mod:`sparsetrain.experiments.grid`)
+and differ only in the order of the runs and the layout of their results.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
 import sys
 import time
-import traceback
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ._util import parse_value
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
     SUP_SUFFIX, aggregate, format_table, git_commit, load_runs, make_plots, write_report,
 )
@@ -78,14 +80,14 @@ FIELD_HELP = {
 
 
 def _run_fields():
-    from .experiments.runner import RunConfig
+    from .experiments.config import RunConfig
 
     return [f for f in fields(RunConfig) if f.name != "algorithm_kwargs"]
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field; only flags given on the command line override the config file."""
-    from .experiments.runner import RunConfig
+    from .experiments.config import RunConfig
 
     defaults = RunConfig()
     group = parser.add_argument_group("run settings (override the config file)")
@@ -107,20 +109,6 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS, help=help_)
     group.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                        help="an algorithm hyper-parameter, e.g. --hp update_interval=200 --hp c=0.01 (repeatable)")
-
-
-def _parse_value(text: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    return text
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -170,126 +158,44 @@ def _resolve(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, An
         if "=" not in item:
             raise ValueError(f"--hp takes KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        algo[k.strip()] = _parse_value(v.strip())
+        algo[k.strip()] = parse_value(v.strip())
     if algo:
         values["algorithm_kwargs"] = algo
     return values
 
 
-def _config(values: dict[str, Any]):
-    from .experiments.runner import RunConfig
-
-    values = dict(values)
-    method = str(values.get("method", "rigl"))
-    if method.endswith(SUP_SUFFIX):
-        values["method"], values["sup_tickets"] = method[: -len(SUP_SUFFIX)], True
-    return RunConfig.from_dict(values)
+def _echo(text: str, end: str = "\n") -> None:
+    print(text, end=end, flush=True)
 
 
-def _result_line(r: dict[str, Any]) -> str:
-    return (f"acc {100 * r['test_acc']:.2f}%  density {r['density']:.4f}  R_s {r['itop_rate']:.3f}  "
-            f"({r['wall_time_s']:.1f}s)")
-
-
-# ---------------------------------------------------------------------------- compare (quick)
-def _compare(methods, densities, seeds, base: dict[str, Any], out: Optional[Path], quiet: bool = False,
+# ---------------------------------------------------------------------------- compare and sweep
+def _compare(methods, densities, seeds, base: dict[str, Any], out: Path, quiet: bool = False,
              resume: bool = False) -> list[dict]:
-    from .experiments.runner import run
+    """``compare``/``demo``: dense first, then density × method × seed; ``out/runs/<tag>.json`` each."""
+    from .experiments.grid import ResultFiles, plan_runs, run_grid
 
-    results = []
-    plan = [("dense", 1.0, s) for s in seeds if "dense" in methods]
-    plan += [(m, d, s) for d in densities for m in methods if m != "dense" for s in seeds]
-    if out is not None:
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-    for i, (method, density, seed) in enumerate(plan, 1):
-        cfg = _config({**base, "method": method, "density": density, "seed": seed})
-        tag = f"{cfg.label}-d{density:g}-s{seed}"
-        done = out / "runs" / f"{tag}.json" if out is not None else None
-        if resume and done is not None and done.exists():
-            results.append(json.loads(done.read_text()))
-            if not quiet:
-                print(f"[{i}/{len(plan)}] {tag}: already done, skipped", flush=True)
-            continue
-        if not quiet:
-            print(f"[{i}/{len(plan)}] {tag} ...", end="", flush=True)
-        r = run(cfg)
-        results.append(r)
-        if not quiet:
-            print(" " + _result_line(r), flush=True)
-        if done is not None:  # atomic: a killed run leaves no half-written result
-            tmp = done.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(r, indent=1))
-            os.replace(tmp, done)
+    plan = plan_runs(methods, densities, seeds, base, dense_first=True)
+    results, _ = run_grid(plan, ResultFiles(out), skip_finished=resume, echo=None if quiet else _echo)
     return results
 
 
-# ---------------------------------------------------------------------------- sweep
 def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--grid takes KEY=V1,V2,..., got {item!r}")
         k, v = item.split("=", 1)
-        grid[k.strip().replace("-", "_")] = [_parse_value(x.strip()) for x in v.split(",") if x.strip()]
+        grid[k.strip().replace("-", "_")] = [parse_value(x.strip()) for x in v.split(",") if x.strip()]
     return grid
-
-
-def _tag(values: dict[str, Any], extra_keys: Sequence[str]) -> str:
-    method = values["method"] + (SUP_SUFFIX if values.get("sup_tickets") and not values["method"].endswith(SUP_SUFFIX)
-                                 else "")
-    tag = f"{method}-d{float(values.get('density', 1.0)):g}-s{values.get('seed', 0)}"
-    for k in extra_keys:
-        tag += f"-{k}={values[k]}" if k in values else f"-{k}={values['algorithm_kwargs'][k]}"
-    return tag.replace("/", "_").replace(" ", "")
 
 
 def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int],
           grid: dict[str, list[Any]], out: Path, progress: bool = False) -> tuple[list[dict], list[dict]]:
     """Run the grid into ``out/runs/<tag>/``; returns (results, failures). Never stops on a failed run."""
-    from .experiments.runner import RunConfig, run
+    from .experiments.grid import RunDirectories, plan_runs, run_grid
 
-    setting_names = {f.name for f in fields(RunConfig)}
-    keys = list(grid)
-    combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
-    plan = []
-    for m in methods:
-        for d in ([1.0] if m == "dense" else densities):
-            for combo in combos:
-                for s in seeds:
-                    values = {**base, "method": m, "density": d, "seed": s}
-                    algo = dict(values.get("algorithm_kwargs", {}))
-                    for k, v in zip(keys, combo):
-                        if k in setting_names:
-                            values[k] = v
-                        else:  # anything else is an algorithm hyper-parameter
-                            algo[k] = v
-                    if algo:
-                        values["algorithm_kwargs"] = algo
-                    if keys:  # grid variants are separate rows of the report
-                        values["name"] = m + "".join(f" {k}={v}" for k, v in zip(keys, combo))
-                    plan.append(values)
-    results, failures = [], []
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    for i, values in enumerate(plan, 1):
-        tag = _tag(values, keys)
-        run_dir = out / "runs" / tag
-        if (run_dir / "summary.json").exists():
-            results.append(json.loads((run_dir / "summary.json").read_text()))
-            print(f"[{i}/{len(plan)}] {tag}: done, skipped", flush=True)
-            continue
-        print(f"[{i}/{len(plan)}] {tag} ...", end="" if not progress else "\n", flush=True)
-        try:
-            cfg = _config(values)
-            r = run(cfg, run_dir, resume=True, progress=progress)
-        except Exception as e:  # noqa: BLE001 - a failed run is reported and the sweep goes on
-            failures.append({"tag": tag, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-            print(f" FAILED: {type(e).__name__}: {e}", flush=True)
-            with open(out / "failures.jsonl", "a") as f:
-                f.write(json.dumps(failures[-1]) + "\n")
-            continue
-        results.append(r)
-        print(" " + _result_line(r), flush=True)
-    return results, failures
+    plan = plan_runs(methods, densities, seeds, base, grid)
+    return run_grid(plan, RunDirectories(out), keep_going=True, progress=progress, echo=_echo)
 
 
 # ---------------------------------------------------------------------------- main
@@ -442,10 +348,12 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         _print_table(table, out, plots)
         return 0
     if args.command == "train":
+        from .experiments.config import RunConfig
+        from .experiments.grid import result_line
         from .experiments.runner import run
 
         values = _resolve(args, load_config(args.config) if args.config else {})
-        cfg = _config(values)
+        cfg = RunConfig.from_settings(values)
         import torch.distributed as dist
 
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
@@ -459,7 +367,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
                 dist.barrier()
                 dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"{cfg.label} at density {cfg.density:g}: " + _result_line(r))
+            print(f"{cfg.label} at density {cfg.density:g}: " + result_line(r))
             print(f"run directory: {Path(args.out).resolve()}")
         return 0
     if args.command == "sweep":

@@ -11,11 +11,10 @@ from .. import registry
 from ..tickets import phase_split
 from .data import DATASETS, dataset_name
 from .models import MODELS
+from .report import SUP_SUFFIX  # a method named "<name>+sup-tickets" is <name> with Sup-tickets on
 
-__all__ = ["RunConfig", "SUP_SUFFIX", "OPTIMIZERS", "SCHEDULES", "AMP_MODES"]
+__all__ = ["RunConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES"]
 
-#: A method named ``"<name>+sup-tickets"`` is ``<name>`` with Sup-tickets on (the run's default label).
-SUP_SUFFIX = "+sup-tickets"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "multistep", "constant")
 AMP_MODES = ("none", "bf16", "fp16")

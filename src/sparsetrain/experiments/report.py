@@ -20,6 +20,7 @@ __all__ = [
     "plot_learning_curves", "plot_itop", "plot_turnover", "plot_layer_density", "make_plots", "git_commit",
 ]
 
+#: The label suffix of a Sup-tickets run (``"rigl+sup-tickets"``); as a method name it turns Sup-tickets on.
 SUP_SUFFIX = "+sup-tickets"
 
 

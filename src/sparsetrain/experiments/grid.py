@@ -1,0 +1,194 @@
+"""One grid runner behind ``sparsetrain compare``, ``sweep`` and ``demo``.
+
+A grid is a list of :class:`PlannedRun` (methods × densities × seeds × any setting, each with a
+tag, see :func:`plan_runs`) and a layout that says where each run's result lives:
+
+* :class:`ResultFiles` (``compare``, ``demo``): ``<out>/runs/<tag>.json``, the run trained in
+  memory (no checkpoints), the file written atomically when the run ends;
+* :class:`RunDirectories` (``sweep``): ``<out>/runs/<tag>/``, a run directory each, so an
+  interrupted run resumes exactly.
+
+:func:`run_grid` runs the plan in order, skipping runs whose result exists, and either stops at
+the first failure or records it (``<out>/failures.jsonl``) and goes on. It prints nothing itself:
+progress lines go to an ``echo`` callback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import traceback
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .._util import atomic_write_text
+from .config import SUP_SUFFIX, RunConfig
+
+__all__ = ["PlannedRun", "plan_runs", "run_tag", "ResultFiles", "RunDirectories", "run_grid", "result_line"]
+
+#: ``echo(text, end="\n")``: where a grid's progress lines go (the CLI prints them)
+Echo = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a grid: its tag (file or directory name) and its settings (for :meth:`RunConfig.from_settings`)."""
+
+    tag: str
+    settings: dict[str, Any]
+
+
+def run_tag(settings: dict[str, Any], grid_keys: Sequence[str] = ()) -> str:
+    """``<method>[+sup-tickets]-d<density>-s<seed>`` and ``-<key>=<value>`` per grid key, e.g.
+    ``rigl-d0.05-s0`` or ``dstee-d0.1-s1-c=0.01`` (``/`` and spaces are not kept)."""
+    method = settings["method"]
+    if settings.get("sup_tickets") and not method.endswith(SUP_SUFFIX):
+        method += SUP_SUFFIX
+    tag = f"{method}-d{float(settings.get('density', 1.0)):g}-s{settings.get('seed', 0)}"
+    for k in grid_keys:
+        tag += f"-{k}={settings[k]}" if k in settings else f"-{k}={settings['algorithm_kwargs'][k]}"
+    return tag.replace("/", "_").replace(" ", "")
+
+
+def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int], base: dict[str, Any],
+              grid: Optional[dict[str, list[Any]]] = None, *, dense_first: bool = False) -> list[PlannedRun]:
+    """Every combination of method, density, grid values and seed, on top of the ``base`` settings.
+
+    ``dense`` runs once per seed (density 1). A grid key that is a :class:`RunConfig` field sets
+    that field; any other is an algorithm hyper-parameter; with a grid each variant is its own
+    row in the report (``name = "<method> key=value ..."``). The order is method, density, grid
+    values, seed; with ``dense_first`` (``compare``'s order) the dense runs come first, then
+    density, method, grid values, seed.
+    """
+    grid = grid or {}
+    setting_names = {f.name for f in fields(RunConfig)}
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
+    if dense_first:
+        order = [("dense", 1.0, c, s) for c in combos for s in seeds if "dense" in methods]
+        order += [(m, d, c, s) for d in densities for m in methods if m != "dense" for c in combos for s in seeds]
+    else:
+        order = [(m, d, c, s) for m in methods for d in ([1.0] if m == "dense" else densities)
+                 for c in combos for s in seeds]
+    plan = []
+    for method, density, combo, seed in order:
+        values = {**base, "method": method, "density": density, "seed": seed}
+        algo = dict(values.get("algorithm_kwargs", {}))
+        for k, v in zip(keys, combo):
+            if k in setting_names:
+                values[k] = v
+            else:  # anything else is an algorithm hyper-parameter
+                algo[k] = v
+        if algo:
+            values["algorithm_kwargs"] = algo
+        if keys:  # grid variants are separate rows of the report
+            values["name"] = method + "".join(f" {k}={v}" for k, v in zip(keys, combo))
+        plan.append(PlannedRun(run_tag(values, keys), values))
+    return plan
+
+
+class ResultFiles:
+    """``compare``'s layout: one JSON result per run in ``<out>/runs/<tag>.json``; runs train in
+    memory (no checkpoints), and a killed run leaves no half-written result."""
+
+    skip_note = "already done, skipped"
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+
+    def path(self, tag: str) -> Path:
+        """Where the result of the run ``tag`` is written."""
+        return self.out / "runs" / f"{tag}.json"
+
+    def finished(self, tag: str) -> Optional[dict[str, Any]]:
+        """The saved result of ``tag``, or ``None``."""
+        path = self.path(tag)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def run(self, cfg: RunConfig, tag: str, progress: bool = False) -> dict[str, Any]:
+        """Train ``cfg`` and save its result."""
+        from .runner import run
+
+        result = run(cfg)
+        atomic_write_text(json.dumps(result, indent=1), self.path(tag))
+        return result
+
+
+class RunDirectories:
+    """``sweep``'s layout: a run directory per run in ``<out>/runs/<tag>/`` (``summary.json`` marks
+    it finished); an interrupted run resumes exactly."""
+
+    skip_note = "done, skipped"
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+
+    def path(self, tag: str) -> Path:
+        """The run directory of ``tag``."""
+        return self.out / "runs" / tag
+
+    def finished(self, tag: str) -> Optional[dict[str, Any]]:
+        """The summary of ``tag`` if that run finished, or ``None``."""
+        path = self.path(tag) / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def run(self, cfg: RunConfig, tag: str, progress: bool = False) -> dict[str, Any]:
+        """Train ``cfg`` into its run directory, continuing it if it was interrupted."""
+        from .runner import run
+
+        return run(cfg, self.path(tag), resume=True, progress=progress)
+
+
+def result_line(r: dict[str, Any]) -> str:
+    """A run's result in one line: accuracy, density, R_s and wall time."""
+    return (f"acc {100 * r['test_acc']:.2f}%  density {r['density']:.4f}  R_s {r['itop_rate']:.3f}  "
+            f"({r['wall_time_s']:.1f}s)")
+
+
+def _silent(text: str, end: str = "\n") -> None:
+    pass
+
+
+def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *, skip_finished: bool = True,
+             keep_going: bool = False, progress: bool = False,
+             echo: Optional[Echo] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run ``plan`` in order into ``layout``; return ``(results, failures)``.
+
+    A run whose result exists is skipped (its result returned) when ``skip_finished``. A failing
+    run raises, or with ``keep_going`` is recorded (tag, error, traceback) in the failures and in
+    ``<out>/failures.jsonl`` and the grid goes on. ``echo(text, end=...)`` receives one progress
+    line per run (``[i/n] tag ...`` then the result).
+    """
+    echo = echo or _silent
+    (layout.out / "runs").mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for i, item in enumerate(plan, 1):
+        head = f"[{i}/{len(plan)}] {item.tag}"
+        done = layout.finished(item.tag) if skip_finished else None
+        if done is not None:
+            results.append(done)
+            echo(f"{head}: {layout.skip_note}")
+            continue
+        started = False
+        try:
+            cfg = RunConfig.from_settings(item.settings)  # bad settings fail before the run is announced
+            echo(f"{head} ...", end="\n" if progress else "")
+            started = True
+            result = layout.run(cfg, item.tag, progress)
+        except Exception as e:  # noqa: BLE001 - with keep_going a failed run is reported and the grid goes on
+            if not keep_going:
+                raise
+            if not started:
+                echo(f"{head} ...", end="\n" if progress else "")
+            failures.append({"tag": item.tag, "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc()})
+            echo(f" FAILED: {type(e).__name__}: {e}")
+            with open(layout.out / "failures.jsonl", "a") as f:
+                f.write(json.dumps(failures[-1]) + "\n")
+            continue
+        results.append(result)
+        echo(" " + result_line(result))
+    return results, failures
