@@ -92,13 +92,14 @@ class TrainState:
 class Trainer:
     """The training loop of one run: builds everything from the config, then :meth:`fit`.
 
-    Construction draws the random numbers of a run in a fixed order (data, model init, mask),
-    after ``torch.manual_seed(cfg.seed)``. ``out`` (rank 0 only) receives the metrics lines and
+    Construction seeds torch's generator with ``cfg.seed`` and draws the random numbers of a run
+    in a fixed order (data, model init, mask). ``out`` (rank 0 only) receives the metrics lines and
     checkpoints; ``world``/``rank`` describe a DistributedDataParallel run.
     """
 
     def __init__(self, cfg: RunConfig, out: Optional[RunDirectory] = None, *, world: int = 1, rank: int = 0):
         self.cfg, self.out, self.world, self.rank = cfg, out, world, rank
+        torch.manual_seed(cfg.seed)
         self.device = device = torch.device(cfg.device)
         self.train, self.test, info, pad_to = build_loaders(cfg)
         self.model = build_model(cfg.model, info["in_channels"], info["num_classes"],
@@ -373,20 +374,18 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
             out = None  # only rank 0 writes files
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, out, world=world, rank=rank)
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
         log.info("resuming %s at epoch %d, batch %d (step %d)", out_dir, trainer.state.epoch, trainer.state.batch,
                  trainer.state.step)
-    if out is None:
-        trainer.fit(progress, on_epoch)
-    else:
+    if out is not None:
         out.open(cfg, ckpt, steps_per_epoch=trainer.steps_per_epoch, total_steps=trainer.total_steps,
                  tensorboard=tensorboard)
-        try:
-            trainer.fit(progress, on_epoch)
-        finally:
+    try:
+        trainer.fit(progress, on_epoch)
+    finally:
+        if out is not None:
             out.close()
     result = trainer.summary(trainer.wall_time())
     if out is not None:
