@@ -111,3 +111,17 @@ def test_dense_state_round_trips_compressed_and_masked_models():
         assert "missing" in str(e)
     else:  # pragma: no cover
         raise AssertionError("an incomplete state must be refused")
+
+
+def test_summary_names_each_layers_storage():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    model[0] = SparseLinear.from_linear(model[0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.5), total_steps=10)
+    assert isinstance(sp.layers["0.weight"].storage, CompressedStorage)
+    assert isinstance(sp.layers["2.weight"].storage, MaskedStorage)
+    rows = {line.split()[0]: line.split() for line in sp.summary().splitlines()[2:] if line.strip()}
+    assert rows["0.weight"][2] == "compressed" and rows["2.weight"][2] == "masked"
+    sp.remove()
+    assert model[0].dense_grad_request is None  # the storage detached its hooks
