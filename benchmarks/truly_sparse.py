@@ -66,7 +66,7 @@ def state_bytes(model, opt, sp) -> tuple[int, int, int]:
     """(parameter + optimizer-state bytes of the sparse layers, their index-structure bytes, nnz)."""
     total = index = nnz = 0
     for layer in sp.layers.values():
-        p = layer.values_param
+        p = layer.param
         total += p.numel() * p.element_size()
         for v in opt.state.get(p, {}).values():
             if torch.is_tensor(v):

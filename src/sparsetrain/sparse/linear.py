@@ -12,8 +12,9 @@ transposed entry in ``values``) for the input gradient. Its autograd function co
   growth is due): a :class:`~sparsetrain.Sparsifier` installs that request and receives it.
 
 Optimizer state of ``values`` is nnz-sized. The same Sparsifier and algorithms drive the layer:
-at a topology update the sparsifier materialises the dense weight once, selects drop and grow
-exactly as for a masked-dense layer, and rebuilds the structure with :meth:`SparseLinear.set_structure`.
+at a topology update the layer's storage (:class:`~sparsetrain.storage.CompressedStorage`) materialises
+the dense weight once, the algorithm selects drop and grow exactly as for a masked-dense layer, and
+the storage rebuilds the structure with :meth:`SparseLinear.set_structure`.
 """
 
 from __future__ import annotations
