@@ -192,3 +192,42 @@ def test_compare_without_resume_reruns_and_a_failing_run_stops_it(tmp_path, caps
     assert cli.main(args[:2] + ["static,magic"] + args[3:]) == 2  # compare stops at the first failure
     captured = capsys.readouterr()
     assert "unknown method 'magic'" in captured.err and not (out / "failures.jsonl").exists()
+
+
+def test_parallel_sweep_gives_the_serial_results_and_labelled_arms_name_runs(tmp_path, capsys):
+    """--jobs 2 trains two runs at once in worker processes; each run's summary equals the serial
+    sweep's (same seeds, same batches); a LABEL=SPEC method names its rows and run directories."""
+    common = ["--methods", "rigl,fast=rigl:update_interval=2:drop_schedule=constant", "--densities", "0.2",
+              "--seeds", "0", "--model", "mlp", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "64",
+              "--threads", "1", "--hp", "update_interval=4"]
+    assert cli.main(["sweep", "--out", str(tmp_path / "serial")] + common) == 0
+    assert cli.main(["sweep", "--out", str(tmp_path / "par"), "--jobs", "2"] + common) == 0
+    out = capsys.readouterr().out
+    assert "started" in out and "| fast | 80% |" in out
+    for tag in ("rigl-d0.2-s0", "fast-d0.2-s0"):
+        a, b = (json.loads((tmp_path / d / "runs" / tag / "summary.json").read_text()) for d in ("serial", "par"))
+        assert a["test_acc"] == b["test_acc"] and a["test_loss"] == b["test_loss"]
+        assert a["update_history"] == b["update_history"]
+    fast = json.loads((tmp_path / "par" / "runs" / "fast-d0.2-s0" / "summary.json").read_text())
+    assert fast["label"] == "fast" and fast["config"]["method"] == "rigl:update_interval=2:drop_schedule=constant"
+    assert fast["updates"] > json.loads((tmp_path / "par/runs/rigl-d0.2-s0/summary.json").read_text())["updates"]
+    assert cli.main(["sweep", "--out", str(tmp_path / "x"), "--jobs", "0"] + common) == 2
+    assert "--jobs" in capsys.readouterr().err
+
+
+def test_split_label():
+    from sparsetrain.experiments.grid import split_label
+
+    assert split_label("dstee:c=0.01") == (None, "dstee:c=0.01")
+    assert split_label("ref=rigl:end=none") == ("ref", "rigl:end=none")
+    assert split_label("ref=rigl:end=none+sup-tickets") == ("ref+sup-tickets", "rigl:end=none+sup-tickets")
+    with pytest.raises(ValueError, match="LABEL=SPEC"):
+        split_label("=rigl")
+
+
+def test_seed_major_plan_runs_every_arm_of_a_seed_first():
+    from sparsetrain.experiments.grid import plan_runs
+
+    plan = plan_runs(["rigl", "set"], [0.1, 0.05], [0, 1], {}, seed_major=True)
+    assert [p.tag for p in plan] == ["rigl-d0.1-s0", "rigl-d0.05-s0", "set-d0.1-s0", "set-d0.05-s0",
+                                     "rigl-d0.1-s1", "rigl-d0.05-s1", "set-d0.1-s1", "set-d0.05-s1"]

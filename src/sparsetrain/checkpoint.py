@@ -1,6 +1,6 @@
 """The Sparsifier's checkpoint format (``"sparsetrain.sparsifier/1"``).
 
-Masks, usage counters, ever-active masks, the schedule position, the generator's state, the
+Masks, usage counters, ever-active masks, the positions the last update grew, the schedule position, the generator's state, the
 update history, a pending forced update and the algorithm's own state; tensors and plain
 containers only, so ``torch.load(..., weights_only=True)`` reads it. The weights themselves
 are the model's (``model.state_dict()``), the optimizer state the optimizer's.
@@ -48,6 +48,7 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
             "count_step": l.count_step,
             "active_steps": l.active_steps,
             "init_std": l.init_std,
+            "last_grown": l.last_grown.clone() if l.last_grown is not None else None,
         }
     forced = sp.pending_update
     return {
@@ -109,6 +110,8 @@ def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
         l.count_step = int(s["count_step"])
         l.active_steps = int(s["active_steps"])
         l.init_std = float(s["init_std"])
+        last = s.get("last_grown")
+        l.last_grown = last.to(torch.int64).clone() if last is not None else None
         l.grad_buffer = None
         if int(torch.count_nonzero(l.mask)) != l.n_active:
             raise ValueError(f"corrupt checkpoint: mask of {n} has {int(torch.count_nonzero(l.mask))} active weights, expected {l.n_active}")

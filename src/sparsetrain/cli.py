@@ -190,12 +190,15 @@ def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int],
-          grid: dict[str, list[Any]], out: Path, progress: bool = False) -> tuple[list[dict], list[dict]]:
-    """Run the grid into ``out/runs/<tag>/``; returns (results, failures). Never stops on a failed run."""
+          grid: dict[str, list[Any]], out: Path, progress: bool = False, jobs: int = 1,
+          seed_major: bool = False) -> tuple[list[dict], list[dict]]:
+    """Run the grid into ``out/runs/<tag>/`` (``jobs`` runs at once, every arm of a seed before the
+    next seed with ``seed_major``); returns (results, failures). Never stops on a failed run."""
     from .experiments.grid import RunDirectories, plan_runs, run_grid
 
-    plan = plan_runs(methods, densities, seeds, base, grid)
-    return run_grid(plan, RunDirectories(out), keep_going=True, progress=progress, echo=_echo)
+    plan = plan_runs(methods, densities, seeds, base, grid, seed_major=seed_major)
+    return run_grid(plan, RunDirectories(out), keep_going=True, progress=progress and jobs == 1, jobs=jobs,
+                    echo=_echo)
 
 
 # ---------------------------------------------------------------------------- main
@@ -252,7 +255,13 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="also vary a setting or algorithm hyper-parameter (repeatable), e.g. --grid lr=0.1,0.05")
     sw.add_argument("--title", default="Sweep", help="title of results.md and the plots")
     sw.add_argument("--protocol", default="see the command", help="protocol line for results.md")
-    sw.add_argument("--progress", action="store_true", help="progress bars for each run")
+    sw.add_argument("--progress", action="store_true", help="progress bars for each run (with --jobs 1)")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once, each in its own process with cpu_count/jobs threads (unless "
+                         "--threads is given); e.g. --jobs 2 --threads 1 on 2 cores")
+    sw.add_argument("--seed-major", action="store_true",
+                    help="run every method/density/grid value of a seed before the next seed, so paired "
+                         "comparisons can be read while a long sweep is still running")
     _add_run_flags(sw)
 
     cmp_ = sub.add_parser("compare", formatter_class=fmt,
@@ -382,7 +391,10 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         densities = [float(d) for d in args.densities.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
         out = Path(args.out)
-        results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1 (runs trained at once), got {args.jobs}")
+        results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
+                                  jobs=args.jobs, seed_major=args.seed_major)
         if results:
             table, plots = _report_files(out, results, command, args.title, args.protocol,
                                          time.perf_counter() - start, commit)

@@ -111,6 +111,9 @@ class LayerState:
     shape: Optional[torch.Size] = None
     #: where the weight lives (a :class:`~sparsetrain.storage.Storage`); set by the Sparsifier
     storage: Optional[Any] = field(default=None, repr=False)
+    #: flat positions the last topology update made newly active (``None`` before the first);
+    #: the next update reports how many of them survive it
+    last_grown: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.shape is None:

@@ -29,12 +29,16 @@ def itop_rate(sp: "Sparsifier") -> float:
 def metrics(sp: "Sparsifier") -> dict[str, Any]:
     """Global and per-layer metrics as plain numbers."""
     last = next((h for h in reversed(sp.history) if "skipped" not in h), None)
+    surv = [h["survival"] for h in sp.history if "survival" in h]
     return {
         "step": sp.step,
         "updates": sp.updates,
         "density": density(sp),
         "itop_rate": itop_rate(sp),
         "turnover": last["turnover"] if last else 0.0,
+        # ITOP's "reliable exploration": of the weights an update made newly active, the fraction
+        # still active after the next update (mean over updates; None before the second update)
+        "survival": sum(surv) / len(surv) if surv else None,
         "active": sum(l.n_active for l in sp.layers.values()),
         "total": sum(l.numel for l in sp.layers.values()),
         "layer_density": {n: l.density for n, l in sp.layers.items()},

@@ -290,6 +290,8 @@ class SupTickets:
         self.model: Optional[nn.Module] = None
         self.masks: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, Any]] = []
+        #: accuracy of θ_pre, the live model at the end of the base phase (when ``evaluate`` is given)
+        self.pre_acc: Optional[float] = None
         self.ticket_states: list[dict[str, torch.Tensor]] = []
         self._prev_ticket_masks: Optional[dict[str, torch.Tensor]] = None
 
@@ -344,6 +346,8 @@ class SupTickets:
         record = None
         if self.epoch == self.pre_epochs:
             self._start_superposition()
+            if evaluate is not None:  # θ_pre: what the base phase produced, before the first cycle's drop
+                self.pre_acc = float(evaluate(self.sparsifier.model))
         elif self.epoch > self.pre_epochs and (self.epoch - self.pre_epochs) % self.cycle_epochs == 0:
             record = self._cycle_end(recalibrate, evaluate, device)
         if self.pre_epochs <= self.epoch < self.epochs and (self.epoch - self.pre_epochs) % self.cycle_epochs == 0:
@@ -434,6 +438,7 @@ class SupTickets:
                                   if self._prev_ticket_masks is not None else None),
             "ticket_states": [dict(s) for s in self.ticket_states],
             "history": [dict(h) for h in self.history],
+            "pre_acc": self.pre_acc,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -455,3 +460,4 @@ class SupTickets:
         self._prev_ticket_masks = {n: m.clone() for n, m in prev.items()} if prev is not None else None
         self.ticket_states = [dict(s) for s in state["ticket_states"]]
         self.history = [dict(h) for h in state["history"]]
+        self.pre_acc = state.get("pre_acc")

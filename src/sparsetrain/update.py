@@ -104,13 +104,14 @@ class ForcedUpdate:
 
 
 def layer_record(k_drop: int, k_grow: int, n_before: int, fresh: int, changed: int,
-                 exploitation: Optional[float] = None) -> dict[str, float]:
+                 exploitation: Optional[float] = None, newly: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """One layer's entry in an update record: dropped, grown, turnover (positions newly active over
     the active count before), exploration (grown never active before, over grown), exploitation
     (mean |g| of the grown over that of the available positions); ``_fresh``/``_changed`` are
-    private counts for the update's totals."""
-    info: dict[str, float] = {"dropped": k_drop, "grown": k_grow, "turnover": changed / max(n_before, 1),
-                              "_fresh": fresh, "_changed": changed}
+    private counts for the update's totals, ``_newly`` the flat positions made newly active (for
+    the survival metric of the next update)."""
+    info: dict[str, Any] = {"dropped": k_drop, "grown": k_grow, "turnover": changed / max(n_before, 1),
+                            "_fresh": fresh, "_changed": changed, "_newly": newly}
     if k_grow:
         info["exploration"] = fresh / k_grow
     if exploitation is not None:
@@ -172,7 +173,8 @@ def _update_layers(sp: "Sparsifier", rule, t: int, ctx: UpdateContext, record: d
     plan = rule.plan(candidates, ctx)
     totals = {"fresh": 0, "changed": 0, "active": 0, "grown": 0}
     exploit_num, exploit_w = 0.0, 0
-    per_layer: dict[str, dict[str, float]] = {}
+    per_layer: dict[str, dict[str, Any]] = {}
+    newly: dict[str, Optional[torch.Tensor]] = {}
     for layer in candidates:
         k_drop, k_grow = plan.get(layer.name, (0, 0))
         k_drop = max(0, min(int(k_drop), layer.n_active))
@@ -188,6 +190,7 @@ def _update_layers(sp: "Sparsifier", rule, t: int, ctx: UpdateContext, record: d
         layer.n_active = n_before - k_drop + grown
         totals["fresh"] += info.pop("_fresh")
         totals["changed"] += info.pop("_changed")
+        newly[layer.name] = info.pop("_newly")
         totals["active"] += n_before
         totals["grown"] += grown
         if "exploitation" in info:
@@ -195,6 +198,7 @@ def _update_layers(sp: "Sparsifier", rule, t: int, ctx: UpdateContext, record: d
             exploit_w += grown
         per_layer[layer.name] = info
     sp.updates += 1
+    survival = _survival(sp, newly, per_layer)
     record.update(
         grown=totals["grown"],
         turnover=totals["changed"] / totals["active"] if totals["active"] else 0.0,
@@ -205,10 +209,30 @@ def _update_layers(sp: "Sparsifier", rule, t: int, ctx: UpdateContext, record: d
     )
     if exploit_w:
         record["exploitation"] = exploit_num / exploit_w
+    if survival is not None:
+        record["survival"] = survival
     sp.history.append(record)
     log.debug("sparsetrain update at step %d: p=%.4f turnover=%.4f R_s=%.4f", t, record["drop_fraction"],
               record["turnover"], record["itop_rate"])
     return record
+
+
+def _survival(sp: "Sparsifier", newly: dict[str, Optional[torch.Tensor]],
+              per_layer: dict[str, dict[str, Any]]) -> Optional[float]:
+    """The fraction of the weights the previous update made newly active that are still active
+    after this one (ITOP's "reliable exploration"), overall (returned) and per layer (into
+    ``per_layer``); then remember this update's newly active positions for the next one."""
+    kept = total = 0
+    for layer in sp.layers.values():
+        prev = layer.last_grown
+        if prev is not None and prev.numel():
+            alive = int(torch.count_nonzero(layer.mask.reshape(-1)[prev.to(layer.mask.device)]))
+            kept, total = kept + alive, total + prev.numel()
+            per_layer.setdefault(layer.name, {})["survival"] = alive / prev.numel()
+        new = newly.get(layer.name)
+        layer.last_grown = (new.detach().to(torch.int64).cpu() if new is not None
+                            else torch.zeros(0, dtype=torch.int64))
+    return kept / total if total else None
 
 
 def _dense_layer(sp: "Sparsifier", rule, layer: LayerState, k_drop: int, k_grow: int,
@@ -237,7 +261,8 @@ def _dense_layer(sp: "Sparsifier", rule, layer: LayerState, k_drop: int, k_grow:
         base = float(g.sum() - (g * after_drop).sum()) / max(n_avail, 1)
         if base > 0:
             exploit = float((g * grown).sum()) / k_grow / base
-    info = layer_record(k_drop, k_grow, layer.n_active, fresh, n_new, exploit)
+    info = layer_record(k_drop, k_grow, layer.n_active, fresh, n_new, exploit,
+                        newly=newly.reshape(-1).nonzero().squeeze(1))
     kept = old & new
     weight = layer.weight  # the dense view: the parameter itself, or the storage's copy
     weight.mul_(kept)

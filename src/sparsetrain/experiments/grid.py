@@ -9,16 +9,20 @@ tag, see :func:`plan_runs`) and a layout that says where each run's result lives
   interrupted run resumes exactly.
 
 :func:`run_grid` runs the plan in order, skipping runs whose result exists, and either stops at
-the first failure or records it (``<out>/failures.jsonl``) and goes on. It prints nothing itself:
-progress lines go to an ``echo`` callback.
+the first failure or records it (``<out>/failures.jsonl``) and goes on; with ``jobs > 1`` it runs
+that many runs at once, each in its own process (results are identical to a serial grid: every
+run is seeded by its own settings). It prints nothing itself: progress lines go to an ``echo``
+callback.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -26,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 from .._util import atomic_write_text
 from .config import SUP_SUFFIX, RunConfig
 
-__all__ = ["PlannedRun", "plan_runs", "run_tag", "ResultFiles", "RunDirectories", "run_grid", "result_line"]
+__all__ = ["PlannedRun", "plan_runs", "run_tag", "split_label", "ResultFiles", "RunDirectories", "run_grid", "result_line"]
 
 #: ``echo(text, end="\n")``: where a grid's progress lines go (the CLI prints them)
 Echo = Callable[..., None]
@@ -53,14 +57,19 @@ def run_tag(settings: dict[str, Any], grid_keys: Sequence[str] = ()) -> str:
 
 
 def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int], base: dict[str, Any],
-              grid: Optional[dict[str, list[Any]]] = None, *, dense_first: bool = False) -> list[PlannedRun]:
+              grid: Optional[dict[str, list[Any]]] = None, *, dense_first: bool = False,
+              seed_major: bool = False) -> list[PlannedRun]:
     """Every combination of method, density, grid values and seed, on top of the ``base`` settings.
+
+    A method may be labelled, ``LABEL=SPEC`` (see :func:`split_label`), to name an arm of
+    algorithm options in the report and the run directories.
 
     ``dense`` runs once per seed (density 1). A grid key that is a :class:`RunConfig` field sets
     that field; any other is an algorithm hyper-parameter; with a grid each variant is its own
     row in the report (``name = "<method> key=value ..."``). The order is method, density, grid
     values, seed; with ``dense_first`` (``compare``'s order) the dense runs come first, then
-    density, method, grid values, seed.
+    density, method, grid values, seed; ``seed_major`` runs every other combination of a seed
+    before the next seed (same order within a seed).
     """
     grid = grid or {}
     setting_names = {f.name for f in fields(RunConfig)}
@@ -72,8 +81,12 @@ def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequenc
     else:
         order = [(m, d, c, s) for m in methods for d in ([1.0] if m == "dense" else densities)
                  for c in combos for s in seeds]
+    if seed_major:  # every arm of seed 0, then seed 1, ...: paired comparisons usable mid-sweep
+        rank = {s: i for i, s in enumerate(seeds)}
+        order.sort(key=lambda o: rank[o[3]])
     plan = []
-    for method, density, combo, seed in order:
+    for arm, density, combo, seed in order:
+        label, method = split_label(arm)
         values = {**base, "method": method, "density": density, "seed": seed}
         algo = dict(values.get("algorithm_kwargs", {}))
         for k, v in zip(keys, combo):
@@ -84,9 +97,27 @@ def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequenc
         if algo:
             values["algorithm_kwargs"] = algo
         if keys:  # grid variants are separate rows of the report
-            values["name"] = method + "".join(f" {k}={v}" for k, v in zip(keys, combo))
-        plan.append(PlannedRun(run_tag(values, keys), values))
+            values["name"] = (label or method) + "".join(f" {k}={v}" for k, v in zip(keys, combo))
+        elif label:
+            values["name"] = label
+        plan.append(PlannedRun(run_tag({**values, "method": label or method}, keys), values))
     return plan
+
+
+def split_label(arm: str) -> tuple[Optional[str], str]:
+    """``"LABEL=SPEC"`` names a method spec (its rows, tags and run directories say LABEL):
+    ``"rigl-ref=rigl:update_interval=1200:end=none"`` -> ``("rigl-ref", "rigl:update_interval=1200:end=none")``;
+    a spec ending in ``+sup-tickets`` adds that suffix to the label. A plain spec (``"dstee:c=0.01"``,
+    where every ``=`` follows a ``:``) has no label: ``(None, spec)``."""
+    head, eq, spec = arm.partition("=")
+    if not eq or ":" in head:
+        return None, arm
+    label, spec = head.strip(), spec.strip()
+    if not label or not spec:
+        raise ValueError(f"method {arm!r}: a labelled method is LABEL=SPEC, e.g. 'rigl-ref=rigl:update_interval=1200'")
+    if spec.endswith(SUP_SUFFIX) and not label.endswith(SUP_SUFFIX):
+        label += SUP_SUFFIX
+    return label, spec
 
 
 class ResultFiles:
@@ -151,18 +182,94 @@ def _silent(text: str, end: str = "\n") -> None:
     pass
 
 
+def _run_in_worker(layout: ResultFiles | RunDirectories, settings: dict[str, Any], tag: str,
+                   threads: int) -> dict[str, Any]:
+    """One run of a parallel grid, in a worker process (``threads`` intra-op threads unless the
+    run's own ``threads`` setting says otherwise)."""
+    import torch
+
+    cfg = RunConfig.from_settings(settings)
+    if not cfg.threads:
+        torch.set_num_threads(threads)
+    return layout.run(cfg, tag, False)
+
+
+def _record_failure(layout, failures: list, tag: str, e: BaseException, tb: str) -> None:
+    failures.append({"tag": tag, "error": f"{type(e).__name__}: {e}", "traceback": tb})
+    with open(layout.out / "failures.jsonl", "a") as f:
+        f.write(json.dumps(failures[-1]) + "\n")
+
+
+def _run_parallel(todo: list[tuple[int, PlannedRun]], n: int, layout, jobs: int, keep_going: bool,
+                  echo: Echo) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    done: dict[int, dict[str, Any]] = {}
+    failures: list[dict[str, Any]] = []
+    for _, item in todo:  # bad settings fail before any run starts
+        RunConfig.from_settings(item.settings).validate()
+    # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang
+    ctx = multiprocessing.get_context("spawn")
+    queue = list(todo)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        running = {}
+
+        def submit():
+            while queue and len(running) < jobs:
+                i, item = queue.pop(0)
+                echo(f"[{i}/{n}] {item.tag} started")
+                running[pool.submit(_run_in_worker, layout, item.settings, item.tag, threads)] = (i, item)
+
+        submit()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i, item = running.pop(fut)
+                try:
+                    done[i] = fut.result()
+                except Exception as e:  # noqa: BLE001 - reported like a serial grid's failure
+                    if not keep_going:
+                        for f in running:
+                            f.cancel()
+                        queue.clear()
+                        raise
+                    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+                    _record_failure(layout, failures, item.tag, e, tb)
+                    echo(f"[{i}/{n}] {item.tag} FAILED: {type(e).__name__}: {e}")
+                    continue
+                echo(f"[{i}/{n}] {item.tag} " + result_line(done[i]))
+            submit()
+    return done, failures
+
+
 def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *, skip_finished: bool = True,
-             keep_going: bool = False, progress: bool = False,
+             keep_going: bool = False, progress: bool = False, jobs: int = 1,
              echo: Optional[Echo] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run ``plan`` in order into ``layout``; return ``(results, failures)``.
 
     A run whose result exists is skipped (its result returned) when ``skip_finished``. A failing
     run raises, or with ``keep_going`` is recorded (tag, error, traceback) in the failures and in
     ``<out>/failures.jsonl`` and the grid goes on. ``echo(text, end=...)`` receives one progress
-    line per run (``[i/n] tag ...`` then the result).
+    line per run (``[i/n] tag ...`` then the result). With ``jobs > 1``, that many runs train at
+    once in worker processes, each with ``cpu_count // jobs`` threads unless its settings give
+    ``threads``; results come back in plan order (no per-run progress bars then).
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer (runs trained at once), got {jobs!r}")
     echo = echo or _silent
     (layout.out / "runs").mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        known: dict[int, dict[str, Any]] = {}
+        todo = []
+        for i, item in enumerate(plan, 1):
+            prev = layout.finished(item.tag) if skip_finished else None
+            if prev is not None:
+                known[i] = prev
+                echo(f"[{i}/{len(plan)}] {item.tag}: {layout.skip_note}")
+            else:
+                todo.append((i, item))
+        done, failures = _run_parallel(todo, len(plan), layout, jobs, keep_going, echo) if todo else ({}, [])
+        known.update(done)
+        return [known[i] for i in sorted(known)], failures
     results: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for i, item in enumerate(plan, 1):
@@ -183,11 +290,8 @@ def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *
                 raise
             if not started:
                 echo(f"{head} ...", end="\n" if progress else "")
-            failures.append({"tag": item.tag, "error": f"{type(e).__name__}: {e}",
-                             "traceback": traceback.format_exc()})
+            _record_failure(layout, failures, item.tag, e, traceback.format_exc())
             echo(f" FAILED: {type(e).__name__}: {e}")
-            with open(layout.out / "failures.jsonl", "a") as f:
-                f.write(json.dumps(failures[-1]) + "\n")
             continue
         results.append(result)
         echo(" " + result_line(result))

@@ -303,6 +303,7 @@ class Trainer:
             _, ens_acc = self._evaluate(tickets.ensemble())
             extra = {
                 "live_test_acc": curve[-1]["test_acc"],
+                "pre_test_acc": tickets.pre_acc,  # θ_pre: the base phase's model before the first cycle
                 "ensemble_test_acc": ens_acc,
                 "tickets": tickets.history,
                 # the output's per-layer densities (global pruning of the average moves them)
@@ -333,10 +334,11 @@ class Trainer:
             result.update(
                 density=m["density"],
                 itop_rate=m["itop_rate"],
+                survival=m["survival"],
                 updates=m["updates"],
                 layer_density=m["layer_density"],
                 train_flops_fraction=sparsifier.training_flops(report)["fraction"],
-                update_history=[{k: h[k] for k in ("step", "turnover", "itop_rate", "exploration", "exploitation",
+                update_history=[{k: h[k] for k in ("step", "turnover", "itop_rate", "exploration", "exploitation", "survival",
                                                    "drop_fraction", "density") if k in h}
                                 for h in sparsifier.history],
             )

@@ -77,7 +77,7 @@ class StreamingStorage(CompressedStorage):
         layer.set_mask(new)
         layer.ever_active.reshape(-1)[grown] = True
         changed = k_grow - int(torch.count_nonzero(regrown))
-        return layer_record(k_drop, k_grow, nnz, fresh, changed, exploit)
+        return layer_record(k_drop, k_grow, nnz, fresh, changed, exploit, newly=grown[~regrown])
 
 
 def top_gradient_positions(layer: "LayerState", taken: torch.Tensor, k: int):

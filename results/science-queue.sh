@@ -1,0 +1,10 @@
+#!/bin/sh
+# The issue-15 sweeps, one after the other (each resumable; rerunning this continues where it stopped).
+# Log: results/science-queue.log. Never time a benchmark while this runs (it keeps both cores busy).
+cd "$(dirname "$0")/.."
+for s in results/fmnist-mlp-suptickets-ref/pilot.sh results/fmnist-mlp-dstee-power/command.sh \
+         results/fmnist-mlp-itop-time/command.sh; do
+  echo "=== $(date -u +%FT%TZ) $s"
+  sh "$s"
+done
+echo "=== $(date -u +%FT%TZ) done"
