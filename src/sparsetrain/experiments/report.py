@@ -131,7 +131,10 @@ def write_report(out: Path, results, command: str, title: str, protocol: str, wa
         tickets = ("\n\n## Sup-tickets\n\nThe superposed model is the method's output (its accuracy is the "
                    "table's above); the live model, the best single ticket and the tickets' softmax ensemble "
                    "(FreeTickets-style, K× the inference cost) are shown beside it.\n\n" + tickets)
-    (out / "results.md").write_text(meta + table + tickets + "\n")
+    from .paired import report_sections
+
+    paired = report_sections(results)
+    (out / "results.md").write_text(meta + table + tickets + ("\n\n" + paired if paired else "") + "\n")
     with open(out / "results.csv", "w") as f:
         keys = list(rows[0])
         f.write(",".join(keys) + "\n")
