@@ -1,0 +1,73 @@
+"""sparsetrain.experiments.paired: pairing by seed, t intervals, Sup-tickets against θ_pre and the base alone."""
+
+import math
+
+import pytest
+
+from sparsetrain.experiments.paired import (mean_ci, paired_rows, paired_table, report_sections, t975,
+                                            ticket_paired_table, ticket_rows)
+
+
+def run(label, seed, acc, density=0.02, method=None, **extra):
+    method = method or label.split(" ")[0]
+    return {"label": label, "test_acc": acc, "itop_rate": 0.1, "config": {"method": method, "density": density,
+                                                                         "seed": seed}, **extra}
+
+
+def test_t_quantiles_and_interval():
+    assert t975(1) == 12.706 and t975(9) == 2.262 and t975(30) == 2.042 and t975(1000) == 1.96
+    with pytest.raises(ValueError, match="at least 2"):
+        t975(0)
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and hi - m == pytest.approx(4.303 / math.sqrt(3)) and m - lo == pytest.approx(hi - m)
+    assert math.isnan(mean_ci([5.0])[1])
+
+
+def test_paired_by_seed_not_by_position():
+    # the method is better than RigL by exactly 0.01 on every seed, although the seeds' levels vary
+    # by far more: the paired interval is [0.01, 0.01]; unpaired runs (seed 9) are left out
+    results = [run("rigl", s, 0.80 + 0.05 * s) for s in range(4)]
+    results += [run("dstee", s, 0.81 + 0.05 * s) for s in (3, 1, 0, 2, 9)]
+    (row,) = paired_rows(results, "rigl")
+    assert row["arm"] == "dstee" and row["pairs"] == 4 and row["seeds"] == [0, 1, 2, 3]
+    assert row["diff"] == pytest.approx(0.01) and row["low"] == pytest.approx(0.01) and row["high"] == pytest.approx(0.01)
+    assert row["wins"] == 4 and row["losses"] == 0
+    assert "| dstee | 98% | 4 |" in paired_table(results, "rigl") and "+1.00 [+1.00, +1.00]" in paired_table(results, "rigl")
+
+
+def test_grid_variants_pair_with_the_same_variant_and_densities_stay_apart():
+    results = [run(f"rigl epochs={e}", s, 0.8 + e / 1000, density=d) for e in (30, 60) for s in (0, 1)
+               for d in (0.02, 0.05)]
+    results += [run(f"set-itop epochs={e}", s, 0.8 + e / 1000 + 0.002 * (s + 1), density=d) for e in (30, 60)
+                for s in (0, 1) for d in (0.02, 0.05)]
+    rows = paired_rows(results, "rigl")
+    assert len(rows) == 4 and all(r["pairs"] == 2 for r in rows)
+    assert all(r["diff"] == pytest.approx(0.003) for r in rows)  # 0.002 and 0.004: each compared within its variant
+    assert {(r["variant"], r["density"]) for r in rows} == {(f"epochs={e}", d) for e in (30, 60) for d in (0.02, 0.05)}
+
+
+def test_survival_and_exploration_are_averaged_over_updates():
+    hist = [{"step": 1, "exploration": 1.0}, {"step": 2, "exploration": 0.5, "survival": 0.4},
+            {"step": 3, "exploration": 0.0, "survival": 0.8}]
+    results = [run("rigl", 0, 0.8), run("set", 0, 0.79, update_history=hist)]
+    (row,) = paired_rows(results, "rigl")
+    assert row["survival"] == pytest.approx(0.6) and row["exploration"] == pytest.approx(0.5)
+
+
+def test_tickets_against_theta_pre_and_the_base_alone():
+    def tickets(s):
+        return [{"ticket_acc": 0.80 + s / 100, "sup_acc": 0.81 + s / 100}, {"ticket_acc": 0.805, "sup_acc": 0.815}]
+
+    results = [run("rigl+sup-tickets", s, 0.82 + s / 100, pre_test_acc=0.815 + s / 100, tickets=tickets(s))
+               for s in range(3)]
+    results += [run("rigl", s, 0.83 + s / 100) for s in range(3)]
+    (row,) = ticket_rows(results)
+    assert row["tickets"] == 2 and row["base_pairs"] == 3
+    assert row["pre"] == pytest.approx(0.825) and row["output"] == pytest.approx(0.83)
+    assert row["vs_pre"][0] == pytest.approx(0.005) and row["vs_base"][0] == pytest.approx(-0.01)
+    assert row["sup_acc"][1] == pytest.approx(0.815)
+    table = ticket_paired_table(results)
+    assert "| rigl+sup-tickets | 98% | 3 | 82.50 |" in table and "(3 pairs)" in table
+    text = report_sections(results)
+    assert "Paired differences from rigl" in text and "θ_pre" in text
+    assert report_sections([run("set", 0, 0.8)]) == ""
