@@ -63,7 +63,8 @@ def training_flops(sp: "Sparsifier", report) -> dict[str, float]:
 
 
 def summary(sp: "Sparsifier") -> str:
-    """A readable per-layer table: shape, storage, active/total, target and realised density, R_s."""
+    """A readable per-layer table: shape, storage, active/total, target and realised density, R_s, and
+    why each layer is sparse; then the parameters left dense and why (embedding, tied, 1-D, excluded)."""
     m = metrics(sp)
     rows = [("layer", "shape", "storage", "active", "target", "density", "R_s")]
     for n, l in sp.layers.items():
@@ -74,8 +75,13 @@ def summary(sp: "Sparsifier") -> str:
                  f"{m['density']:.4f}", f"{m['itop_rate']:.4f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{sp.algorithm!r}  step {sp.step}, {sp.updates} topology updates"]
+    why = sp.selection.why if getattr(sp, "selection", None) is not None else {}
     for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        line = "  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+        lines.append(f"{line}  {why[r[0]]}" if r[0] in why and 0 < i < len(rows) - 1 else line)
         if i == 0 or i == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
+    if why:  # the selection: why each sparse layer is sparse (above) and what was left dense
+        left = sp.selection.table()
+        lines += (["left dense:"] + left) if left else []
     return "\n".join(lines)

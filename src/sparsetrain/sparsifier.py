@@ -35,7 +35,7 @@ from .checkpoint import STATE_FORMAT
 from .initial import build_layers
 from .masks import LayerState
 from .registry import make_algorithm
-from .selection import DEFAULT_SPARSE_MODULES, Selector, check_selected, pinned_names, select
+from .selection import DEFAULT_SPARSE_MODULES, Selector, check_selected, plan as plan_selection
 from .storage import Hooks
 from .update import ForcedUpdate, run_update
 
@@ -80,9 +80,13 @@ class Sparsifier:
             fraction of training or anneal over it).
         include: which parameters are sparse: name globs (``"features.*.weight"``), module types
             (the module's ``weight``), or predicates ``f(name, param, module) -> bool``. Default:
-            the weights of Linear and Conv1d/2d/3d modules.
+            the weights of Linear, Conv1d/2d/3d and HF-style Conv1D modules; embeddings, weights
+            tied to one and 1-D parameters stay dense unless named exactly (see
+            :mod:`~sparsetrain.selection`; ``summary()`` says what was left dense and why).
         exclude: the same kinds of selectors, removed from the sparse set.
-        dense: name globs of sparse layers pinned dense (kept in the density budget).
+        dense: selectors (name globs, module types) of sparse layers pinned dense (kept in the
+            density budget). Selectors match every name of a tied parameter; one that matches
+            nothing is an error.
         track_usage: keep per-weight usage counters (steps active); costs 4 bytes per weight,
             nothing per step.
         nan_safe: mask gradients by selection (``torch.where``) so that a NaN/inf gradient at a
@@ -164,13 +168,15 @@ class Sparsifier:
         self._enabled = True
         self._handles: list[Any] = []
 
-        selected = select(model, include, exclude)
+        #: what is sparse, what is left dense and why (:class:`~sparsetrain.selection.Selection`)
+        self.selection = plan_selection(model, include, exclude, dense)
+        selected = self.selection.selected
         check_selected(selected, optimizer)
         if state is not None:
             checkpoint.check_format(state)
         with self.hooks_disabled():
             self.layers: dict[str, LayerState] = build_layers(
-                algorithm, model, selected, pinned_names(selected, dense), self.generator, optimizer,
+                algorithm, model, selected, self.selection.pinned, self.generator, optimizer,
                 self.track_usage, state)
         self._attach()
         if state is not None:
