@@ -85,3 +85,105 @@ def test_training_flops_rigl_matches_spec_formula():
     assert sp.training_flops(r)["sparse"] == pytest.approx(expected)
     per_step = (3 * r.sparse * 3 + 2 * r.sparse + r.dense) / 4  # spec formula with ΔT+1 = 4 steps
     assert sp.training_flops(r)["sparse"] / 40 == pytest.approx(per_step)
+
+
+# ---------------------------------------------------------------- transformers (issue 13)
+
+class Conv1D(nn.Module):
+    """Shaped like transformers' Conv1D: y = x W + b with W (in, out); recognised by duck typing."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class SelfAttention(nn.Module):
+    """Declares its attention products through the public method (st.flops.ATTENTION_METHOD)."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.qkv, self.proj, self.heads = Conv1D(3 * d, d), nn.Linear(d, d), heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+    def attention_macs(self, inputs, output):
+        b, t, d = inputs[0].shape
+        return 2 * b * t * t * d
+
+
+class HFShapedAttention(SelfAttention):
+    """No attention_macs: recognised by its shape (name ends in Attention, num_heads, head_dim)."""
+
+    attention_macs = None
+
+    def __init__(self, d, heads):
+        super().__init__(d, heads)
+        self.num_heads, self.head_dim = heads, d // heads
+
+
+class Wrapper(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.attention_macs = lambda inputs, output: 1e9  # an outer recognised module counts, the inner not
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("cls", [SelfAttention, HFShapedAttention])
+def test_conv1d_and_attention_products_hand_count(cls):
+    torch.manual_seed(0)
+    m = cls(8, 2)
+    x = torch.randn(3, 5, 8)  # 3 examples of 5 tokens, width 8
+    mask = torch.zeros(8, 24, dtype=torch.bool)
+    mask.view(-1)[:48] = True  # a quarter of the qkv weights
+    r = st.flops(m, x, masks={"qkv.weight": mask})
+    assert r.layers["qkv.weight"].dense == 5 * 8 * 24 and r.layers["qkv.weight"].sparse == 5 * 48
+    assert r.layers["proj.weight"].dense == 5 * 64
+    assert r.attention == {"<model>": 2 * 5 * 5 * 8}  # QKᵀ and AV per example, untouched by weight sparsity
+    assert r.dense == 5 * 8 * 24 + 5 * 64 + 400 and r.sparse == 5 * 48 + 5 * 64 + 400
+
+
+def test_multihead_attention_projections_and_products_counted_once():
+    m = Wrapper(nn.MultiheadAttention(8, 2, batch_first=True))
+    m.inner.forward = lambda x: nn.MultiheadAttention.forward(m.inner, x, x, x)[0]
+    assert st.flops(m, torch.randn(3, 5, 8)).attention == {"<model>": 1e9 / 3}
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = mha
+
+        def forward(self, x):
+            return self.a(x, x, x)[0]
+
+    r = st.flops(M(), torch.randn(3, 5, 8))
+    assert r.attention == {"a": 2 * 5 * 5 * 8}
+    assert r.layers["a.in_proj_weight"].dense == 5 * 3 * 64 and r.layers["a.out_proj.weight"].dense == 5 * 64
+
+
+def test_hf_gpt2_fraction_counts_conv1d_and_attention():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=256, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(cfg)
+    sp = st.Sparsifier(m, torch.optim.AdamW(m.parameters()), st.RigL(density=0.1), total_steps=1000)
+    r = st.flops(m, torch.randint(0, 256, (2, 16)), masks=sp.masks)
+    blocks = 2 * 16 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32)  # the Conv1D projections, 16 tokens
+    head, attention = 16 * 32 * 256, 2 * (2 * 16 * 16 * 32)  # the tied head (dense), QKᵀ + AV per layer
+    assert r.dense == blocks + head + attention
+    assert r.sparse == pytest.approx(16 * sum(int(k.sum()) for k in sp.masks.values()) + head + attention)
+    assert r.fraction == pytest.approx(r.sparse / r.dense) and 0.3 < r.fraction < 0.4

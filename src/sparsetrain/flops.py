@@ -1,15 +1,29 @@
 """Forward FLOPs by forward hooks, dense and sparse, and training FLOPs per method.
 
-Convention (as in the DST literature): one multiply-accumulate of a weight counts as one FLOP;
-only the weight layers are counted (Linear, Conv1d/2d/3d and their transposed forms), which
-dominate every model here. For a weight layer, each weight entry is used once per output
-position, so
+Convention (as in the DST literature): one multiply-accumulate counts as one FLOP. Counted:
 
-    dense FLOPs  = positions × numel(W)        sparse FLOPs = positions × nnz(W)
+- **weight layers**: Linear, Conv1d/2d/3d and their transposed forms, compressed
+  :class:`SparseLinear`, and Hugging-Face-style ``Conv1D`` (GPT-2's projections; recognised by
+  duck typing, see :func:`sparsetrain.selection.is_conv1d_like`). Each weight entry is used once
+  per output position, so
 
-where ``positions`` is the number of output elements per example divided by the number of
-output channels (``1`` per example for a Linear layer on a vector, ``H_out·W_out`` for a Conv2d).
-Numbers are per example (the example input's first dimension is the batch).
+      dense FLOPs  = positions × numel(W)        sparse FLOPs = positions × nnz(W)
+
+  where ``positions`` is the number of output elements per example divided by the number of
+  output channels (``1`` per example for a Linear layer on a vector, ``T`` on a sequence of
+  length ``T``, ``H_out·W_out`` for a Conv2d);
+- **attention products** ``QKᵀ`` and ``AV`` (``2·T·S·d`` per example for ``T`` queries, ``S``
+  keys and ``d = heads × head_dim``, the full score matrix even under a causal mask). They do not
+  depend on weight sparsity, so they count the same in the dense and the sparse total. They are
+  counted in modules that say how much attention they computed — the public extension point is a
+  method ``attention_macs(inputs, output) -> float`` on the module (the MACs of its attention
+  products for the call, whole batch), see :data:`ATTENTION_METHOD` — and, without it, in
+  ``nn.MultiheadAttention`` and in self-attention modules shaped like Hugging Face's
+  (``GPT2Attention``: class name ending in ``Attention``, ``num_heads`` and ``head_dim``
+  attributes, output ``(B, T, d)``). A recognised module inside another one is not counted twice.
+
+Norms, activations, softmax, embeddings lookups and pooling are not counted. Numbers are per
+example (the example input's first dimension is the batch).
 """
 
 from __future__ import annotations
@@ -20,14 +34,77 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from .selection import is_conv1d_like
 from .sparse.linear import SparseLinear
 
-__all__ = ["LayerFlops", "FlopsReport", "flops", "training_flops_per_step", "COUNTED_MODULES"]
+__all__ = ["LayerFlops", "FlopsReport", "flops", "training_flops_per_step", "COUNTED_MODULES", "ATTENTION_METHOD",
+           "attention_macs"]
 
 #: Module types whose weight FLOPs are counted.
 COUNTED_MODULES = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
 )
+
+#: The method a module defines to have its attention products counted:
+#: ``module.attention_macs(inputs, output) -> float``, the multiply-accumulates of ``QKᵀ`` and
+#: ``AV`` of that call (whole batch), given the forward hook's positional ``inputs`` and ``output``.
+ATTENTION_METHOD = "attention_macs"
+
+
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def attention_macs(module: nn.Module, inputs: tuple, output, kwargs: Optional[Mapping] = None) -> Optional[float]:
+    """The MACs of ``QKᵀ`` and ``AV`` of one call of ``module`` (whole batch), or ``None`` if the
+    module is not a recognised attention module (see the module docstring)."""
+    kwargs = kwargs or {}
+    method = getattr(module, ATTENTION_METHOD, None)
+    if callable(method):
+        return float(method(inputs, output))
+    if isinstance(module, nn.MultiheadAttention):
+        out = _first(output)
+        query = inputs[0] if inputs else kwargs.get("query")
+        key = inputs[1] if len(inputs) > 1 else kwargs.get("key", query)
+        if out.dim() == 2:  # unbatched (L, E)
+            return 2.0 * out.shape[0] * key.shape[0] * module.embed_dim
+        seq = 1 if module.batch_first else 0
+        return 2.0 * out.shape[1 - seq] * out.shape[seq] * key.shape[seq] * module.embed_dim
+    if type(module).__name__.endswith("Attention") and hasattr(module, "num_heads") and hasattr(module, "head_dim") \
+            and not getattr(module, "is_cross_attention", False):
+        out = _first(output)
+        if torch.is_tensor(out) and out.dim() == 3:  # self-attention: (B, T, d), T keys per query
+            b, t, _ = out.shape
+            return 2.0 * b * t * t * int(module.num_heads) * int(module.head_dim)
+    return None
+
+
+def _mha_projections(mod: nn.MultiheadAttention, name: str, inputs, kwargs, output, batch: int, masks, report) -> None:
+    out = _first(output)
+    query = inputs[0] if inputs else kwargs.get("query")
+    key = inputs[1] if len(inputs) > 1 else kwargs.get("key", query)
+    seq = 0 if out.dim() == 2 or not mod.batch_first else 1
+    tokens_q = out.numel() / mod.embed_dim / batch
+    tokens_k = tokens_q * key.shape[seq] / out.shape[seq]
+    prefix = f"{name}." if name != "<model>" else ""
+    weights = [(f"{prefix}out_proj.weight", mod.out_proj.weight, tokens_q)]
+    if mod.in_proj_weight is not None:  # q on the queries, k and v on the keys
+        weights.append((f"{prefix}in_proj_weight", mod.in_proj_weight, (tokens_q + 2 * tokens_k) / 3))
+    else:
+        weights += [(f"{prefix}q_proj_weight", mod.q_proj_weight, tokens_q), (f"{prefix}k_proj_weight", mod.k_proj_weight,
+                    tokens_k), (f"{prefix}v_proj_weight", mod.v_proj_weight, tokens_k)]
+    for pname, w, positions in weights:
+        nnz = int(masks[pname].sum()) if pname in masks else w.numel()
+        prev = report.layers.get(pname)
+        if prev is None:
+            report.layers[pname] = LayerFlops(pname, positions, w.numel(), nnz)
+        else:
+            prev.positions += positions
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return callable(getattr(module, ATTENTION_METHOD, None)) or isinstance(module, nn.MultiheadAttention) or (
+        type(module).__name__.endswith("Attention") and hasattr(module, "num_heads") and hasattr(module, "head_dim"))
 
 
 @dataclass
@@ -57,19 +134,21 @@ class LayerFlops:
 
 @dataclass
 class FlopsReport:
-    """Forward FLOPs per example: ``dense`` (f_D), ``sparse`` (f_S) and per layer."""
+    """Forward FLOPs per example: ``dense`` (f_D), ``sparse`` (f_S), per weight layer and per
+    attention module (``attention``: module name -> MACs of ``QKᵀ`` and ``AV`` per example)."""
 
     layers: dict[str, LayerFlops] = field(default_factory=dict)
+    attention: dict[str, float] = field(default_factory=dict)
 
     @property
     def dense(self) -> float:
-        """f_D: dense forward FLOPs per example."""
-        return sum(l.dense for l in self.layers.values())
+        """f_D: dense forward FLOPs per example (weight layers and attention products)."""
+        return sum(l.dense for l in self.layers.values()) + sum(self.attention.values())
 
     @property
     def sparse(self) -> float:
-        """f_S: sparse forward FLOPs per example (unmasked layers count fully)."""
-        return sum(l.sparse for l in self.layers.values())
+        """f_S: sparse forward FLOPs per example (unmasked layers and attention count fully)."""
+        return sum(l.sparse for l in self.layers.values()) + sum(self.attention.values())
 
     @property
     def fraction(self) -> float:
@@ -97,7 +176,8 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     def make_hook(pname: str, module: nn.Module):
         def hook(mod, inputs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
-            channels = module.out_features if isinstance(module, (nn.Linear, SparseLinear)) else module.out_channels
+            channels = (module.out_features if isinstance(module, (nn.Linear, SparseLinear)) else
+                        module.nf if is_conv1d_like(module) else module.out_channels)
             positions = out.numel() / batch / channels
             if isinstance(module, SparseLinear):  # compressed: its stored entries are its nonzeros
                 numel, stored = module.weight_shape.numel(), module.nnz
@@ -112,11 +192,25 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
 
         return hook
 
+    def attention_hook(name: str):
+        def hook(mod, inputs, kwargs, output):
+            macs = attention_macs(mod, inputs, output, kwargs)
+            if macs is not None:
+                report.attention[name] = report.attention.get(name, 0.0) + macs / batch
+            if isinstance(mod, nn.MultiheadAttention):  # its projections run inside F.multi_head_attention_forward
+                _mha_projections(mod, name, inputs, kwargs, output, batch, masks, report)
+
+        return hook
+
+    counted: list[str] = []
     for mod_name, module in model.named_modules():
-        if isinstance(module, SparseLinear) or (
+        if isinstance(module, SparseLinear) or is_conv1d_like(module) or (
                 isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None):
             pname = f"{mod_name}.weight" if mod_name else "weight"
             handles.append(module.register_forward_hook(make_hook(pname, module)))
+        if _is_attention(module) and not any(mod_name.startswith(c + ".") or not c for c in counted):
+            counted.append(mod_name)
+            handles.append(module.register_forward_hook(attention_hook(mod_name or "<model>"), with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
