@@ -82,3 +82,56 @@ def test_trainer_callback_trains_sparse_logs_and_resumes(tmp_path):
         assert torch.equal(sp2.masks[n], sp.masks[n])  # the same run as the uninterrupted one
     for (n, a), (_, b) in zip(model.state_dict().items(), m2.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_resume_from_a_checkpoint_outside_output_dir_equals_the_uninterrupted_run(tmp_path):
+    import shutil
+
+    cb = _callback()
+    full = Tiny()
+    _trainer(tmp_path / "full", 24, full, cb).train()
+    _trainer(tmp_path / "part", 24, Tiny(), _callback(), save_steps=12).train()
+    # 1. resumed into another output_dir: the record in the restored TrainerState finds the file
+    cb2, m2 = _callback(), Tiny()
+    _trainer(tmp_path / "other", 24, m2, cb2).train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-12"))
+    assert cb2.resumed_from == str(tmp_path / "part" / "checkpoint-12" / STATE_FILE)
+    assert cb2.sparsifier.step == 24 and cb2.sparsifier.updates == 6
+    # 2. the checkpoint moved away from where it was saved: resume_from names it
+    moved = tmp_path / "elsewhere" / "ck"
+    shutil.copytree(tmp_path / "part" / "checkpoint-12", moved)
+    shutil.rmtree(tmp_path / "part")
+    with pytest.raises(RuntimeError, match=r"resuming the Trainer at step 12.*resume_from='<checkpoint dir>'"):
+        _trainer(tmp_path / "new", 24, Tiny(), _callback()).train(resume_from_checkpoint=str(moved))
+    cb3, m3 = _callback(), Tiny()
+    cb3.resume_from = str(moved)
+    _trainer(tmp_path / "new2", 24, m3, cb3).train(resume_from_checkpoint=str(moved))
+    assert cb3.resumed_from == str(moved / STATE_FILE)
+    for sp, m in ((cb2.sparsifier, m2), (cb3.sparsifier, m3)):
+        for n in sp.masks:
+            assert torch.equal(sp.masks[n], cb.sparsifier.masks[n])
+        for (n, a), (_, b) in zip(full.state_dict().items(), m.state_dict().items()):
+            assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_resume_without_sparsifier_state_or_with_a_stale_one_is_an_error(tmp_path):
+    _trainer(tmp_path / "run", 8, Tiny(), _callback(), save_steps=4).train()
+    ck4, ck8 = tmp_path / "run" / "checkpoint-4", tmp_path / "run" / "checkpoint-8"
+    (ck4 / STATE_FILE).write_bytes((ck8 / STATE_FILE).read_bytes())  # a state of another step
+    with pytest.raises(RuntimeError, match="its step is 8, the resumed checkpoint's 4"):
+        _trainer(tmp_path / "run", 8, Tiny(), _callback()).train(resume_from_checkpoint=str(ck4))
+    (ck4 / STATE_FILE).unlink()
+    with pytest.raises(RuntimeError, match=r"sparsetrain.pt \(missing\)"):
+        _trainer(tmp_path / "run", 8, Tiny(), _callback()).train(resume_from_checkpoint=str(ck4))
+
+
+def test_few_topology_updates_warn():
+    import warnings
+
+    from sparsetrain.integrations.huggingface import _warn_few_updates
+
+    with pytest.warns(UserWarning, match=r"only 1 topology update\(s\) fit in max_steps=200 with update_interval=100"):
+        _warn_few_updates(st.RigL(density=0.1), 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_few_updates(st.RigL(density=0.1, update_interval=20), 200)
+        _warn_few_updates(st.Static(density=0.1), 200)

@@ -9,15 +9,27 @@ trainer.train(resume_from_checkpoint=True)        # the sparsifier resumes from 
 ```
 
 The sparsifier's state is written as ``sparsetrain.pt`` into every ``checkpoint-<step>``
-directory the Trainer saves, and read back from the checkpoint a resumed run starts from;
+directory the Trainer saves, and read back from the checkpoint a resumed run starts from.
 ``sparsetrain/density``, ``sparsetrain/itop_rate`` and ``sparsetrain/updates`` are added to the
 Trainer's logs (its ``log_history`` and the reporting integrations registered after this callback).
+
+**Which checkpoint is being resumed.** The Trainer does not tell callbacks the directory passed to
+``train(resume_from_checkpoint=...)``, but it does hand them the ``TrainerState`` it restored
+from that checkpoint's ``trainer_state.json``. Before every step the callback records in
+``state.stateful_callbacks["sparsetrain"]`` (a public, JSON-saved field) the directory its
+state file will be written to and the sparsifier's step; a resumed run reads that record from
+the restored state. The state file is searched, in order, at: the callback's ``resume_from``
+(set it when the checkpoint was moved or copied), ``args.resume_from_checkpoint``, the recorded
+directory, and ``<output_dir>/checkpoint-<global_step>``. A file is accepted only if its step is
+the recorded one and the restored weights are zero outside its masks; resuming at a step > 0
+without such a file is an error that names the fix (never fresh masks on trained weights).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+import warnings
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -30,9 +42,13 @@ from .._util import atomic_save
 from ..algorithms import Algorithm
 from ..sparsifier import Sparsifier
 
-__all__ = ["SparsetrainTrainerCallback", "STATE_FILE"]
+__all__ = ["SparsetrainTrainerCallback", "STATE_FILE", "STATE_KEY", "FEW_UPDATES"]
 
 STATE_FILE = "sparsetrain.pt"
+#: The key of ``TrainerState.stateful_callbacks`` where the callback records where its state goes.
+STATE_KEY = "sparsetrain"
+#: Fewer topology updates than this in a run is warned about (the mask would barely move).
+FEW_UPDATES = 3
 
 
 class SparsetrainTrainerCallback(TrainerCallback):
@@ -40,15 +56,21 @@ class SparsetrainTrainerCallback(TrainerCallback):
 
     Args:
         algorithm: an :class:`~sparsetrain.Algorithm` or a registered name.
+        resume_from: the checkpoint directory (or its ``sparsetrain.pt``) a resumed run starts
+            from, when it is not where it was saved (moved or copied); see the module docstring.
         **sparsifier_kwargs: passed to :class:`~sparsetrain.Sparsifier`.
 
-    ``total_steps`` is the Trainer's ``max_steps``. The sparsifier is ``callback.sparsifier``.
+    ``total_steps`` is the Trainer's ``max_steps``; a run in which fewer than
+    :data:`FEW_UPDATES` topology updates fit gets a warning. The sparsifier is
+    ``callback.sparsifier``; ``callback.resumed_from`` is the state file a resumed run loaded.
     """
 
-    def __init__(self, algorithm: Union[Algorithm, str], **sparsifier_kwargs: Any):
+    def __init__(self, algorithm: Union[Algorithm, str], resume_from: Optional[str] = None, **sparsifier_kwargs: Any):
         self.algorithm = algorithm
+        self.resume_from = resume_from
         self.sparsifier_kwargs = sparsifier_kwargs
         self.sparsifier: Optional[Sparsifier] = None
+        self.resumed_from: Optional[str] = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.sparsifier is not None:
@@ -56,11 +78,49 @@ class SparsetrainTrainerCallback(TrainerCallback):
         opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         if opt is None or model is None:
             raise RuntimeError("SparsetrainTrainerCallback needs the Trainer's model and optimizer at train begin")
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
         # resuming: the Trainer restored the weights already; attach with the saved masks
-        saved = torch.load(path, weights_only=True) if state.global_step > 0 and os.path.exists(path) else None
+        saved = self._resume_state(args, state, model) if state.global_step > 0 else None
         self.sparsifier = Sparsifier(model, opt, self.algorithm, total_steps=int(state.max_steps), state=saved,
                                      **self.sparsifier_kwargs)
+        if saved is None:
+            _warn_few_updates(self.sparsifier.algorithm, int(state.max_steps))
+
+    def _resume_state(self, args, state, model) -> Mapping[str, Any]:
+        """The sparsifier state of the checkpoint being resumed (see the module docstring)."""
+        recorded = (state.stateful_callbacks or {}).get(STATE_KEY) or {}
+        step = int(recorded.get("step", state.global_step))
+        given = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
+        candidates = [self.resume_from, given, recorded.get("checkpoint"),
+                      os.path.join(args.output_dir, f"checkpoint-{state.global_step}")]
+        tried: list[str] = []
+        for c in dict.fromkeys(c for c in candidates if c):
+            path = c if os.path.isfile(c) else os.path.join(c, STATE_FILE)
+            if not os.path.isfile(path):
+                tried.append(f"{path} (missing)")
+                continue
+            saved = torch.load(path, weights_only=True)
+            problem = _mismatch(saved, step, model)
+            if problem:
+                tried.append(f"{path} ({problem})")
+                continue
+            self.resumed_from = path
+            return saved
+        raise RuntimeError(
+            f"resuming the Trainer at step {state.global_step}, but the sparsifier state of that checkpoint was not "
+            f"found (tried: {'; '.join(tried)}). It is saved as {STATE_FILE} in each checkpoint directory; tell the "
+            f"callback where the resumed checkpoint is: SparsetrainTrainerCallback(..., resume_from='<checkpoint dir>') "
+            "(or set args.resume_from_checkpoint to it), or train without resume_from_checkpoint to start a new "
+            "sparse run"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.sparsifier is None or state.stateful_callbacks is None:
+            return
+        # saved in trainer_state.json by a checkpoint at this step, read back when it is resumed
+        state.stateful_callbacks[STATE_KEY] = {
+            "checkpoint": os.path.abspath(os.path.join(args.output_dir, f"checkpoint-{state.global_step}")),
+            "file": STATE_FILE, "step": int(self.sparsifier.step),
+        }
 
     def on_save(self, args, state, control, **kwargs):
         if self.sparsifier is None:
@@ -85,3 +145,35 @@ class SparsetrainTrainerCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.sparsifier is not None:
             self.sparsifier.remove()  # the model keeps its sparse weights; hooks are gone
+
+
+def _mismatch(saved: Mapping[str, Any], step: int, model) -> Optional[str]:
+    """Why a saved sparsifier state does not belong to the restored run (``None`` if it does)."""
+    if int(saved.get("step", -1)) != step:
+        return f"its step is {saved.get('step')}, the resumed checkpoint's {step}"
+    params = dict(model.named_parameters())
+    for name, layer in saved.get("layers", {}).items():
+        p = params.get(name)
+        mask = layer.get("mask") if isinstance(layer, Mapping) else None
+        if p is None or mask is None or tuple(mask.shape) != tuple(p.shape):
+            continue  # compressed layers store their own structure
+        with torch.no_grad():
+            if bool((p.detach()[~mask.to(p.device, torch.bool)] != 0).any()):
+                return f"the restored weights of {name} are nonzero outside its mask"
+    return None
+
+
+def _warn_few_updates(algorithm: Algorithm, total_steps: int) -> None:
+    """One sentence when fewer than FEW_UPDATES topology updates fit in the run."""
+    if not getattr(algorithm, "dynamic", False) or total_steps <= 0:
+        return
+    interval = max(1, int(getattr(getattr(algorithm, "update_schedule", None), "interval", 1)))
+    fits = 0
+    for t in range(interval, total_steps + 1, interval):
+        fits += bool(algorithm.is_update_step(t, total_steps))
+        if fits >= FEW_UPDATES:
+            return
+    warnings.warn(
+        f"{type(algorithm).__name__}: only {fits} topology update(s) fit in max_steps={total_steps} with "
+        f"update_interval={interval}, so the run is close to static training; lower update_interval "
+        f"(e.g. {max(1, total_steps // 10)}) or train longer", UserWarning, stacklevel=3)
