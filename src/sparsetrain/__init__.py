@@ -8,10 +8,11 @@ Three lines on top of an unchanged training loop::
     print(sp.summary())
 """
 
-from . import algorithms, distributions, presets, registry, schedules, scores, testing, tickets
+from . import algorithms, distributions, errors, presets, registry, schedules, scores, testing, tickets
 from .algorithms import (
     ALGORITHMS, DSTEE, MEST, SET, SNFS, SNIP, Algorithm, GraNet, GraSP, RigL, Static, make_algorithm, register,
 )
+from .errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from .flops import FlopsReport, flops, training_flops_per_step
 from .sparsifier import Sparsifier
 from .tickets import SupTickets, TicketEnsemble
@@ -45,5 +46,10 @@ __all__ = [
     "distributions",
     "schedules",
     "scores",
+    "errors",
+    "InputError",
+    "InputTypeError",
+    "InputWarning",
+    "ScheduleWarning",
     "__version__",
 ]

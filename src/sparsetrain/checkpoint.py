@@ -4,32 +4,106 @@ Masks, usage counters, ever-active masks, the positions the last update grew, th
 update history, a pending forced update and the algorithm's own state; tensors and plain
 containers only, so ``torch.load(..., weights_only=True)`` reads it. The weights themselves
 are the model's (``model.state_dict()``), the optimizer state the optimizer's.
+
+Loading is all-or-nothing: every check runs before anything is assigned, so a refused state
+leaves the sparsifier as it was. The checks: the format tag; each layer's saved tensors have its
+saved shape and its mask holds ``n_active`` weights; a ``checksum`` (SHA-256 of every value,
+written since this field was added; older states load without the check, with an INFO note)
+matches, so a byte-corrupted file is refused; the layers are the sparsifier's, with the same
+shapes; the algorithm and its configuration are the sparsifier's (``strict=False`` turns a
+different configuration into an :class:`~sparsetrain.errors.InputWarning`). A different
+``total_steps`` is a warning: the current one is kept (a run extended on purpose).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from .errors import InputError, InputWarning
 from .update import ForcedUpdate
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sparsifier import Sparsifier
 
-__all__ = ["STATE_FORMAT", "check_format", "state_dict", "load_state_dict"]
+__all__ = ["STATE_FORMAT", "check_format", "checksum", "state_dict", "load_state_dict"]
+
+log = logging.getLogger(__name__)
 
 #: Version tag written into :meth:`Sparsifier.state_dict`.
 STATE_FORMAT = "sparsetrain.sparsifier/1"
 
 
+def checksum(obj: Any) -> str:
+    """SHA-256 (hex) of a state: every tensor's dtype, shape and bytes, every other value's ``repr``,
+    mapping keys in sorted order (so it does not depend on insertion order); a ``"checksum"`` key
+    is left out."""
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous().clone()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(bytes(t.untyped_storage()))
+        elif isinstance(x, Mapping):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                if k == "checksum":
+                    continue
+                h.update(repr(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def check_format(state: Any) -> None:
-    """Raise a clear error if ``state`` is not a Sparsifier state."""
+    """Raise an :class:`~sparsetrain.errors.InputError` unless ``state`` is an intact Sparsifier state:
+    the format tag, each layer's tensors of its saved shape and its mask's count, and the checksum."""
     if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-        raise ValueError(
+        raise InputError(
             "not a sparsetrain Sparsifier state (missing format tag "
             f"{STATE_FORMAT!r}); pass the dict returned by Sparsifier.state_dict()"
+        )
+    missing = [k for k in ("layers", "step", "updates", "dense_grad_steps", "rng_state", "history", "algorithm")
+               if k not in state]
+    if missing:
+        raise InputError(f"corrupt Sparsifier state: missing {missing}; save it again with Sparsifier.state_dict()")
+    for n, s in state["layers"].items():
+        shape = list(s["shape"])
+        for key in ("mask", "ever_active", "counter"):
+            t = s.get(key)
+            if t is not None and (not torch.is_tensor(t) or list(t.shape) != shape):
+                got = list(t.shape) if torch.is_tensor(t) else type(t).__name__
+                raise InputError(
+                    f"corrupt Sparsifier state: the {key} of {n} has shape {got} but the layer's is {shape}; "
+                    "this state was edited or damaged: load an intact checkpoint"
+                )
+        active = int(torch.count_nonzero(s["mask"]))
+        if active != int(s["n_active"]):
+            raise InputError(
+                f"corrupt Sparsifier state: the mask of {n} has {active} active weights, its count says "
+                f"{int(s['n_active'])}; load an intact checkpoint"
+            )
+    saved = state.get("checksum")
+    if saved is None:
+        log.info("sparsetrain: this Sparsifier state has no checksum (saved by an older version); loading it unchecked")
+    elif checksum(state) != saved:
+        raise InputError(
+            "corrupt Sparsifier state: its checksum does not match its contents (the file was damaged or edited "
+            "after saving); load an intact checkpoint, e.g. the previous one"
         )
 
 
@@ -51,10 +125,10 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
             "last_grown": l.last_grown.clone() if l.last_grown is not None else None,
         }
     forced = sp.pending_update
-    return {
+    state = {
         "format": STATE_FORMAT,
         "algorithm": sp.algorithm.name,
-        "config": {k: v for k, v in sp.algorithm.config().items() if isinstance(v, (int, float, str, type(None)))},
+        "config": _plain_config(sp),
         "step": sp.step,
         "updates": sp.updates,
         "dense_grad_steps": sp.dense_grad_steps,
@@ -66,6 +140,12 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
         "layers": layers,
         "algorithm_state": sp.algorithm.state_dict(),
     }
+    state["checksum"] = checksum(state)
+    return state
+
+
+def _plain_config(sp: "Sparsifier") -> dict[str, Any]:
+    return {k: v for k, v in sp.algorithm.config().items() if isinstance(v, (int, float, str, type(None)))}
 
 
 def check_layers(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
@@ -73,7 +153,7 @@ def check_layers(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
     saved = state["layers"]
     ours, theirs = set(sp.layers), set(saved)
     if ours != theirs:
-        raise ValueError(
+        raise InputError(
             "this checkpoint is from a different model or sparse-layer selection: "
             f"missing here {sorted(theirs - ours)}, not in checkpoint {sorted(ours - theirs)}; "
             "build the same model with the same include/exclude before loading"
@@ -81,22 +161,42 @@ def check_layers(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
     for n, s in saved.items():
         shape = list(sp.layers[n].shape)
         if list(s["shape"]) != shape:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint shape of {n} is {s['shape']} but the model's is {shape}: this checkpoint "
-                "comes from a different model"
+                "comes from a different model; build the same model before loading"
             )
 
 
-def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
-    """Restore :func:`state_dict` into ``sp``; checks that it comes from the same model and layers."""
+def check_config(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = True) -> None:
+    """Refuse (``strict``) or warn about a state saved by another algorithm or configuration, and
+    warn about another ``total_steps``."""
+    problems = []
+    if state["algorithm"] != sp.algorithm.name:
+        problems.append(f"algorithm {state['algorithm']!r} (this sparsifier: {sp.algorithm.name!r})")
+    saved, ours = state.get("config"), _plain_config(sp)
+    if saved is not None:
+        diff = sorted(k for k in set(saved) | set(ours) if k != "name" and saved.get(k) != ours.get(k))
+        problems += [f"{k}={saved.get(k)!r} (this sparsifier: {ours.get(k)!r})" for k in diff]
+    if problems:
+        msg = (f"this Sparsifier state was saved with {', '.join(problems)}; build the sparsifier with the "
+               "saved settings, or pass strict=False to load it into this configuration on purpose")
+        if strict:
+            raise InputError(msg)
+        warnings.warn("sparsetrain: " + msg.split("; build")[0] + "; loading it anyway (strict=False)",
+                      InputWarning, stacklevel=4)
+    total = state.get("total_steps")
+    if total is not None and sp.total_steps is not None and int(total) != sp.total_steps:
+        warnings.warn(
+            f"sparsetrain: this Sparsifier state was saved with total_steps={total}, this sparsifier has "
+            f"total_steps={sp.total_steps}; its schedules follow the new length from here on "
+            "(build it with the saved total_steps to continue the same run)", InputWarning, stacklevel=4)
+
+
+def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = True) -> None:
+    """Restore :func:`state_dict` into ``sp``, all or nothing (see the module docstring)."""
     check_format(state)
     check_layers(sp, state)
-    if state["algorithm"] != sp.algorithm.name:
-        warnings.warn(
-            f"sparsetrain: loading a {state['algorithm']!r} state into a {sp.algorithm.name!r} sparsifier",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    check_config(sp, state, strict)
     for n, s in state["layers"].items():
         l = sp.layers[n]
         dev = l.param.device
@@ -113,8 +213,6 @@ def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
         last = s.get("last_grown")
         l.last_grown = last.to(torch.int64).clone() if last is not None else None
         l.grad_buffer = None
-        if int(torch.count_nonzero(l.mask)) != l.n_active:
-            raise ValueError(f"corrupt checkpoint: mask of {n} has {int(torch.count_nonzero(l.mask))} active weights, expected {l.n_active}")
     sp.step = int(state["step"])
     sp.updates = int(state["updates"])
     sp.dense_grad_steps = int(state["dense_grad_steps"])

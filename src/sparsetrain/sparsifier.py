@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 import weakref
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -32,6 +33,7 @@ from torch import nn
 from . import capture, checkpoint, distributed as dist_mod, metrics as metrics_mod
 from .algorithms import Algorithm
 from .checkpoint import STATE_FORMAT
+from .errors import InputError, InputTypeError, InputWarning
 from .initial import build_layers
 from .masks import LayerState
 from .registry import make_algorithm
@@ -45,6 +47,23 @@ log = logging.getLogger(__name__)
 
 # optimizer -> the Sparsifier attached to it (two sparsifiers on one optimizer would fight)
 _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weakref.WeakKeyDictionary()
+
+
+# id(parameter) -> (weak parameter, weak Sparsifier): whose hooks act on a parameter (a second
+# Sparsifier on the same weights, e.g. from a re-run notebook cell, would fight the first)
+_OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+
+def _check_not_attached(selected) -> None:
+    """Refuse parameters whose hooks belong to another (not removed) Sparsifier."""
+    for s in selected:
+        entry = _OWNERS.get(id(s.param))
+        if entry is not None and entry[0]() is s.param and entry[1]() is not None:
+            raise RuntimeError(
+                f"{s.name} is already sparsified by another Sparsifier ({entry[1]()!r}), whose hooks would keep "
+                "acting on it; call .remove() on that Sparsifier first (e.g. sp.remove() before re-running the "
+                "cell), or keep using it"
+            )
 
 
 class _Hooks(Hooks):
@@ -143,10 +162,15 @@ class Sparsifier:
                 "a Sparsifier is already attached to this optimizer; call .remove() on it first "
                 "(or load its state with load_state_dict instead of building a second one)"
             )
-        if total_steps is not None and int(total_steps) <= 0:
-            raise ValueError(f"total_steps must be a positive number of optimizer steps, got {total_steps}")
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, (int, float))
+                                        or total_steps != int(total_steps) or total_steps <= 0):
+            raise InputError(f"total_steps must be a positive whole number of optimizer steps (len(loader) * epochs), "
+                             f"got {total_steps!r}")
         if distributed not in (True, False, "auto"):
-            raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
+            raise InputError(f"distributed must be True, False or 'auto', got {distributed!r}")
+        for what, flag in (("track_usage", track_usage), ("nan_safe", nan_safe)):
+            if not isinstance(flag, bool):
+                raise InputTypeError(f"{what} must be True or False, got {flag!r}")
         self.model = model
         self.optimizer = optimizer
         self.algorithm = algorithm
@@ -166,12 +190,14 @@ class Sparsifier:
         self._reduced_at = -1
         self.generator = torch.Generator().manual_seed(self.algorithm.seed)
         self._enabled = True
+        self._warned_past_end = False
         self._handles: list[Any] = []
 
         #: what is sparse, what is left dense and why (:class:`~sparsetrain.selection.Selection`)
         self.selection = plan_selection(model, include, exclude, dense)
         selected = self.selection.selected
         check_selected(selected, optimizer)
+        _check_not_attached(selected)
         if state is not None:
             checkpoint.check_format(state)
         with self.hooks_disabled():
@@ -179,6 +205,9 @@ class Sparsifier:
                 algorithm, model, selected, self.selection.pinned, self.generator, optimizer,
                 self.track_usage, state)
         self._attach()
+        self._claimed = [id(s.param) for s in selected]
+        for s in selected:
+            _OWNERS[id(s.param)] = (weakref.ref(s.param), weakref.ref(self))
         if state is not None:
             self.load_state_dict(state)  # ends by enforcing the saved masks
         else:
@@ -211,6 +240,11 @@ class Sparsifier:
             layer.storage.detach()
         if _ATTACHED.get(self.optimizer) is self:
             del _ATTACHED[self.optimizer]
+        for key in self._claimed:
+            entry = _OWNERS.get(key)
+            if entry is not None and entry[1]() is self:
+                del _OWNERS[key]
+        self._claimed = []
 
     @contextlib.contextmanager
     def hooks_disabled(self):
@@ -266,6 +300,13 @@ class Sparsifier:
             if group is not None:
                 self._reduce_once(group)
         self.step += 1
+        if self.total_steps is not None and self.step > self.total_steps and not self.updates_paused \
+                and not self._warned_past_end:
+            self._warned_past_end = True
+            warnings.warn(
+                f"sparsetrain: optimizer step {self.step} is past total_steps={self.total_steps}: the schedules "
+                "(end, drop fraction, pruning) have run their course, so no further update follows their plan; "
+                "pass the real run length as total_steps (len(loader) * epochs)", InputWarning, stacklevel=3)
         self.apply_masks()
         if self.algorithm.dense_grad_every_step:
             # e.g. SNFS's momentum of dense gradients; every such step costs a dense weight gradient
@@ -378,6 +419,9 @@ class Sparsifier:
         """
         return checkpoint.state_dict(self)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; checks that it comes from the same model and layers."""
-        checkpoint.load_state_dict(self, state)
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Restore :meth:`state_dict`, all or nothing: a state that is damaged (checksum), from another
+        model or layer selection, or from another algorithm configuration is refused with an
+        :class:`~sparsetrain.errors.InputError` before anything changes; ``strict=False`` loads a
+        state of another configuration on purpose, with a warning (see :mod:`~sparsetrain.checkpoint`)."""
+        checkpoint.load_state_dict(self, state, strict)

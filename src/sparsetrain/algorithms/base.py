@@ -13,17 +13,38 @@ An :class:`Algorithm` never touches the optimizer or the weights: the
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
 from .. import scores
-from ..distributions import DistributionSpec
+from ..distributions import DISTRIBUTIONS, DistributionSpec
+from ..errors import InputError, InputTypeError, ScheduleWarning
 from ..masks import LayerState
 from ..schedules import DropSchedule, UpdateSchedule, make_drop_schedule
 
 __all__ = ["Algorithm", "UpdateContext", "GROW_INITS"]
+
+
+def _number(what: str, value: Any, expect: str) -> float:
+    """``value`` as a float, refusing bools, strings and non-numbers with a message naming ``what``."""
+    if isinstance(value, (bool, str)):
+        raise InputTypeError(f"{what} must be {expect}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputTypeError(f"{what} must be {expect}, got {value!r}") from None
+
+
+def _whole(what: str, value: Any, low: Optional[int], expect: str) -> int:
+    """``value`` as an int (a whole float is accepted), at least ``low``; a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or (low is not None and value < low):
+        raise InputError(f"{what} must be {expect}, got {value!r}")
+    return int(value)
 
 #: How regrown weights start: exactly zero, or a draw from N(0, std of the layer's initial weights).
 GROW_INITS = ("zero", "init")
@@ -85,17 +106,34 @@ class Algorithm:
         grow_init: str = "zero",
         erk_power: float = 1.0,
     ):
-        try:
-            density = float(density)
-        except (TypeError, ValueError):
-            raise TypeError(f"density must be a number in (0, 1], got {density!r}") from None
+        density = _number("density", density, "a number in (0, 1], e.g. density=0.1 for 90% sparsity")
         if not 0.0 < density <= 1.0 or density != density:
-            raise ValueError(
+            raise InputError(
                 f"density must lie in (0, 1] (the fraction of weights kept), got {density}; "
                 f"for 90% sparsity pass density=0.1"
             )
         if grow_init not in GROW_INITS:
-            raise ValueError(f"unknown grow_init {grow_init!r}; valid values are {', '.join(GROW_INITS)}")
+            raise InputError(f"unknown grow_init {grow_init!r}; valid values are {', '.join(GROW_INITS)}")
+        update_interval = _whole("update_interval", update_interval, 1, "a number of optimizer steps >= 1, e.g. 100")
+        start = _whole("start", start, 0, "the first optimizer step at which updates may happen (>= 0)")
+        seed = _whole("seed", seed, None, "an integer")
+        if not isinstance(drop_fraction, DropSchedule):
+            drop_fraction = _number("drop_fraction", drop_fraction, "a fraction in [0, 1] or a DropSchedule")
+        erk_power = _number("erk_power", erk_power, "a number >= 0 (0 gives uniform densities)")
+        if not erk_power >= 0 or erk_power == float("inf"):
+            raise InputError(f"erk_power must be a finite number >= 0 (0 gives uniform densities), got {erk_power}")
+        if isinstance(distribution, str) and distribution.lower() not in DISTRIBUTIONS:
+            raise InputError(
+                f"unknown distribution {distribution!r}; valid names are {', '.join(DISTRIBUTIONS)}, "
+                "or pass a dict of parameter name -> density, or a callable f(names, shapes, density)"
+            )
+        if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float))):
+            raise InputTypeError(f"end must be a fraction of the run (a float in (0, 1]), a step count or None, got {end!r}")
+        if isinstance(end, float) and end > 1.0 and end != int(end):
+            raise InputError(
+                f"end={end} is neither a fraction of the run (a float in (0, 1]) nor a whole number of steps: "
+                "pass e.g. end=0.75 to stop updating at 75% of training, or end=3000 for step 3000"
+            )
         self.density = density
         self.distribution = distribution
         self.update_schedule = UpdateSchedule(int(update_interval), int(start), end)
@@ -129,9 +167,38 @@ class Algorithm:
             self.update_schedule.end_step(total_steps)
             self.drop_fraction(self.update_schedule.interval, total_steps)
         except ValueError as exc:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}: {exc}. Pass total_steps=len(loader) * epochs to the Sparsifier."
             ) from None
+        first = self.first_update_step(total_steps)
+        if first is None:
+            sched = self.update_schedule
+            end = sched.end_step(total_steps)
+            where = (f"ending at end={sched.end!r}" + (f" (step {end})" if end != sched.end else "")
+                     if end is not None else "with no end")
+            run = f"total_steps={total_steps}" if total_steps is not None else "an unknown run length"
+            warnings.warn(
+                f"{type(self).__name__}: no topology update fits in this run (updates every update_interval="
+                f"{sched.interval} steps from start={sched.start}, {where}, in {run}), so it would train a "
+                "static mask; lower update_interval, move end later (end=None: until the end), or train longer",
+                ScheduleWarning, stacklevel=3,
+            )
+
+    def first_update_step(self, total_steps: Optional[int]) -> Optional[int]:
+        """The first optimizer step followed by a topology update in a run of ``total_steps``
+        (``None``: no update fits; a static algorithm has none)."""
+        if not self.dynamic:
+            return None
+        sched = self.update_schedule
+        end = sched.end_step(total_steps)
+        limit = min(x for x in (end - 1 if end is not None else None, total_steps, sched.start + 10_000 * sched.interval)
+                    if x is not None)
+        t = max(1, -(-sched.start // sched.interval)) * sched.interval
+        while t <= limit:
+            if self.is_update_step(t, total_steps):
+                return t
+            t += sched.interval
+        return None if t <= sched.start + 10_000 * sched.interval else t
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(density={self.density}, distribution={self.distribution!r})"
