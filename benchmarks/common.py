@@ -20,3 +20,16 @@ def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def machine_header() -> str:
+    """What a speed number holds for: CPU model and SIMD sets, threads, the kernels' compiler,
+    flags, build and instruction set, torch's version (printed first by every benchmark)."""
+    from sparsetrain.sparse import kernels
+
+    d = kernels.describe()
+    isa = d["isa"] or f"not built ({(d['native_error'] or '').splitlines()[0][:120] if d['native_error'] else 'off'})"
+    return (f"machine: {d['cpu']} ({d['machine']}; SIMD {' '.join(d['cpu_simd']) or 'unknown'}), "
+            f"{d['threads']} threads, torch {d['torch']}\n"
+            f"kernels: backend {d['backend']}, instruction set {isa}, compiler {d['compiler']}, flags {d['flags']}, "
+            f"build {d['build']}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import sys
 import torch
 from torch import nn
 
-from common import step, timed
+from common import machine_header, step, timed
 
 import sparsetrain as st
 from sparsetrain.sparse import kernels, to_sparse
@@ -110,6 +109,10 @@ def measure(density: float, steps: int) -> dict:
         "infer_sparse_ms": 1e3 * statistics.median(is_),
     }
     row["train_speedup"] = row["train_dense_ms"] / row["train_sparse_ms"]
+    # the kernels each layer's operations ran on (auto: measured per operation and shape class)
+    from sparsetrain.experiments.build import kernel_choices
+
+    row["kernels"] = kernel_choices(sm, BATCH)
     row["infer_speedup"] = row["infer_dense_ms"] / row["infer_sparse_ms"]
     if ssp is not None and density < 1.0:
         upd = []
@@ -183,12 +186,12 @@ def main(argv=None) -> int:
     if args.kernels:
         os.environ["SPARSETRAIN_KERNELS"] = args.kernels  # also for the RSS subprocesses
         kernels.set_backend(args.kernels)
-    used = "native" if kernels.backend() != "torch" and kernels.native_available() else "torch"
+    used = kernels.backend() if kernels.native_available() else "torch"
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; MLP {IN}-"
-          f"{'-'.join([str(WIDTH)] * DEPTH)}-{OUT}, batch {BATCH}; SparseLinear kernels: {used}")
+    print(machine_header())
+    print(f"MLP {IN}-{'-'.join([str(WIDTH)] * DEPTH)}-{OUT}, batch {BATCH}; SparseLinear kernels: {used}")
     print("| density | train step dense (ms) | sparse (ms) | speed-up | inference dense (ms) | sparse (ms) | speed-up "
           "| update step (sparse steps) | (param+opt) / (nnz·4), with indices | training RSS dense (MiB) | sparse (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -203,12 +206,15 @@ def main(argv=None) -> int:
               f"{r.get('update_step_in_steps', float('nan')):.1f} | {r.get('state_over_nnz4', float('nan')):.2f} / {r.get('state_and_index_over_nnz4', float('nan')):.2f} | "
               f"{r.get('train_rss_dense_mib', float('nan')):.0f} | {r.get('train_rss_sparse_mib', float('nan')):.0f} |",
               flush=True)
+        print("  kernels per layer (forward / input grad / weight grad): " + "; ".join(
+            f"{n}: {c['spmm']}/{c['spmm_t']}/{c['sddmm']}" for n, c in r.get("kernels", {}).items()), flush=True)
     prof_table = profile(args.profile) if args.profile else None
     if prof_table:
         print(f"\nprofile of the truly sparse training step at density {args.profile}:\n{prof_table}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "kernels": used, "rows": rows,
+            json.dump({"machine": kernels.describe(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "kernels": used, "rows": rows,
                        "profile": prof_table}, f, indent=1)
     return 0
 

@@ -14,3 +14,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_autotune_cache(tmp_path_factory):
+    """Kernel-choice decisions (sparsetrain.sparse.autotune) go to a fresh directory, never the
+    user's cache: each test session measures its own."""
+    import os
+
+    saved = os.environ.get("SPARSETRAIN_CACHE_DIR")
+    os.environ["SPARSETRAIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("sparsetrain-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("SPARSETRAIN_CACHE_DIR", None)
+    else:
+        os.environ["SPARSETRAIN_CACHE_DIR"] = saved

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from sparsetrain.sparse import kernels
@@ -34,12 +34,35 @@ def test_the_kernels_build_on_a_machine_with_a_compiler():
     assert kernels.native_available(), kernels.native_error()
 
 
+def _isas():
+    return kernels.isas() if (shutil.which("c++") or shutil.which("g++")) and kernels.native_available() else []
+
+
+@pytest.fixture
+def on_isa(request):
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa("best")
+
+
 @needs_compiler
-@settings(max_examples=40, deadline=None)
-@given(rows=hs.integers(1, 40), k=hs.integers(1, 50), batch=hs.integers(0, 40), density=hs.floats(0.0, 1.0),
+def test_the_widest_instruction_set_is_chosen_and_others_can_be_forced():
+    names = kernels.isas()
+    assert names[0] == "generic" and kernels.isa() == names[-1]
+    assert set(names) <= {"generic", "avx2", "avx512"}
+    with pytest.raises(ValueError, match="not available on this CPU"):
+        kernels.set_isa("avx1024")
+    info = kernels.describe()
+    assert info["isa"] == names[-1] and "-march=native" not in info["flags"] and info["cpu"]
+
+
+@needs_compiler
+@pytest.mark.parametrize("on_isa", _isas(), indirect=True)  # every path this CPU can run
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=hs.integers(1, 40), k=hs.integers(1, 50), batch=hs.integers(0, 70), density=hs.floats(0.0, 1.0),
        seed=hs.integers(0, 2**16), int64=hs.booleans())
-def test_spmm_and_sddmm_equal_dense_products(rows, k, batch, density, seed, int64):
-    assert kernels.native_available()
+def test_spmm_and_sddmm_equal_dense_products(on_isa, rows, k, batch, density, seed, int64):
+    assert kernels.native_available() and kernels.isa() == on_isa
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(rows, k, generator=g) < density  # empty rows, empty matrices included
     w = torch.randn(rows, k, generator=g) * mask

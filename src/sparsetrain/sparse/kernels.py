@@ -8,18 +8,27 @@ SparseLinear layers produces them without copies):
 
 - ``spmm``: ``Y = A · Xᵀ`` for a CSR ``A`` (optionally with its values read through a
   permutation, which gives the transposed product for the input gradient without a copy): the
-  batch is cut into 32-column strips packed so each stays in cache while all rows stream over
-  it; every stored entry costs one 128-byte load and two 16-wide multiply-adds per strip (the
-  bias, if given, is added in the kernel);
+  batch is cut into strips of two vectors' width, packed so each stays in cache while all rows
+  stream over it; every stored entry costs two vector loads and two fused multiply-adds per
+  strip (the bias, if given, is added in the kernel);
 - ``sddmm``: the value gradient, one dot product of length B per stored entry.
+
+**Instruction sets.** The source holds each kernel three times — AVX-512F and AVX2+FMA with
+explicit intrinsics, and a portable 4-lane version (SSE2 / NEON) — and is compiled with generic
+flags (``-O3``, never ``-march=native``): the binary runs on any CPU of the architecture, its
+speed does not depend on the compiler's tuning for the build machine, and the widest set the CPU
+supports is chosen at run time (:func:`isa`; :func:`set_isa` forces a narrower one, which the
+tests use to check every path the CPU has).
 
 They are compiled with :func:`torch.utils.cpp_extension.load` the first time a SparseLinear
 computes on CPU in float32 (a C++ compiler and ``ninja`` are needed: ``pip install
-'sparsetrain[native]'``; about 10 s, cached afterwards in torch's extension directory,
+'sparsetrain[native]'``; under a minute, cached afterwards in torch's extension directory,
 ``TORCH_EXTENSIONS_DIR`` moves it). The choice of backend:
 
-- ``SPARSETRAIN_KERNELS=auto`` (default): the compiled kernels when they build, else torch's
-  kernels, with one warning in the log saying why;
+- ``SPARSETRAIN_KERNELS=auto`` (default): per operation and shape, whichever of the compiled
+  kernels and torch's kernels is faster *on this machine*, measured on first use and cached on
+  disk (:mod:`sparsetrain.sparse.autotune`); torch's kernels when the compiled ones do not build,
+  with one warning in the log saying why;
 - ``native``: the compiled kernels or an error;
 - ``torch``: torch's kernels only (no compilation).
 
@@ -40,12 +49,14 @@ from typing import Optional
 
 import torch
 
-__all__ = ["backend", "set_backend", "native_available", "native_error", "spmm", "sddmm", "use_native"]
+__all__ = ["backend", "set_backend", "native_available", "native_error", "spmm", "sddmm", "use_native", "isa",
+           "isas", "set_isa", "build_flags", "build_key", "describe"]
 
 log = logging.getLogger(__name__)
 
 _BACKENDS = ("auto", "native", "torch")
 _SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
+_BODY = _SOURCE.with_name("kernels_body.inc")  # included by kernels.cpp once per instruction set
 _lock = threading.Lock()
 _state: dict = {"backend": None, "loaded": None, "error": None}
 
@@ -76,17 +87,17 @@ def set_backend(name: str) -> None:
     _state["backend"] = name
 
 
-def _cpu_tag() -> str:
-    """Identifies the CPU the kernels are compiled for (``-march=native``): a cached build from
-    another CPU model in a shared home directory must not be loaded."""
-    flags = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features", "model name")):
-                flags += line
-    except OSError:
-        pass
-    return flags
+def build_flags() -> list[str]:
+    """The compiler flags of the kernels: generic (no ``-march=native``), so the binary and its
+    speed are the same on every CPU of the architecture; the instruction set is chosen at run time."""
+    return ["-O3", "-fopenmp"]
+
+
+def build_key() -> str:
+    """Identifies a build: the sources, the flags and torch's version (12 hex digits)."""
+    text = "\0".join([_SOURCE.read_text(), _BODY.read_text(), " ".join(build_flags()), torch.__version__,
+                      platform.machine()])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _build() -> None:
@@ -99,16 +110,8 @@ def _build() -> None:
         here = Path(sys.executable).parent
         if (here / "ninja").exists():
             os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
-    source = _SOURCE.read_text()
-    cflags = ["-O3", "-fopenmp"]
-    arch = platform.machine().lower()
-    if arch in ("x86_64", "amd64"):
-        cflags.append("-march=native")
-    elif arch in ("aarch64", "arm64"):
-        cflags.append("-mcpu=native")
-    key = hashlib.sha256("\0".join([source, " ".join(cflags), torch.__version__, _cpu_tag()]).encode()).hexdigest()
-    cpp_extension.load(name=f"sparsetrain_kernels_{key[:12]}", sources=[str(_SOURCE)], extra_cflags=cflags,
-                       extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    cpp_extension.load(name=f"sparsetrain_kernels_{build_key()}", sources=[str(_SOURCE)],
+                       extra_cflags=build_flags(), extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
 
 
 def native_available() -> bool:
@@ -160,3 +163,64 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, gyt: torch.Tensor, xt: torch.Te
     """``(gyt @ xtᵀ)`` sampled at the stored entries of the CSR structure ``(crow, col)``, in its
     order (``gyt``: ``rows × B``, ``xt``: ``K × B``); returns an ``nnz`` vector."""
     return torch.ops.sparsetrain.sddmm(crow, col, gyt.contiguous(), xt.contiguous())
+
+
+def isas() -> list[str]:
+    """The instruction sets the compiled kernels can use on this CPU, narrowest first
+    (``["generic", "avx2", "avx512"]`` on an AVX-512 machine); ``[]`` without the kernels."""
+    return list(torch.ops.sparsetrain.isas()) if native_available() else []
+
+
+def isa() -> Optional[str]:
+    """The instruction set the compiled kernels run on (the widest available unless
+    :func:`set_isa` chose another); ``None`` without the kernels."""
+    return str(torch.ops.sparsetrain.isa()) if native_available() else None
+
+
+def set_isa(name: str) -> str:
+    """Run the compiled kernels on ``name`` (one of :func:`isas`, or ``"best"``); returns it.
+    For tests and measurements: the default, the widest set, is the fastest."""
+    if not native_available():
+        raise RuntimeError(f"the compiled sparsetrain kernels are not available: {native_error()}")
+    try:
+        return str(torch.ops.sparsetrain.set_isa(str(name)))
+    except RuntimeError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+
+
+def _compiler() -> str:
+    import subprocess
+
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=10).stdout
+        return out.splitlines()[0].strip() if out else cxx
+    except (OSError, subprocess.SubprocessError):
+        return f"{cxx} (not found)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` or :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> dict:
+    """What the kernels run on: CPU model, the CPU's SIMD sets, the compiler and flags, the build,
+    the configured backend and the instruction set in use (for benchmark reports)."""
+    simd = []
+    try:
+        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith(("flags", "Features"))), "")
+        simd = sorted({f for f in flags.split(":", 1)[-1].split() if f in ("sse4_2", "avx", "avx2", "fma", "avx512f",
+                                                                         "avx512bw", "avx512vl", "avx512_bf16",
+                                                                         "amx_tile", "asimd", "sve")})
+    except OSError:
+        pass
+    return {"cpu": cpu_model(), "machine": platform.machine(), "cpu_simd": simd, "threads": torch.get_num_threads(),
+            "compiler": _compiler(), "flags": " ".join(build_flags()), "build": build_key(), "backend": backend(),
+            "native": native_available(), "isa": isa(), "native_error": native_error(), "torch": torch.__version__}

@@ -1,0 +1,96 @@
+"""sparsetrain.sparse.autotune: measured kernel and execution choices, cached per machine."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from sparsetrain.sparse import SparseLinear, autotune, kernels
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARSETRAIN_AUTOTUNE", raising=False)
+    saved = dict(kernels._state)
+    kernels._state["backend"] = "auto"
+    yield tmp_path
+    kernels._state.update(saved)
+
+
+def test_shape_classes_round_batch_and_density():
+    assert autotune.shape_class("spmm", 4096, 4096, 256, int(0.02 * 4096 * 4096)) == "spmm 4096x4096 b256 d2^-5.5"
+    assert autotune.shape_class("spmm", 10, 10, 200, 12) == autotune.shape_class("spmm", 10, 10, 129, 13)
+    assert autotune.shape_class("spmm", 10, 10, 128, 10) != autotune.shape_class("spmm", 10, 10, 129, 10)
+    assert autotune.shape_class("sddmm", 10, 10, 1, 100) == "sddmm 10x10 b1 d2^0"
+
+
+def test_the_faster_side_wins_and_the_decision_is_cached_on_disk(cache):
+    calls = {"native": 0, "torch": 0}
+
+    def slow():
+        calls["native"] += 1
+        time.sleep(0.004)
+
+    def fast():
+        calls["torch"] += 1
+
+    assert autotune.prefer_native("spmm", 64, 32, 100, 50, slow, fast, reps=3) is False
+    assert calls == {"native": 4, "torch": 4}  # a warm-up and three interleaved repetitions each
+    saved = json.loads(autotune.cache_file().read_text())
+    (entries,) = saved.values()
+    (key, decision) = next(iter(entries.items()))
+    assert key == "spmm 64x32 b128 d2^-5.5" and decision["choice"] == "torch" and decision["native_ms"] > 3
+    # cached: no more measuring, also after the in-memory table is dropped (a new process)
+    autotune._loaded.clear()
+    assert autotune.prefer_native("spmm", 64, 32, 120, 50, fast, slow) is False and calls["torch"] == 4
+    assert autotune.prefer_native("spmm_t", 64, 32, 120, 50, fast, slow, reps=1) is True
+    autotune.clear()
+    assert autotune.decisions() == {}
+
+
+def test_measuring_can_be_turned_off(cache, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_AUTOTUNE", "0")
+    assert autotune.prefer_native("spmm", 8, 8, 8, 8, lambda: 1 / 0, lambda: 1 / 0) is True
+    assert autotune.sparse_layer_faster(100, 100, 32, 0.1) and not autotune.sparse_layer_faster(100, 100, 32, 0.5)
+    assert not autotune.cache_file().exists()
+
+
+def test_an_unwritable_cache_keeps_decisions_in_memory(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SPARSETRAIN_CACHE_DIR", str(blocker / "sub"))
+    autotune._state["warned"] = False
+    assert autotune.prefer_native("spmm", 8, 8, 8, 8, lambda: None, lambda: time.sleep(0.002), reps=1)
+    assert "cannot write the autotune cache" in caplog.text
+    assert autotune.decisions()
+
+
+@pytest.mark.skipif(not kernels.native_available(), reason="the compiled kernels do not build here")
+def test_sparse_linear_follows_the_recorded_choice_per_operation(cache, monkeypatch):
+    torch.manual_seed(0)
+    layer = SparseLinear.from_linear(torch.nn.Linear(24, 16), torch.rand(16, 24) < 0.3)
+    x = torch.randn(8, 24, requires_grad=True)
+    nnz = layer.nnz
+    table = autotune._table()
+    table[autotune.shape_class("spmm", 16, 24, 8, nnz)] = {"choice": "torch"}
+    table[autotune.shape_class("spmm_t", 24, 16, 8, nnz)] = {"choice": "native"}
+    table[autotune.shape_class("sddmm", 16, 24, 8, nnz)] = {"choice": "torch"}
+    used = []
+    real_spmm, real_sddmm = kernels.spmm, kernels.sddmm
+    monkeypatch.setattr(kernels, "spmm", lambda *a, **k: used.append("perm" in k) or real_spmm(*a, **k))
+    monkeypatch.setattr(kernels, "sddmm", lambda *a, **k: used.append("sddmm") or real_sddmm(*a, **k))
+    y = layer(x)
+    y.square().sum().backward()
+    assert used == [True]  # only the input gradient (the transposed product) ran on the compiled kernels
+    ref = torch.nn.functional.linear(x.detach().requires_grad_(), layer.dense_weight().detach(), layer.bias.detach())
+    torch.testing.assert_close(y, ref)
+
+
+@pytest.mark.skipif(not kernels.native_available(), reason="the compiled kernels do not build here")
+def test_layer_break_even_is_measured_once(cache):
+    first = autotune.sparse_layer_faster(256, 256, 64, 0.02, reps=2)
+    (entry,) = [v for k, v in autotune.decisions().items() if k.startswith("layer ")]
+    assert entry["choice"] == ("sparse" if first else "masked") and entry["sparse_ms"] > 0 and entry["masked_ms"] > 0
+    assert autotune.sparse_layer_faster(256, 256, 64, 0.02) == first
