@@ -43,7 +43,7 @@ def test_the_faster_side_wins_and_the_decision_is_cached_on_disk(cache):
     (key, decision) = next(iter(entries.items()))
     assert key == "spmm 64x32 b128 d2^-5.5" and decision["choice"] == "torch" and decision["native_ms"] > 3
     # cached: no more measuring, also after the in-memory table is dropped (a new process)
-    autotune._loaded.clear()
+    autotune._loaded.clear(), autotune._fast.clear()
     assert autotune.prefer_native("spmm", 64, 32, 120, 50, fast, slow) is False and calls["torch"] == 4
     assert autotune.prefer_native("spmm_t", 64, 32, 120, 50, fast, slow, reps=1) is True
     autotune.clear()

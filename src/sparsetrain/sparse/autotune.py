@@ -27,6 +27,7 @@ Timings are medians of interleaved repetitions after a warm-up; measure on a qui
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -49,15 +50,21 @@ DEFAULT_BREAK_EVEN = 0.2
 
 _lock = threading.RLock()
 _loaded: dict[str, dict[str, Any]] = {}  # machine key -> {shape class -> decision}
+# (op, rows, cols, batch, nnz, threads, cache dir) -> use native: the per-call fast path
+_fast: dict[tuple, bool] = {}
 _state: dict[str, Any] = {"path": None, "warned": False}
 
 
 def cache_dir() -> Path:
     """Where decisions are kept (see the module docstring)."""
-    if os.environ.get("SPARSETRAIN_CACHE_DIR"):
-        return Path(os.environ["SPARSETRAIN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sparsetrain"
+    return _cache_dir(os.environ.get("SPARSETRAIN_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_dir(explicit: Optional[str], xdg: Optional[str]) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(xdg or os.path.join(os.path.expanduser("~"), ".cache")) / "sparsetrain"
 
 
 def cache_file() -> Path:
@@ -91,6 +98,7 @@ def _table() -> dict[str, Any]:
     path = cache_file()
     if _state["path"] != path:  # first use, or the cache directory moved (tests)
         _loaded.clear()
+        _fast.clear()
         _state["path"] = path
     if key not in _loaded:
         saved: dict[str, Any] = {}
@@ -107,6 +115,7 @@ def _save() -> None:
 
     path = cache_file()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         everything: dict[str, Any] = {}
         try:
             everything = json.loads(path.read_text())
@@ -157,8 +166,12 @@ def prefer_native(op: str, rows: int, cols: int, batch: int, nnz: int, native: C
     shape class; measured once on the calls given, then read from the cache."""
     if not enabled():
         return True
-    return _decide(shape_class(op, rows, cols, batch, nnz), native, fallback, ("native", "torch"), reps)["choice"] \
-        == "native"
+    fast = (op, rows, cols, batch, nnz, torch.get_num_threads(), os.environ.get("SPARSETRAIN_CACHE_DIR"))
+    hit = _fast.get(fast)
+    if hit is None:
+        decision = _decide(shape_class(op, rows, cols, batch, nnz), native, fallback, ("native", "torch"), reps)
+        hit = _fast[fast] = decision["choice"] == "native"
+    return hit
 
 
 def sparse_layer_faster(in_features: int, out_features: int, batch: int, density: float,
@@ -221,4 +234,5 @@ def clear() -> None:
     """Forget this machine's decisions (in memory and in the cache file)."""
     with _lock:
         _table().clear()
+        _fast.clear()
         _save()

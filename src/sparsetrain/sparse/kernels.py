@@ -37,6 +37,7 @@ computes on CPU in float32 (a C++ compiler and ``ninja`` are needed: ``pip insta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -93,6 +94,7 @@ def build_flags() -> list[str]:
     return ["-O3", "-fopenmp"]
 
 
+@functools.lru_cache(maxsize=None)
 def build_key() -> str:
     """Identifies a build: the sources, the flags and torch's version (12 hex digits)."""
     text = "\0".join([_SOURCE.read_text(), _BODY.read_text(), " ".join(build_flags()), torch.__version__,
@@ -199,6 +201,7 @@ def _compiler() -> str:
         return f"{cxx} (not found)"
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` or :func:`platform.processor`)."""
     try:
