@@ -15,8 +15,9 @@ from torch import nn
 from .. import registry
 from ..distributions import layer_densities
 from .config import RunConfig
-from .data import load_dataset
+from .data import ContextLoader, load_dataset
 from .loader import Loader
+from .models import model_context
 
 __all__ = ["AUTO_BREAK_EVEN", "build_loaders", "build_optimizer", "build_scheduler", "build_algorithm",
            "convert_execution", "kernels_used"]
@@ -32,8 +33,17 @@ AUTO_BREAK_EVEN = 0.2
 
 def build_loaders(cfg: RunConfig) -> tuple[Loader, Loader, dict[str, Any], Optional[int]]:
     """The training and test loaders, the dataset's ``info``, and the side images are padded to
-    (32 for a CIFAR-style model on smaller images, else ``None``)."""
+    (32 for a CIFAR-style model on smaller images, else ``None``). A language model on a text
+    dataset gets :class:`ContextLoader` s of its context length; ``train_subset`` is then the
+    number of training contexts per epoch."""
     train_set, test_set, info = load_dataset(cfg.dataset, root=cfg.data_root)
+    context = model_context(cfg.model)
+    if (info.get("kind") == "text") != (context is not None):
+        raise ValueError(f"model {cfg.model!r} and dataset {cfg.dataset!r} do not fit together: language models "
+                         "(gpt-mini, gpt-micro) train on text datasets (text:stdlib), the others on image datasets")
+    if context is not None:  # a stream: an epoch is train_subset (default EPOCH_CONTEXTS) random contexts
+        train = ContextLoader(train_set, cfg.batch_size, context, cfg.train_subset, shuffle=True, seed=cfg.seed)
+        return train, ContextLoader(test_set, 64, context, shuffle=False, seed=cfg.seed), info, None
     if cfg.train_subset:
         train_set = train_set.head(int(cfg.train_subset))
     pad_to = 32 if cfg.model.lower().startswith(_CIFAR_STYLE) and info["image_size"] < 32 else None

@@ -7,6 +7,9 @@ Everything here depends on torch and the standard library only (no numpy, no tor
   (Pillow), scikit-learn's 8x8 ``digits`` or generates a ``synthetic`` learnable image set,
   and returns ``(train, test, info)``; each format lives in its own module of
   :mod:`sparsetrain.experiments.datasets`.
+* ``text:stdlib`` (:mod:`sparsetrain.experiments.datasets.text`): the Python standard library's
+  sources as a byte-level corpus, split by file, batched into contexts by
+  :class:`~sparsetrain.experiments.datasets.text.ContextLoader`.
 * :class:`Loader` (:mod:`sparsetrain.experiments.loader`) iterates over an
   :class:`InMemoryDataset` in batches of normalised float images, with a shuffling order
   and augmentation fully determined by ``(seed, epoch)`` so a run can be reproduced
@@ -28,6 +31,7 @@ from .datasets.cifar import CIFAR_DIRS, load_cifar
 from .datasets.idx import DOWNLOADS, FASHION_MNIST_DIRS, MNIST_DIRS, load_fashion_mnist, load_mnist, read_idx
 from .datasets.imagefolder import load_imagefolder
 from .datasets.memory import InMemoryDataset, Split, channel_stats
+from .datasets.text import TEXT_DATASETS, ByteCorpus, ContextLoader, load_text
 from .loader import Loader, random_crop
 
 __all__ = [
@@ -37,6 +41,9 @@ __all__ = [
     "CIFAR_DIRS",
     "InMemoryDataset",
     "Loader",
+    "ByteCorpus",
+    "ContextLoader",
+    "TEXT_DATASETS",
     "load_dataset",
     "dataset_name",
     "read_idx",
@@ -47,7 +54,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Canonical dataset names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "digits", "synthetic",
+                             *TEXT_DATASETS)
 
 _ALIASES = {
     "fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
@@ -57,6 +65,7 @@ _ALIASES = {
     "cifar100": "cifar100", "cifar-100": "cifar100", "cifar_100": "cifar100",
     "digits": "digits", "synthetic": "synthetic",
     "imagefolder": "imagefolder", "image-folder": "imagefolder", "image_folder": "imagefolder",
+    **{name: name for name in TEXT_DATASETS},
 }
 
 # the options each dataset takes (all others have none)
@@ -86,7 +95,8 @@ def load_dataset(
 
     Args:
         name: one of :data:`DATASETS` (``fashion-mnist``, ``mnist``, ``cifar10``,
-            ``cifar100``, ``imagefolder``, ``digits``, ``synthetic``; case-insensitive, common
+            ``cifar100``, ``imagefolder``, ``digits``, ``synthetic``, ``text:stdlib`` (which
+            returns :class:`ByteCorpus` splits and ``info["kind"] == "text"``); case-insensitive, common
             spellings such as ``cifar-10`` or ``fashion_mnist`` are accepted).
         root: directory to look in first. Fashion-MNIST is then searched in
             ``./data/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist``; MNIST in
@@ -131,4 +141,6 @@ def load_dataset(
         return load_digits(**options)
     if key == "imagefolder":
         return load_imagefolder(root, **options)
+    if key in TEXT_DATASETS:  # (ByteCorpus, ByteCorpus, info) with info["kind"] == "text"
+        return load_text(key, root)
     return load_synthetic(**options)

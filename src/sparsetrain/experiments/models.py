@@ -20,6 +20,9 @@ Available names:
 * ``resnet18``, ``resnet34``, ``resnet50`` -- ImageNet ResNets adapted to small images:
   3x3 stride-1 stem convolution and no max-pool.
 * ``wrn-22-2`` -- pre-activation Wide ResNet, depth 22, width factor 2, dropout 0.
+* ``gpt-mini``, ``gpt-micro`` -- GPT-style decoders (:mod:`sparsetrain.experiments.gpt`) for the
+  byte-level text datasets: ``num_classes`` is the vocabulary (256) and the context length is the
+  model's own (:func:`model_context`); ``in_channels``/``image_size`` are ignored.
 
 Convolutions use Kaiming-normal initialisation (``fan_out``, ReLU gain) with zero biases;
 BatchNorm starts at weight 1 / bias 0 and linear layers keep PyTorch's defaults, so a
@@ -28,13 +31,17 @@ model is fully determined by ``torch.manual_seed`` before :func:`build_model`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gpt import GPT, GPT_CONFIGS
+
 __all__ = [
+    "model_context",
     "MODELS",
     "build_model",
     "model_names",
@@ -417,6 +424,14 @@ def _wrn(depth: int, width: int) -> Callable[[int, int, int], nn.Module]:
     return factory
 
 
+def _gpt(name: str) -> Callable[[int, int, int], nn.Module]:
+    def factory(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        return GPT(dataclasses.replace(GPT_CONFIGS[name], vocab=num_classes))
+
+    factory.__doc__ = f"Build the GPT-style decoder {name} ({GPT_CONFIGS[name]})."
+    return factory
+
+
 _CIFAR = (16, 32, 64)
 _IMAGENET = (64, 128, 256, 512)
 
@@ -438,7 +453,14 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "resnet34": _resnet(BasicBlock, (3, 4, 6, 3), _IMAGENET),
     "resnet50": _resnet(Bottleneck, (3, 4, 6, 3), _IMAGENET),
     "wrn-22-2": _wrn(22, 2),
+    **{name: _gpt(name) for name in GPT_CONFIGS},
 }
+
+
+def model_context(name: str) -> int | None:
+    """The context length of a language model (its inputs are token sequences), else ``None``."""
+    cfg = GPT_CONFIGS.get(_normalize_name(name)) if isinstance(name, str) else None
+    return cfg.context if cfg is not None else None
 
 
 def model_names() -> list[str]:
@@ -478,6 +500,9 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     key = _normalize_name(name)
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
-    _check_positive(key, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    if key in GPT_CONFIGS:  # a language model: num_classes is the vocabulary, the rest is not used
+        _check_positive(key, num_classes=num_classes)
+    else:
+        _check_positive(key, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     model = MODELS[key](in_channels, num_classes, image_size)
     return init_weights(model)

@@ -52,17 +52,28 @@ def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "inference_flops": _mean_std([r["inference_flops_fraction"] for r in rs])[0],
             "wall_time_s": _mean_std([r["wall_time_s"] for r in rs])[0],
         })
+        if all("test_bpb" in r for r in rs):  # a language model: validation bits per byte, perplexity
+            rows[-1]["bpb_mean"], rows[-1]["bpb_std"] = _mean_std([r["test_bpb"] for r in rs])
+            rows[-1]["ppl_mean"] = _mean_std([r["test_ppl"] for r in rs])[0]
     order = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "dstee": 4}
     rows.sort(key=lambda r: (-r["density"], order.get(r["method"], 9), r["method"]))
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of aggregated rows."""
+    """A markdown table of aggregated rows (language models: validation bits per byte and perplexity
+    first; accuracy is then next-byte accuracy)."""
+    lm = any("bpb_mean" in r for r in rows)
     head = "| method | sparsity | test acc. (%) | seeds | density | R_s | train FLOPs | inference FLOPs | time/run (s) |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    if lm:
+        head = "| method | sparsity | val. bits/byte | val. perplexity | next-byte acc. (%) |" + head.split("test acc. (%) |")[1]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         acc = f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["seeds"] > 1 else f"{r['acc_mean']:.2f}"
+        if lm:
+            bpb = (f"{r['bpb_mean']:.3f} ± {r['bpb_std']:.3f}" if r["seeds"] > 1 else f"{r['bpb_mean']:.3f}") \
+                if "bpb_mean" in r else "–"
+            acc = f"{bpb} | {r['ppl_mean']:.2f} | {acc}" if "ppl_mean" in r else f"{bpb} | – | {acc}"
         lines.append(
             f"| {r['method']} | {100 * (1 - r['density']):.0f}% | {acc} | {r['seeds']} | {r['realised_density']:.4f} | "
             f"{r['itop_rate']:.3f} | {r['train_flops']:.3f}× | {r['inference_flops']:.3f}× | {r['wall_time_s']:.1f} |"
@@ -171,9 +182,13 @@ def plot_accuracy_vs_sparsity(rows: Sequence[dict[str, Any]], path: Path, title:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "dense"]
+    lm = all("bpb_mean" in r for r in rows)  # a language model: validation bits per byte (lower is better)
+    if lm:
+        rows = [{**r, "acc_mean": r["bpb_mean"], "acc_std": r["bpb_std"]} for r in rows]
     for r in rows:
         if r["method"] == "dense":
-            ax.axhline(r["acc_mean"], color="black", ls="--", lw=1, label=f"dense ({r['acc_mean']:.2f}%)")
+            ax.axhline(r["acc_mean"], color="black", ls="--", lw=1,
+                       label=f"dense ({r['acc_mean']:.3f})" if lm else f"dense ({r['acc_mean']:.2f}%)")
             ax.axhspan(r["acc_mean"] - r["acc_std"], r["acc_mean"] + r["acc_std"], color="black", alpha=0.08)
     markers = "osD^v<>pPX*h"
     cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
@@ -183,10 +198,10 @@ def plot_accuracy_vs_sparsity(rows: Sequence[dict[str, Any]], path: Path, title:
         ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, label=m, lw=1.2, ms=5,
                     color=cmap(i % cmap.N))
     ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_ylabel("validation bits per byte, mean ± std over seeds" if lm else "test accuracy (%), mean ± std over seeds")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=7, ncol=2, loc="upper left" if lm else "lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

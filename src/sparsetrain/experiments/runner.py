@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from .loader import Loader
 from .models import build_model
 from .rundir import RUN_FILES, RunDirectory, RunExistsError, json_safe
 
-__all__ = ["RunConfig", "run", "evaluate", "RUN_FILES", "RunExistsError", "Trainer", "TrainState"]
+__all__ = ["RunConfig", "run", "evaluate", "lm_metrics", "RUN_FILES", "RunExistsError", "Trainer", "TrainState"]
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,31 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader, device: Optional[torch.device] = None,
              channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` over ``loader``."""
+    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (for a language model's
+    ``(B, T, V)`` logits: per token, and next-token accuracy)."""
     was = model.training
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
         x, y = _to(x, device, channels_last), y.to(device) if device is not None else y
-        out = model(x).float()
+        out, y = _flat(model(x).float(), y)
         loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
         total += y.numel()
     model.train(was)
     return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def _flat(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, T, V)`` and targets ``(B, T)`` of a language model as ``(B·T, V)`` and ``(B·T,)``."""
+    if out.dim() == 3:
+        return out.reshape(-1, out.shape[-1]), y.reshape(-1)
+    return out, y
+
+
+def lm_metrics(loss: float) -> dict[str, float]:
+    """Bits per byte and perplexity of a byte-level language model from its mean loss per token (nats)."""
+    return {"bpb": loss / math.log(2), "ppl": math.exp(min(loss, 700.0))}
 
 
 def _to(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
@@ -102,6 +116,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.device = device = torch.device(cfg.device)
         self.train, self.test, info, pad_to = build_loaders(cfg)
+        self.language_model = info.get("kind") == "text"  # (B, T, V) outputs: bits per byte, perplexity
         self.model = build_model(cfg.model, info["in_channels"], info["num_classes"],
                                  pad_to or info["image_size"]).to(device)
         if cfg.channels_last:
@@ -221,7 +236,7 @@ class Trainer:
             x, y = _to(x, self.device, cfg.channels_last), y.to(self.device)
             group = min(cfg.accumulate, self.micro - group_start)
             with self._autocast():
-                loss = self.criterion(self.net(x).float(), y)
+                loss = self.criterion(*_flat(self.net(x).float(), y))
             (self.scaler.scale(loss / group) if self.scaler is not None else loss / group).backward()
             s.loss_sum += loss.item() * y.numel()
             s.seen += y.numel()
@@ -263,6 +278,8 @@ class Trainer:
         test_loss, test_acc = self._evaluate(self.model)
         record = {"type": "epoch", "epoch": s.epoch + 1, "step": s.step, "train_loss": s.loss_sum / max(s.seen, 1),
                   "test_loss": test_loss, "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.language_model:
+            record.update({f"test_{k}": v for k, v in lm_metrics(test_loss).items()})
         if self.sparsifier is not None:
             record.update(itop_rate=self.sparsifier.itop_rate, density=self.sparsifier.density)
         if self.tickets is not None:
@@ -342,6 +359,9 @@ class Trainer:
                                                    "drop_fraction", "density") if k in h}
                                 for h in sparsifier.history],
             )
+        if self.language_model:  # validation bits per byte and perplexity of the final model
+            result.update({f"test_{k}": v for k, v in lm_metrics(final_loss).items()})
+            result["best_test_bpb"] = min(r["test_bpb"] for r in curve)
         result.update(extra)
         return result
 

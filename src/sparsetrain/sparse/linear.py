@@ -458,6 +458,9 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
     ``bias``. ``masks`` maps ``"<module>.weight"`` to bool masks (e.g. ``sp.masks`` of a
     masked-dense run); without one a layer keeps its nonzeros (all of them for a fresh layer, so a
     Sparsifier attached next chooses the mask). ``include(name, module)`` limits the conversion.
+    A Linear whose weight is shared with another module (a language model's head tied to the token
+    embedding) is left as it is: the compressed layer would untie it. Inputs may have any leading
+    shape (``(B, T, D)`` in a transformer).
 
     Layers of a model built on the meta device (``with torch.device("meta"): model = ...``)
     become ``deferred`` SparseLinear layers on ``device`` (default CPU): no dense weight is ever
@@ -468,9 +471,15 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
     """
     masks = dict(masks or {})
     names = {id(m): n for n, m in model.named_modules()}
+    holders: dict[int, int] = {}  # id(parameter) -> number of modules holding it
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
 
     def pick(m):
         if type(m) is not nn.Linear:
+            return False
+        if holders.get(id(m.weight), 0) > 1:  # a tied weight (e.g. an LM head sharing the embedding) stays
             return False
         name = names.get(id(m), "")
         return include is None or include(name, m)
