@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sparsetrain.sparse import SparseLinear, autotune, kernels
+from sparsetrain.sparse.execution import sparse_layer_faster
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_the_faster_side_wins_and_the_decision_is_cached_on_disk(cache):
 def test_measuring_can_be_turned_off(cache, monkeypatch):
     monkeypatch.setenv("SPARSETRAIN_AUTOTUNE", "0")
     assert autotune.prefer_native("spmm", 8, 8, 8, 8, lambda: 1 / 0, lambda: 1 / 0) is True
-    assert autotune.sparse_layer_faster(100, 100, 32, 0.1) and not autotune.sparse_layer_faster(100, 100, 32, 0.5)
+    assert sparse_layer_faster(100, 100, 32, 0.1) and not sparse_layer_faster(100, 100, 32, 0.5)
     assert not autotune.cache_file().exists()
 
 
@@ -86,11 +87,3 @@ def test_sparse_linear_follows_the_recorded_choice_per_operation(cache, monkeypa
     assert used == [True]  # only the input gradient (the transposed product) ran on the compiled kernels
     ref = torch.nn.functional.linear(x.detach().requires_grad_(), layer.dense_weight().detach(), layer.bias.detach())
     torch.testing.assert_close(y, ref)
-
-
-@pytest.mark.skipif(not kernels.native_available(), reason="the compiled kernels do not build here")
-def test_layer_break_even_is_measured_once(cache):
-    first = autotune.sparse_layer_faster(256, 256, 64, 0.02, reps=2)
-    (entry,) = [v for k, v in autotune.decisions().items() if k.startswith("layer ")]
-    assert entry["choice"] == ("sparse" if first else "masked") and entry["sparse_ms"] > 0 and entry["masked_ms"] > 0
-    assert autotune.sparse_layer_faster(256, 256, 64, 0.02) == first

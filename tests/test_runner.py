@@ -197,7 +197,10 @@ def test_the_kernel_choice_is_applied_and_recorded(tmp_path):
         r = run(_cfg(epochs=1, execution="sparse", kernels="torch"))
         assert r["sparse_kernels"] == "torch"
         if kernels.native_available():
-            assert run(_cfg(epochs=1, execution="sparse", kernels="auto"))["sparse_kernels"] == "native"
+            assert run(_cfg(epochs=1, execution="sparse", kernels="native"))["sparse_kernels"] == "native"
+            # auto: per operation the faster of the two on this machine, measured and recorded
+            assert run(_cfg(epochs=1, execution="sparse", kernels="auto"))["sparse_kernels"] in ("native", "torch",
+                                                                                                "mixed")
         with pytest.raises(ValueError, match="kernels"):
             run(_cfg(kernels="mkl"))
     finally:

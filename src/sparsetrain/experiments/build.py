@@ -19,16 +19,12 @@ from .data import ContextLoader, load_dataset
 from .loader import Loader
 from .models import model_context
 
-__all__ = ["AUTO_BREAK_EVEN", "build_loaders", "build_optimizer", "build_scheduler", "build_algorithm",
-           "convert_execution", "kernels_used"]
+__all__ = ["build_loaders", "build_optimizer", "build_scheduler", "build_algorithm",
+           "convert_execution", "kernels_used", "kernel_choices"]
 
 log = logging.getLogger(__name__)
 
 _CIFAR_STYLE = ("resnet", "vgg", "wrn")
-
-#: Below this layer density the truly sparse Linear path is faster on CPU (measured by
-#: benchmarks/truly_sparse.py: 1.4× per training step at 20%, 0.2× at 100%; see docs/sparse.md).
-AUTO_BREAK_EVEN = 0.2
 
 
 def build_loaders(cfg: RunConfig) -> tuple[Loader, Loader, dict[str, Any], Optional[int]]:
@@ -110,12 +106,19 @@ def convert_execution(cfg: RunConfig, model: nn.Module, algorithm) -> list[str]:
     linears = {f"{n}.weight": m for n, m in model.named_modules() if type(m) is nn.Linear}
     if cfg.execution == "sparse":
         chosen = set(linears)
-    else:  # auto: the layers whose target density is below the measured break-even
+    else:  # auto: the layers measured to train faster truly sparse at their density, batch and shape
+        from ..sparse.execution import sparse_layer_faster
+
         prunable = [(f"{n}.weight", m.weight.shape) for n, m in model.named_modules()
                     if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
         dens = layer_densities([n for n, _ in prunable], [s for _, s in prunable], algorithm.initial_density,
                                algorithm.distribution, power=algorithm.erk_power)
-        chosen = {n for n in linears if dens.get(n, 1.0) < AUTO_BREAK_EVEN}
+        if cfg.kernels != "auto":
+            from ..sparse import kernels
+
+            kernels.set_backend(cfg.kernels)  # measure the kernels the run will use
+        chosen = {n for n, m in linears.items() if dens.get(n, 1.0) < 1.0
+                  and sparse_layer_faster(m.in_features, m.out_features, cfg.batch_size, dens[n])}
     if chosen:
         from ..sparse import kernels, to_sparse
 
@@ -125,11 +128,35 @@ def convert_execution(cfg: RunConfig, model: nn.Module, algorithm) -> list[str]:
     return sorted(chosen)
 
 
-def kernels_used(model: nn.Module) -> Optional[str]:
-    """Which kernels the model's SparseLinear layers ran on (``"native"`` or ``"torch"``), or ``None``."""
-    from ..sparse import SparseLinear, kernels
+def kernels_used(model: nn.Module, batch: Optional[int] = None) -> Optional[str]:
+    """Which kernels the model's SparseLinear layers ran on: ``"native"``, ``"torch"``, or with the
+    ``auto`` backend and a ``batch``, ``"native"``/``"torch"`` if every measured operation chose it,
+    else ``"mixed"``; ``None`` without SparseLinear layers. :func:`kernel_choices` gives the detail."""
+    from ..sparse import SparseLinear, autotune, kernels
 
     layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
     if not layers:
         return None
-    return "native" if kernels.use_native(layers[0].values, layers[0].values) else "torch"
+    if not kernels.use_native(layers[0].values, layers[0].values):
+        return "torch"
+    if kernels.backend() != "auto" or batch is None or not autotune.enabled():
+        return "native"
+    seen = {c for m in layers for c in autotune.layer_kernels(m, batch).values() if c is not None}
+    return seen.pop() if len(seen) == 1 else ("mixed" if seen else "native")
+
+
+def kernel_choices(model: nn.Module, batch: int) -> dict[str, dict[str, Optional[str]]]:
+    """Per SparseLinear module name, the kernels recorded for each operation at this batch
+    (``{"spmm": "native", "spmm_t": "torch", "sddmm": "native"}``; ``None``: not measured)."""
+    from ..sparse import SparseLinear, autotune, kernels
+
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SparseLinear):
+            if not kernels.use_native(m.values, m.values):
+                out[name] = dict.fromkeys(("spmm", "spmm_t", "sddmm"), "torch")
+            elif kernels.backend() != "auto" or not autotune.enabled():
+                out[name] = dict.fromkeys(("spmm", "spmm_t", "sddmm"), "native")
+            else:
+                out[name] = autotune.layer_kernels(m, batch)
+    return out

@@ -29,6 +29,7 @@ import sparsetrain as st
 
 from .build import (
     build_algorithm, build_loaders, build_optimizer, build_scheduler, convert_execution, kernels_used,
+    kernel_choices,
 )
 from .config import RunConfig
 from .loader import Loader
@@ -341,7 +342,8 @@ class Trainer:
             "inference_flops_fraction": report.fraction,
             "dense_flops_per_example": report.dense,
             "versions": {"sparsetrain": st.__version__, "torch": torch.__version__},
-            "sparse_kernels": kernels_used(self.model),
+            "sparse_kernels": kernels_used(self.model, cfg.batch_size),
+            "kernel_choices": kernel_choices(self.model, cfg.batch_size),  # per layer and operation
         }
         if sparsifier is None:
             result.update(density=1.0, itop_rate=1.0, train_flops_fraction=1.0, updates=0, layer_density={},

@@ -8,9 +8,9 @@ remembered:
   gradient, ``sddmm`` value gradient) on one shape class, whether the compiled kernels or
   torch's are faster. With ``SPARSETRAIN_KERNELS=auto`` (the default) SparseLinear asks it, so
   the default is never slower than torch's kernels on a shape it has measured.
-* :func:`sparse_layer_faster` — whether a Linear layer of a given shape, batch and density trains
-  faster truly sparse (SparseLinear) than masked dense; ``execution="auto"`` asks it per layer
-  (the break-even density is measured, not assumed).
+* :func:`sparsetrain.sparse.execution.sparse_layer_faster` — whether a Linear layer of a given
+  shape, batch and density trains faster truly sparse (SparseLinear) than masked dense;
+  ``execution="auto"`` asks it per layer (the break-even density is measured, not assumed).
 
 A *shape class* is the operation, the matrix shape, the batch rounded up to a power of two and
 the density rounded to half a binary order of magnitude. Decisions are kept per machine key (CPU
@@ -40,8 +40,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["cache_dir", "cache_file", "enabled", "machine_key", "shape_class", "prefer_native",
-           "sparse_layer_faster", "recorded", "layer_kernels", "decisions", "clear", "DEFAULT_BREAK_EVEN"]
+__all__ = ["cache_dir", "cache_file", "enabled", "machine_key", "shape_class", "measured_choice", "prefer_native",
+           "recorded", "layer_kernels", "decisions", "clear", "DEFAULT_BREAK_EVEN"]
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,11 @@ def _median_ms(fn: Callable[[], Any], other: Callable[[], Any], reps: int) -> tu
     return statistics.median(a), statistics.median(b)
 
 
-def _decide(key: str, first: Callable[[], Any], second: Callable[[], Any], names: tuple[str, str],
-            reps: int) -> dict[str, Any]:
+def measured_choice(key: str, first: Callable[[], Any], second: Callable[[], Any], names: tuple[str, str],
+                    reps: int = 5) -> dict[str, Any]:
+    """The recorded decision for ``key``, else time ``first`` against ``second`` now (warm-up, then
+    ``reps`` interleaved repetitions, medians), record and return ``{"choice": names[i],
+    "<name>_ms": ...}``: the faster's name, ties to ``first``."""
     with _lock:
         table = _table()
         hit = table.get(key)
@@ -169,43 +172,9 @@ def prefer_native(op: str, rows: int, cols: int, batch: int, nnz: int, native: C
     fast = (op, rows, cols, batch, nnz, torch.get_num_threads(), os.environ.get("SPARSETRAIN_CACHE_DIR"))
     hit = _fast.get(fast)
     if hit is None:
-        decision = _decide(shape_class(op, rows, cols, batch, nnz), native, fallback, ("native", "torch"), reps)
+        decision = measured_choice(shape_class(op, rows, cols, batch, nnz), native, fallback, ("native", "torch"), reps)
         hit = _fast[fast] = decision["choice"] == "native"
     return hit
-
-
-def sparse_layer_faster(in_features: int, out_features: int, batch: int, density: float,
-                        reps: int = 5) -> bool:
-    """Whether one Linear layer trains (forward + backward) faster truly sparse than masked dense at
-    ``density`` with this batch, on this machine (measured once per shape class, cached)."""
-    if not enabled():
-        return density < DEFAULT_BREAK_EVEN
-    if density >= 1.0:
-        return False
-    from .linear import SparseLinear
-
-    nnz = max(1, round(density * in_features * out_features))
-    key = shape_class("layer", out_features, in_features, batch, nnz)
-    with _lock:
-        hit = _table().get(key)
-        if hit is not None:
-            return hit["choice"] == "sparse"
-        gen = torch.Generator().manual_seed(0)
-        dense = torch.nn.Linear(in_features, out_features)
-        mask = torch.zeros(out_features * in_features, dtype=torch.bool)
-        mask[torch.randperm(mask.numel(), generator=gen)[:nnz]] = True
-        mask = mask.view(out_features, in_features)
-        sparse = SparseLinear.from_linear(dense, mask)
-        x = torch.randn(batch, in_features, generator=gen, requires_grad=True)
-
-        def masked_step():
-            w = dense.weight * mask  # what masked training computes: the product with a masked weight
-            torch.nn.functional.linear(x, w, dense.bias).sum().backward()
-
-        def sparse_step():
-            sparse(x).sum().backward()
-
-        return _decide(key, sparse_step, masked_step, ("sparse", "masked"), reps)["choice"] == "sparse"
 
 
 def recorded(op: str, rows: int, cols: int, batch: int, nnz: int) -> Optional[str]:

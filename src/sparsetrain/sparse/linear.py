@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from . import kernels
+from . import autotune, kernels
 
 __all__ = ["SparseLinear", "LowRankGrad", "to_sparse", "to_dense"]
 
@@ -47,6 +47,15 @@ def form_dense_grad(gyt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.mm(gyt, x)
 
 
+def _pick(op: str, allowed: bool, rows: int, cols: int, batch: int, nnz: int, native, fallback) -> bool:
+    """Whether to run ``op`` on the compiled kernels: only where they are ``allowed`` (CPU float32,
+    backend not ``torch``); with the ``auto`` backend, where they were measured faster than torch's
+    kernels for this shape class (:mod:`sparsetrain.sparse.autotune`)."""
+    if not allowed or kernels.backend() != "auto":
+        return allowed
+    return autotune.prefer_native(op, rows, cols, batch, nnz, native, fallback)
+
+
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, module):
@@ -54,15 +63,19 @@ class _SparseLinearFn(torch.autograd.Function):
         # a row-major result). The caller takes its transpose as a view, so a following
         # SparseLinear (through bias, ReLU, ... which keep the layout) gets an input whose
         # transpose is already contiguous, and in-place ops on y are ordinary ops on a view.
-        native = kernels.use_native(x, values) and (bias is None or kernels.use_native(bias))
-        if native:  # the bias is added in the kernel (no extra pass over the output)
-            yt = kernels.spmm(module.crow_indices, module.col_indices, values, x.t(), module.out_features, bias=bias)
-        else:
-            w = _csr(module.crow_indices, module.col_indices, values, module.weight_shape)
-            yt = torch.mm(w, _contiguous(x.t()))
-            if bias is not None:
-                yt = yt + bias[:, None]
-        ctx.module, ctx.native = module, native
+        m = module
+        allowed = kernels.use_native(x, values) and (bias is None or kernels.use_native(bias))
+
+        def native():  # the bias is added in the kernel (no extra pass over the output)
+            return kernels.spmm(m.crow_indices, m.col_indices, values, x.t(), m.out_features, bias=bias)
+
+        def fallback():
+            yt = torch.mm(_csr(m.crow_indices, m.col_indices, values, m.weight_shape), _contiguous(x.t()))
+            return yt + bias[:, None] if bias is not None else yt
+
+        use = _pick("spmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
+        yt = native() if use else fallback()
+        ctx.module, ctx.native = module, allowed
         ctx.save_for_backward(x, values)
         return yt
 
@@ -73,13 +86,18 @@ class _SparseLinearFn(torch.autograd.Function):
         gx = gvals = gbias = None
         if ctx.needs_input_grad[2]:
             gbias = gyt.sum(1)
-        native = ctx.native and kernels.use_native(gyt)
+        allowed = ctx.native and kernels.use_native(gyt)
         if ctx.needs_input_grad[0]:
-            if native:  # Wᵀ read through t_perm: no permuted copy of the values
-                gx = kernels.spmm(m.t_crow_indices, m.t_col_indices, values, gyt, m.in_features, perm=m.t_perm).t()
-            else:
+            def native():  # Wᵀ read through t_perm: no permuted copy of the values
+                return kernels.spmm(m.t_crow_indices, m.t_col_indices, values, gyt, m.in_features, perm=m.t_perm)
+
+            def fallback():
                 wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
-                gx = torch.mm(wt, _contiguous(gyt)).t()
+                return torch.mm(wt, _contiguous(gyt))
+
+            use = _pick("spmm_t", allowed, m.in_features, m.out_features, gyt.shape[1], values.numel(), native,
+                        fallback)
+            gx = (native() if use else fallback()).t()
         if ctx.needs_input_grad[1]:
             want = m.dense_grad_request
             # only at topology-update steps: the sink gets the gradient's factors and returns the
@@ -88,18 +106,24 @@ class _SparseLinearFn(torch.autograd.Function):
             if dense is not None:
                 gvals = dense.reshape(-1)[m.flat_index()]
             else:
-                gvals = _sampled_grad(m, values, gyt, x, native)
+                gvals = _sampled_grad(m, values, gyt, x, allowed)
         return gx, gvals, gbias, None
 
 
 def _sampled_grad(m: "SparseLinear", values: torch.Tensor, gyt: torch.Tensor, x: torch.Tensor,
-                  native: bool) -> torch.Tensor:
-    """``(gyt @ x)`` at the stored entries of ``m`` (row-major, nnz): the value gradient."""
-    if native:
+                  allowed: bool) -> torch.Tensor:
+    """``(gyt @ x)`` at the stored entries of ``m`` (row-major, nnz): the value gradient, on the
+    compiled kernels where ``allowed`` and (backend ``auto``) measured faster."""
+    def native():
         return kernels.sddmm(m.crow_indices, m.col_indices, gyt, x.t())
-    # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
-    pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
-    return torch.sparse.sampled_addmm(pattern, _contiguous(gyt), _contiguous(x), beta=0.0).values()
+
+    def fallback():
+        # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
+        pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
+        return torch.sparse.sampled_addmm(pattern, _contiguous(gyt), _contiguous(x), beta=0.0).values()
+
+    use = _pick("sddmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
+    return native() if use else fallback()
 
 
 def _rows(crow: torch.Tensor) -> torch.Tensor:
