@@ -191,7 +191,8 @@ def ticket_paired_table(results: Sequence[dict[str, Any]]) -> str:
         cells = "".join(f" {pct(r['ticket_acc'][i])} / {pct(r['sup_acc'][i])} |" if i < r["tickets"] else " – |"
                         for i in range(k))
         vs_pre = _fmt_ci(*r["vs_pre"]) if r["vs_pre"] else "–"
-        vs_base = f"{_fmt_ci(*r['vs_base'])} ({r['base_pairs']} pairs)" if r["vs_base"] else "–"
+        n_pairs = r["base_pairs"]
+        vs_base = f"{_fmt_ci(*r['vs_base'])} ({n_pairs} pair{'s' if n_pairs != 1 else ''})" if r["vs_base"] else "–"
         name = f"{r['arm']} {r['variant']}".strip()
         lines.append(f"| {name} | {100 * (1 - r['density']):.0f}% | {r['runs']} | {pct(r['pre'])} |{cells} "
                      f"{pct(r['output'])} | {vs_pre} | {pct(r['base_alone'])} | {vs_base} |")
