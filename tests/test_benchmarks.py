@@ -48,3 +48,15 @@ def test_wide_sparse_mlp_demo_runs(tmp_path):
     assert [e["epoch"] for e in summary["epochs"]] == [1, 2] and summary["epochs"][-1]["updates"] > 0
     assert summary["sparse_peak_rss_gib"] > 0 and summary["dense_peak_rss_gib"] > 0
     assert 0 <= summary["final_test_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_sparseprop_side_by_side_runs(tmp_path):
+    out = tmp_path / "s.json"
+    text = _run(["benchmarks/sparseprop_side_by_side.py", "--size", "64", "--batch", "16", "--densities", "0.1",
+                 "--reps", "2", "--threads", "1", "--out", str(out)], tmp_path)
+    assert text.startswith("machine: ") and "instruction set" in text
+    saved = json.loads(out.read_text())
+    row = saved["results"][0]
+    assert row["density"] == 0.1 and {"dense", "st-torch", "st-auto"} <= set(row["fwd+bwd"])
+    assert saved["machine"]["flags"] == "-O3 -fopenmp"

@@ -1,0 +1,14 @@
+#!/bin/sh
+# The truly sparse benchmarks of issue 12 on the machine at hand, into results/truly_sparse/<cpu>/.
+# Run on a quiet machine (no sweep, no tests): the kernel choices are measured too.
+set -e
+cd "$(dirname "$0")/../.."
+cpu=$(.venv/bin/python -c "from sparsetrain.sparse import kernels; import re; print(re.sub('[^a-z0-9]+', '-', kernels.cpu_model().lower()).strip('-'))")
+out=results/truly_sparse/$cpu
+mkdir -p "$out"
+export SPARSETRAIN_CACHE_DIR=$(mktemp -d)   # fresh kernel choices, measured now
+.venv/bin/python benchmarks/sparseprop_side_by_side.py --threads 2 --reps 15 --out "$out/sparseprop.json" | tee "$out/sparseprop.txt"
+.venv/bin/python benchmarks/truly_sparse.py --densities 0.1,0.05,0.02,0.01 --steps 20 --threads 2 --memory 0 \
+  --out "$out/truly_sparse.json" | tee "$out/truly_sparse.txt"
+.venv/bin/python benchmarks/truly_sparse.py --densities 0.1,0.02 --steps 20 --threads 2 --memory 0 --kernels torch \
+  --out "$out/truly_sparse_torch.json" | tee "$out/truly_sparse_torch.txt"
