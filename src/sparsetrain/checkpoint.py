@@ -1,6 +1,8 @@
 """The Sparsifier's checkpoint format (``"sparsetrain.sparsifier/1"``).
 
-Masks, usage counters, ever-active masks, the positions the last update grew, the schedule position, the generator's state, the
+Masks, usage counters, ever-active masks (on an index-backed layer — a large compressed one — the
+sorted active positions ``mask_index`` and the packed ever-active bytes ``ever_active_bits``
+instead of dense bools; either form loads into either kind of layer), the positions the last update grew, the schedule position, the generator's state, the
 update history, a pending forced update and the algorithm's own state; tensors and plain
 containers only, so ``torch.load(..., weights_only=True)`` reads it. The weights themselves
 are the model's (``model.state_dict()``), the optimizer state the optimizer's.
@@ -17,6 +19,7 @@ different configuration into an :class:`~sparsetrain.errors.InputWarning`). A di
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import warnings
@@ -24,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from .bits import PackedBits
 from .errors import InputError, InputWarning
 from .update import ForcedUpdate
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sparsifier import Sparsifier
 
-__all__ = ["STATE_FORMAT", "check_format", "checksum", "state_dict", "load_state_dict"]
+__all__ = ["STATE_FORMAT", "check_format", "checksum", "state_dict", "load_state_dict", "saved_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,10 @@ def checksum(obj: Any) -> str:
 
     def feed(x: Any) -> None:
         if torch.is_tensor(x):
-            t = x.detach().cpu().contiguous().clone()
+            t = x.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(bytes(t.untyped_storage()))
+            if t.numel():  # the tensor's bytes, read in place (torch only: no numpy)
+                h.update(ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()))
         elif isinstance(x, Mapping):
             h.update(b"{")
             for k in sorted(x, key=repr):
@@ -83,6 +88,7 @@ def check_format(state: Any) -> None:
         raise InputError(f"corrupt Sparsifier state: missing {missing}; save it again with Sparsifier.state_dict()")
     for n, s in state["layers"].items():
         shape = list(s["shape"])
+        _check_index_form(n, s)
         for key in ("mask", "ever_active", "counter"):
             t = s.get(key)
             if t is not None and (not torch.is_tensor(t) or list(t.shape) != shape):
@@ -91,7 +97,7 @@ def check_format(state: Any) -> None:
                     f"corrupt Sparsifier state: the {key} of {n} has shape {got} but the layer's is {shape}; "
                     "this state was edited or damaged: load an intact checkpoint"
                 )
-        active = int(torch.count_nonzero(s["mask"]))
+        active = int(s["mask_index"].numel()) if "mask_index" in s else int(torch.count_nonzero(s["mask"]))
         if active != int(s["n_active"]):
             raise InputError(
                 f"corrupt Sparsifier state: the mask of {n} has {active} active weights, its count says "
@@ -107,6 +113,45 @@ def check_format(state: Any) -> None:
         )
 
 
+def _check_index_form(name: str, s: Mapping[str, Any]) -> None:
+    """The index form of an index-backed layer: sorted distinct in-range positions and
+    ``ceil(numel / 8)`` packed bytes."""
+    numel = 1
+    for d in s["shape"]:
+        numel *= int(d)
+    idx, bits = s.get("mask_index"), s.get("ever_active_bits")
+    if idx is None and bits is None:
+        return
+    bad = None
+    if idx is None or bits is None:
+        bad = "has only one of mask_index / ever_active_bits"
+    elif not torch.is_tensor(idx) or idx.dim() != 1 or (idx.numel() and (
+            int(idx.min()) < 0 or int(idx.max()) >= numel or bool((idx[1:] <= idx[:-1]).any()))):
+        bad = "has a mask_index that is not sorted distinct positions inside the layer"
+    elif not torch.is_tensor(bits) or bits.dtype != torch.uint8 or list(bits.shape) != [(numel + 7) // 8]:
+        bad = f"has ever_active_bits that are not {(numel + 7) // 8} uint8 bytes"
+    if bad:
+        raise InputError(f"corrupt Sparsifier state: {name} {bad}; load an intact checkpoint")
+
+
+def saved_mask(s: Mapping[str, Any], device=None) -> torch.Tensor:
+    """The dense bool mask of one saved layer, from either form (``mask`` or ``mask_index``)."""
+    if "mask_index" not in s:
+        return s["mask"].to(device, torch.bool).clone()
+    shape = torch.Size([int(d) for d in s["shape"]])
+    out = torch.zeros(shape.numel(), dtype=torch.bool, device=device)
+    out[s["mask_index"].to(device, torch.int64)] = True
+    return out.view(shape)
+
+
+def _active_form(l) -> dict[str, Any]:
+    """A layer's mask and ever-active map as saved: dense bools, or on an index-backed layer the
+    sorted active positions (int64) and the packed ever-active bytes (no dense-size tensor)."""
+    if l.index_backed:
+        return {"mask_index": l.active_positions().clone(), "ever_active_bits": l.ever_active.data.clone()}
+    return {"mask": l.mask.clone(), "ever_active": l.ever_dense()}
+
+
 def state_dict(sp: "Sparsifier") -> dict[str, Any]:
     """The state of ``sp`` (see the module docstring)."""
     layers = {}
@@ -116,8 +161,7 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
             "shape": list(l.shape),
             "n_active": l.n_active,
             "target_density": l.target_density,
-            "mask": l.mask.clone(),
-            "ever_active": l.ever_active.clone(),
+            **_active_form(l),
             "counter": l.counter.clone() if l.counter is not None else None,
             "count_step": l.count_step,
             "active_steps": l.active_steps,
@@ -200,10 +244,19 @@ def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = T
     for n, s in state["layers"].items():
         l = sp.layers[n]
         dev = l.param.device
-        l.set_mask(s["mask"].to(dev, torch.bool).clone())
+        if l.index_backed:  # the storage's pattern is the mask: adopt the saved one
+            idx = s["mask_index"] if "mask_index" in s else s["mask"].reshape(-1).nonzero().squeeze(1)
+            l.storage.adopt(l, idx.to(dev, torch.int64), sp.optimizer)
+            l.set_mask(None)
+        else:
+            l.set_mask(saved_mask(s, dev))
         l.n_active = int(s["n_active"])
         l.target_density = float(s["target_density"])
-        l.ever_active = s["ever_active"].to(dev, torch.bool).clone()
+        if "ever_active_bits" in s:
+            numel = l.shape.numel()
+            l.ever_active = PackedBits(numel, s["ever_active_bits"].to(dev).clone())
+        else:
+            l.ever_active = s["ever_active"].to(dev, torch.bool).clone()
         if sp.track_usage:
             c = s.get("counter")
             l.counter = c.to(dev, torch.int32).clone() if c is not None else torch.zeros(l.shape, dtype=torch.int32, device=dev)
