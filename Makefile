@@ -2,21 +2,32 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+BASE   := $(VENV)/.base-stamp
+DEMO   := $(VENV)/.demo-stamp
+TESTS  := $(VENV)/.test-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup data demo test bench clean
 
-setup: $(STAMP)
+# everything a developer needs (the test stack: Lightning, transformers, ...)
+setup: $(TESTS)
 
 # torch is pinned and installed first (a CPU build on these machines); an unpinned
 # torch would pull a multi-GB CUDA stack. constraints.txt keeps every extra (Lightning,
 # transformers, ...) from replacing it.
-$(STAMP): pyproject.toml Makefile constraints.txt
+$(BASE): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
+	touch $(BASE)
+
+# the demo needs only its own extra (progress lines) and matplotlib for its plots
+$(DEMO): $(BASE)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[demo,plot]'
+	touch $(DEMO)
+
+$(TESTS): $(BASE)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,demo]'
-	touch $(STAMP)
+	touch $(TESTS) $(DEMO)
 
 # Debian ships the full Fashion-MNIST; install it where apt-get is available and it is missing.
 data:
@@ -28,13 +39,13 @@ data:
 	  || echo "warning: could not install dataset-fashion-mnist; tests that need it are skipped"; \
 	else echo "apt-get not available: put Fashion-MNIST idx files in ./data/fashion-mnist"; fi
 
-demo: setup data
+demo: $(DEMO) data
 	$(BIN)/python -m sparsetrain demo
 
-test: setup data
+test: $(TESTS) data
 	$(BIN)/python -m pytest
 
-bench: setup data
+bench: $(TESTS) data
 	$(BIN)/python benchmarks/overhead.py
 
 clean:

@@ -209,3 +209,213 @@ def test_another_total_steps_loads_with_a_warning():
         sp.load_state_dict(state)
     _says(rec[0].message, "total_steps=100", "total_steps=200")
     assert sp.total_steps == 200
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+_SYN = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--batch-size", "128"]
+
+
+def _cli_error(capsys, argv, *words):
+    """``argv`` fails with one ``error:`` line (exit 2, no traceback) naming ``words``."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in err, err
+    _says(lines[0], *words)
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--hp", "foo=1"], ["'foo'", "valid", "update_interval"]),
+    (["--method", "rigl:foo=1"], ["'foo'", "rigl", "valid"]),
+    (["--hp", "end=1.5"], ["end=1.5", r"end=0\.75"]),
+    (["--hp", "nokeyvalue"], ["--hp", "KEY=VALUE"]),
+    (["--threads", "-1"], ["--threads", ">= 1"]),
+    (["--threads", "0"], ["--threads", ">= 1"]),
+    (["--device", "cuda"], ["--device", "CUDA", "--device cpu"]),
+    (["--device", "tpu9"], ["--device", "cpu"]),
+    (["--data-root", "/no/such/dir"], ["--data-root", "not a directory", "leave it out"]),
+    (["--train-subset", "0"], ["--train-subset", ">= 1"]),
+    (["--momentum", "1.0"], ["--momentum", r"\[0, 1\)"]),
+    (["--lr", "0"], ["--lr", "learning rate"]),
+    (["--weight-decay", "-1"], ["--weight-decay"]),
+    (["--label-smoothing", "1"], ["--label-smoothing"]),
+    (["--nesterov", "--momentum", "0"], ["--nesterov", "--momentum > 0"]),
+    (["--density", "1.5"], ["--density", r"\(0, 1\]", "fraction"]),
+    (["--distribution", "ekr"], ["distribution", "erk"]),
+    (["--milestones", "0.5,a"], ["--milestones", "0.5,0.75"]),
+    (["--ticket-lr", "0.01,0.001"], ["--ticket-lr", "low <= high"]),
+    (["--method", "rigl+sup-tickets", "--ticket-grow", "best"], ["--ticket-grow", "gradient"]),
+    (["--method", "rigl+sup-tickets", "--cycle-epochs", "5"], ["cycle", "epochs"]),
+])
+def test_train_refuses_bad_settings_with_one_error_line(tmp_path, capsys, extra, words):
+    _cli_error(capsys, ["train", "--out", str(tmp_path / "r"), *_SYN, *extra], *words)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_a_cli_run_in_which_no_update_fits_is_refused(tmp_path, capsys):
+    # 512 synthetic examples, batch 128, 4 epochs: 16 steps; RigL's default interval is 100
+    argv = ["train", "--out", str(tmp_path / "r"), *_SYN, "--epochs", "4", "--method", "rigl"]
+    _cli_error(capsys, argv, "RigL", "no topology update fits", "total_steps=16", "--hp update_interval")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("epochs = 1\nbogus = 3\n", ["unknown setting", "bogus"]),
+    ("epochs = 1\n[algorithm]\nfoo = 3\n", ["'foo'", "valid"]),
+    ("epochs = [\n", ["not valid TOML"]),
+    ("algorithm = 5\n", [r"\[algorithm\]", "table"]),
+])
+def test_config_file_mistakes_are_one_error_line(tmp_path, capsys, text, words):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('dataset = "synthetic"\nmodel = "mlp"\n' + text)
+    _cli_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")], *words)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sweep", "--densities", "0.1,x"], ["--densities", "0.1,0.05"]),
+    (["sweep", "--seeds", "zero"], ["--seeds", "0,1,2"]),
+    (["sweep", "--jobs", "0"], ["--jobs", ">= 1"]),
+    (["sweep", "--grid", "lr"], ["--grid", "KEY=V1,V2"]),
+    (["sweep", "--methods", "rigl", "--grid", "foo=1,2"], ["run rigl", "'foo'", "valid"]),
+    (["compare", "--ticket-lr", "0.1"], ["--ticket-lr", "2 comma-separated"]),
+    (["demo", "--density", "1.5"], ["run static", "density"]),
+    (["demo", "--epochs", "0"], ["epochs", ">= 1"]),
+])
+def test_grid_commands_validate_every_run_before_the_first(tmp_path, capsys, argv, words):
+    extra = ["--dataset", "synthetic"] if argv[0] == "sweep" else []
+    _cli_error(capsys, [*argv, "--out", str(tmp_path / "g"), *extra], *words)
+    assert not list((tmp_path / "g").glob("runs/*"))  # no run started (not even dense)
+
+
+def test_ignored_settings_are_warned(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--out", str(out), *_SYN, "--method", "dense", "--density", "0.05", "--optimizer", "adam",
+            "--momentum", "0.5", "--no-progress"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    _says(err, r"warning: --density has no effect with --method dense",
+          r"warning: --momentum has no effect with --optimizer adam")
+
+
+def test_report_names_the_files_it_skipped(tmp_path, capsys):
+    runs = tmp_path / "a" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "broken.json").write_text('{"config": {')
+    assert cli.main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 1
+    _says(capsys.readouterr().err, "skipped .*broken.json", "corrupt")
+    _cli_error(capsys, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "rep")], "no such directory")
+
+
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    from sparsetrain.experiments import runner
+
+    def broken(*a, **k):
+        raise ValueError("an invariant broke")  # a plain ValueError is a bug, not an input error
+
+    monkeypatch.setattr(runner, "run", broken)
+    with pytest.raises(ValueError, match="invariant"):
+        cli.main(["train", "--out", str(tmp_path / "r"), *_SYN, "--method", "static"])
+    _says(capsys.readouterr().err, "internal error", "not in your input")
+
+
+# ---------------------------------------------------------------------------------------------- run directories
+def test_resume_of_a_finished_run_with_other_settings_is_refused_and_extend_trains_it_longer(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    base = ["train", "--out", out, *_SYN, "--method", "static", "--density", "0.3", "--no-progress"]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    _cli_error(capsys, base + ["--resume", "--lr", "0.05"], "finished run", "'lr'", "--overwrite")
+    line = _cli_error(capsys, base + ["--resume", "--epochs", "2"], "'epochs'", "--extend")
+    assert "larger --epochs" in line
+    _cli_error(capsys, base + ["--extend", "--epochs", "2", "--lr", "0.05"], "--extend changes only --epochs", "lr")
+    assert cli.main(base + ["--extend", "--epochs", "2"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 2 and len(summary["curve"]) == 2
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["extended_from"] == [1]
+    assert cli.main(base + ["--resume", "--epochs", "2"]) == 0  # now the run's own settings
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from sparsetrain.experiments.config import RunConfig
+    from sparsetrain.experiments.runner import run
+
+    cfg = RunConfig(dataset="synthetic", model="mlp", method="static", density=0.3, epochs=2, batch_size=128)
+    out = tmp_path / "r"
+    first = run(cfg, out)
+    (out / "summary.json").unlink()  # as if killed after the last checkpoint
+    last = out / "checkpoint_last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.warns(InputWarning) as rec:
+        again = run(cfg, out, resume=True)
+    _says(rec[0].message, "checkpoint_last.pt cannot be read", "checkpoint_prev.pt", "epoch 1")
+    assert again["test_acc"] == first["test_acc"] and len(again["curve"]) == 2  # epoch 2 trained again, exactly
+    (out / "summary.json").unlink()
+    for name in ("checkpoint_last.pt", "checkpoint_prev.pt"):
+        (out / name).write_bytes(b"garbage")
+    with pytest.raises(InputError) as info:
+        run(cfg, out, resume=True)
+    _says(info.value, "checkpoint_last.pt", "checkpoint_prev.pt", "--overwrite")
+
+
+def test_a_damaged_checkpoint_is_detected_by_its_checksum(tmp_path):
+    from sparsetrain.experiments.rundir import RunDirectory
+
+    rd = RunDirectory(tmp_path)
+    rd.save_checkpoint({"model": {"w": torch.arange(64, dtype=torch.float32)}, "epoch": 1, "step": 4})
+    rd.save_checkpoint({"model": {"w": torch.arange(64, dtype=torch.float32) + 1}, "epoch": 2, "step": 8})
+    raw = bytearray((tmp_path / "checkpoint_last.pt").read_bytes())
+    at = raw.find(bytes((torch.arange(64, dtype=torch.float32) + 1).untyped_storage()))
+    raw[at + 9] ^= 0x01
+    (tmp_path / "checkpoint_last.pt").write_bytes(bytes(raw))
+    with pytest.warns(InputWarning) as rec:
+        ckpt = rd.checkpoint()
+    _says(rec[0].message, "damaged", "checksum", "checkpoint_prev.pt")
+    assert ckpt["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- demo and progress
+def test_a_one_off_slow_run_is_marked_in_the_table_and_results_md(tmp_path):
+    from sparsetrain.experiments.grid import slow_runs
+
+    def result(method, t):
+        return {"config": {"method": method, "density": 0.05, "seed": 0}, "label": method, "test_acc": 0.8,
+                "density": 0.05, "itop_rate": 0.1, "train_flops_fraction": 0.1, "inference_flops_fraction": 0.1,
+                "wall_time_s": t}
+
+    results = [result("static", 20.0), result("set", 22.0), result("rigl", 210.0), result("dstee", 25.0)]
+    assert [(r["label"], round(x, 1)) for r, x in slow_runs(results)] == [("rigl", 8.9)]
+    table = cli.format_table(cli.aggregate(results))
+    (tmp_path / "results.md").write_text("# demo\n\n" + table + "\n")
+    marked = cli._mark_slow(table, tmp_path, results)
+    _says(marked, r"\| rigl \|.*\| 210\.0 \(slow\) \|", r"8\.9× the median run", "not comparable")
+    assert "| set |" in marked and "22.0 (slow)" not in marked
+    assert "(slow)" in (tmp_path / "results.md").read_text()
+
+
+def test_grid_runs_print_a_line_per_epoch(tmp_path, capsys):
+    argv = ["compare", "--methods", "static", "--densities", "0.3", "--seeds", "0", "--dataset", "synthetic",
+            "--epochs", "2", "--out", str(tmp_path / "c")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    _says(out, r"\[1/1\] static-d0.3-s0 \.\.\.", r"epoch 1/2: test acc", r"epoch 2/2: test acc",
+          r"\[1/1\] static-d0.3-s0 acc")
+
+
+# ---------------------------------------------------------------------------------------------- selection (issue 13's checks)
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(exclude="3.weight"), ["exclude='3.weight'", "matches no parameter", "spelling"]),
+    (dict(dense="O.weight"), ["dense='O.weight'", "matches no parameter", "spelling"]),
+    (dict(include="nothing*"), ["include='nothing\\*'", "matches no parameter"]),
+])
+def test_selectors_that_match_nothing_are_refused(kwargs, words):
+    model, opt = _mlp()
+    with pytest.raises(ValueError) as info:
+        st.Sparsifier(model, opt, "rigl", density=0.3, total_steps=100, update_interval=10, **kwargs)
+    _says(info.value, *words)
+
+
+def test_dense_takes_module_types_like_include():
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(24, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, "rigl", density=0.5, total_steps=100, update_interval=10, dense=nn.Conv1d)
+    assert bool(sp.masks["0.weight"].all()) and not bool(sp.masks["2.weight"].all())

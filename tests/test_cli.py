@@ -55,7 +55,9 @@ def test_report_aggregates_hand_made_run_directories(tmp_path):
     text = (out / "results.md").read_text()
     assert "| rigl | 95% | 82.00 ± 2.83 | 2 |" in text and "| dense | 0% | 90.00 | 1 |" in text
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
-    assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    assert cli.main(["report", str(tmp_path / "missing"), "--out", str(out)]) == 2  # a typo'd directory
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1  # no results in it
 
 
 def test_compare_resume_skips_finished_runs(tmp_path, capsys):
@@ -105,14 +107,35 @@ def test_train_rejects_unknown_names_listing_valid_ones(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_sweep_grid_skips_finished_runs_and_survives_a_failed_one(tmp_path, capsys):
+def test_sweep_refuses_bad_settings_before_any_run(tmp_path, capsys):
     out = tmp_path / "sw"
     argv = ["sweep", "--out", str(out), "--methods", "set,dstee:c=-1", "--densities", "0.2", "--seeds", "0",
+            "--model", "mlp", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64", "--hp",
+            "update_interval=2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "run dstee:c=-1-d0.2-s0" in err and "c must be" in err
+    assert not any((out / "runs").glob("*/summary.json"))
+
+
+def test_sweep_grid_skips_finished_runs_and_survives_a_failed_one(tmp_path, capsys, monkeypatch):
+    from sparsetrain.experiments import grid
+
+    real = grid.RunDirectories.run
+
+    def flaky(self, cfg, tag, progress=False, on_epoch=None):  # a run that fails while training
+        if tag.startswith("rigl"):
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, cfg, tag, progress, on_epoch)
+
+    monkeypatch.setattr(grid.RunDirectories, "run", flaky)
+    out = tmp_path / "sw"
+    argv = ["sweep", "--out", str(out), "--methods", "set,rigl", "--densities", "0.2", "--seeds", "0",
             "--grid", "lr=0.1,0.05", "--model", "mlp", "--dataset", "synthetic", "--epochs", "1",
-            "--batch-size", "64", "--threads", "1"]
-    assert cli.main(argv) == 1  # the bad method fails; the sweep goes on and reports it
+            "--batch-size", "64", "--threads", "1", "--hp", "update_interval=2"]
+    assert cli.main(argv) == 1  # the failing run is reported; the sweep goes on
     captured = capsys.readouterr()
-    assert "FAILED" in captured.out and "c must be" in captured.err
+    assert "FAILED" in captured.out and "out of memory" in captured.err
     runs = sorted(p.name for p in (out / "runs").iterdir() if (p / "summary.json").exists())
     assert runs == ["set-d0.2-s0-lr=0.05", "set-d0.2-s0-lr=0.1"]
     lrs = {json.loads((out / "runs" / r / "summary.json").read_text())["config"]["lr"] for r in runs}

@@ -23,11 +23,14 @@ import logging
 import os
 import sys
 import time
+import traceback
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ._util import parse_value
+from .errors import InputError, InputWarning, ScheduleWarning
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
     SUP_SUFFIX, aggregate, format_table, git_commit, load_runs, make_plots, write_report,
 )
@@ -100,8 +103,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_)
         elif isinstance(default, tuple):
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
-                               type=lambda s: tuple(float(v) for v in s.split(",")))
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_)  # read by RunConfig
         else:
             typ = type(default) if default is not None else (float if f.name == "ticket_beta" else
                                                              int if f.name in ("threads", "train_subset", "cycles")
@@ -129,19 +131,31 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
                 import tomli as tomllib
             except ImportError as e:
                 raise ImportError("reading TOML on Python 3.10 needs tomli: pip install tomli") from e
-        data = tomllib.loads(p.read_text())
+        try:
+            data = tomllib.loads(p.read_text())
+        except ValueError as e:  # tomllib.TOMLDecodeError
+            raise InputError(f"config file {p} is not valid TOML: {e}") from None
     elif suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as e:
             raise ImportError("reading YAML config files needs PyYAML: pip install pyyaml (or use TOML)") from e
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"config file {p} is not valid YAML: {e}") from None
     elif suffix == ".json":
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text())
+        except ValueError as e:
+            raise InputError(f"config file {p} is not valid JSON: {e}") from None
     else:
-        raise ValueError(f"config file {p}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+        raise InputError(f"config file {p}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
     if not isinstance(data, dict):
-        raise ValueError(f"config file {p} must hold a table of settings")
+        raise InputError(f"config file {p} must hold a table of settings")
+    for table in ("algorithm", "grid"):
+        if table in data and not isinstance(data[table], dict):
+            raise InputError(f"config file {p}: [{table}] must be a table of key = value, got {data[table]!r}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -151,16 +165,30 @@ def _resolve(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, An
     values = {k: v for k, v in file_cfg.items() if k not in ("algorithm", "grid")}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown setting(s) in the config file: {unknown}; valid: {', '.join(sorted(names))}")
+        raise InputError(f"unknown setting(s) in the config file: {unknown}; valid: {', '.join(sorted(names))} "
+                         "(algorithm hyper-parameters go in an [algorithm] table)")
     values.update({k: v for k, v in vars(args).items() if k in names})
-    algo = dict(file_cfg.get("algorithm", {}))
+    algo = {str(k).replace("-", "_"): v for k, v in file_cfg.get("algorithm", {}).items()}
     for item in getattr(args, "hp", []):
         if "=" not in item:
-            raise ValueError(f"--hp takes KEY=VALUE, got {item!r}")
+            raise InputError(f"--hp takes KEY=VALUE, e.g. --hp update_interval=200, got {item!r}")
         k, v = item.split("=", 1)
         algo[k.strip()] = parse_value(v.strip())
     if algo:
         values["algorithm_kwargs"] = algo
+    return values
+
+
+def _numbers(flag: str, text: str, kind: type, count: Optional[int] = None) -> list:
+    """A comma-separated list of numbers from a flag; an :class:`InputError` naming the flag otherwise."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = None
+    if not values or (count is not None and len(values) != count):
+        what = f"{count} comma-separated" if count else "comma-separated"
+        raise InputError(f"{flag} takes {what} {'integers' if kind is int else 'numbers'}, e.g. "
+                         f"{flag} {'0,1,2' if kind is int else '0.1,0.05'}, got {text!r}")
     return values
 
 
@@ -183,7 +211,7 @@ def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--grid takes KEY=V1,V2,..., got {item!r}")
+            raise InputError(f"--grid takes KEY=V1,V2,..., e.g. --grid lr=0.1,0.05, got {item!r}")
         k, v = item.split("=", 1)
         grid[k.strip().replace("-", "_")] = [parse_value(x.strip()) for x in v.split(",") if x.strip()]
     return grid
@@ -206,6 +234,30 @@ def _report_files(out: Path, results, command: str, title: str, protocol: str, w
                   commit: Optional[str] = None) -> tuple[str, list[Path]]:
     table = write_report(out, results, command, title, protocol, wall, commit)
     return table, make_plots(results, out, title)
+
+
+def _mark_slow(table: str, out: Path, results) -> str:
+    """Mark the rows of runs that took more than twice the median run's wall time (a one-off
+    slowdown, e.g. a busy machine) in the table and in ``results.md``, with a note under the table."""
+    from .experiments.grid import slow_runs
+
+    slow = slow_runs(results)
+    if not slow:
+        return table
+    lines = table.splitlines()
+    notes = []
+    for r, ratio in slow:
+        label, t = r.get("label", r["config"]["method"]), r["wall_time_s"]
+        for i, line in enumerate(lines):
+            if line.startswith(f"| {label} |") and line.rstrip().endswith(f"| {t:.1f} |"):
+                lines[i] = line.rstrip()[: -len(f" {t:.1f} |")] + f" {t:.1f} (slow) |"
+        notes.append(f"(slow) {label}: {t:.0f} s, {ratio:.1f}× the median run; a one-off slowdown (busy "
+                     "machine?): its time is not comparable with the others'")
+    marked = "\n".join(lines) + "\n\n" + "\n".join(notes)
+    md = out / "results.md"
+    if md.exists():
+        md.write_text(md.read_text().replace(table, marked))
+    return marked
 
 
 def _print_table(table: str, out: Path, plots: Sequence[Path]) -> None:
@@ -237,6 +289,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, summary.json, checkpoints)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     train.add_argument("--overwrite", action="store_true", help="discard a run already in --out and start over")
+    train.add_argument("--extend", action="store_true",
+                       help="train the (finished) run in --out up to a larger --epochs, same settings otherwise; the "
+                            "lr and sparsifier schedules are re-planned for the new length from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (needs tensorboard)")
     train.add_argument("--nproc", type=int, default=1,
@@ -302,6 +357,14 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What the command line reports as one ``error:`` line (exit code 2): input the library refused
+#: (:class:`~sparsetrain.errors.InputError`, raised by validation before any run starts and by
+#: checkpoint loading), a missing file or directory, an existing run directory, a missing
+#: optional package, and a run in which no topology update fits. Everything else is a bug and
+#: keeps its traceback.
+USER_ERRORS = (InputError, FileNotFoundError, FileExistsError, ImportError, ScheduleWarning)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``sparsetrain`` / ``python -m sparsetrain``."""
     args = _build_parser().parse_args(argv)
@@ -310,13 +373,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     commit = git_commit()  # the code the runs use, even if the checkout moves on meanwhile
-    try:
-        if args.command == "train" and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-            return _launch(args.nproc, list(sys.argv[1:] if argv is None else argv))
-        return _dispatch(args, command, start, commit)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"sparsetrain {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        # a library warning is one line; a run in which no topology update fits is refused
+        warnings.showwarning = lambda message, category, *rest, **kw: print(
+            f"sparsetrain {args.command}: warning: {message}", file=sys.stderr, flush=True)
+        warnings.simplefilter("always", InputWarning)
+        warnings.simplefilter("error", ScheduleWarning)
+        try:
+            if args.command == "train" and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+                return _launch(args.nproc, list(sys.argv[1:] if argv is None else argv))
+            return _dispatch(args, command, start, commit)
+        except USER_ERRORS as e:
+            if isinstance(e, ScheduleWarning):
+                e = f"{e} (on the command line: --hp update_interval=N, --hp end=..., or more --epochs)"
+            print(f"sparsetrain {args.command}: error: {e}", file=sys.stderr)
+            if args.verbose:
+                traceback.print_exc()
+            return 2
+        except Exception:
+            print(f"sparsetrain {args.command}: internal error (a bug in sparsetrain, not in your input; "
+                  "please report it with this traceback):", file=sys.stderr)
+            raise
 
 
 def _launch(nproc: int, argv: list[str]) -> int:
@@ -354,15 +431,21 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         table, plots = _report_files(out, results, command, "sparsetrain demo",
                                      f"fmnist-mlp settings, {args.epochs} epochs, Sup-tickets: 2 cycles of 1 epoch",
                                      time.perf_counter() - start, commit)
-        _print_table(table, out, plots)
+        _print_table(_mark_slow(table, out, results), out, plots)
         return 0
     if args.command == "train":
         from .experiments.config import RunConfig
         from .experiments.grid import result_line
         from .experiments.runner import run
 
-        values = _resolve(args, load_config(args.config) if args.config else {})
+        file_cfg = load_config(args.config) if args.config else {}
+        values = _resolve(args, file_cfg)
         cfg = RunConfig.from_settings(values)
+        cfg.validate()
+        typed = {k for k in file_cfg if k not in ("algorithm", "grid")} | set(vars(args)) | \
+            ({"algorithm_kwargs"} if values.get("algorithm_kwargs") else set())
+        for why in cfg.ignored(typed):
+            warnings.warn(why, InputWarning)
         import torch.distributed as dist
 
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
@@ -370,7 +453,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             dist.init_process_group("nccl" if str(cfg.device).startswith("cuda") else "gloo")
         try:
             r = run(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                    progress=not args.no_progress, tensorboard=args.tensorboard)
+                    progress=not args.no_progress, tensorboard=args.tensorboard, extend=args.extend)
         finally:
             if launched:
                 dist.barrier()
@@ -386,13 +469,13 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         grid.update(_grid_values(args.grid))
         for key in ("method", "density", "seed"):
             if key in grid:
-                raise ValueError(f"vary {key} with --{key}s, not --grid")
+                raise InputError(f"vary {key} with --{key}s, not --grid")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        densities = [float(d) for d in args.densities.split(",")]
-        seeds = [int(s) for s in args.seeds.split(",")]
+        densities = _numbers("--densities", args.densities, float)
+        seeds = _numbers("--seeds", args.seeds, int)
         out = Path(args.out)
         if args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1 (runs trained at once), got {args.jobs}")
+            raise InputError(f"--jobs must be >= 1 (runs trained at once), got {args.jobs}")
         results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
                                   jobs=args.jobs, seed_major=args.seed_major)
         if results:
@@ -408,7 +491,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
     if args.command == "compare":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        lo, hi = (float(v) for v in args.ticket_lr.split(","))
+        lo, hi = _numbers("--ticket-lr", args.ticket_lr, float, count=2)
         base = dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root,
                     cycles=args.cycles, cycle_epochs=args.cycle_epochs, cycle_ratio=args.cycle_ratio,
@@ -418,22 +501,29 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if args.sup_tickets:
             methods = [m if m == "dense" or m.endswith(SUP_SUFFIX) else m + SUP_SUFFIX for m in methods]
-        densities = [float(d) for d in args.densities.split(",")]
-        seeds = [int(s) for s in args.seeds.split(",")]
+        densities = _numbers("--densities", args.densities, float)
+        seeds = _numbers("--seeds", args.seeds, int)
         results = _compare(methods, densities, seeds, base, out, resume=args.resume)
         table, plots = _report_files(out, results, command, args.title, args.protocol,
                                      time.perf_counter() - start, commit)
-        _print_table(table, out, plots)
+        _print_table(_mark_slow(table, out, results), out, plots)
         return 0
     if args.command == "report":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        results = load_runs(args.dirs)
+        missing = [d for d in args.dirs if not Path(d).is_dir()]
+        if missing:
+            raise InputError(f"no such directory: {', '.join(missing)} (report reads the run results below "
+                             "the directories it is given)")
+        skipped: list = []
+        results = load_runs(args.dirs, skipped=skipped)
+        for path, why in skipped:
+            print(f"sparsetrain report: skipped {path}: {why}", file=sys.stderr)
         if args.methods:
             keep = {m.strip() for m in args.methods.split(",") if m.strip()}
             results = [r for r in results if r.get("label", r["config"]["method"]) in keep]
         if args.densities:
-            ds = [float(d) for d in args.densities.split(",")]
+            ds = _numbers("--densities", args.densities, float)
             results = [r for r in results if r["config"]["method"] == "dense"
                        or any(abs(r["config"]["density"] - d) < 1e-9 for d in ds)]
         if not results:

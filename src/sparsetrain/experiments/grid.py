@@ -21,6 +21,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields
@@ -28,9 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .._util import atomic_write_text
+from ..errors import InputError, ScheduleWarning
 from .config import SUP_SUFFIX, RunConfig
 
-__all__ = ["PlannedRun", "plan_runs", "run_tag", "split_label", "ResultFiles", "RunDirectories", "run_grid", "result_line"]
+__all__ = ["PlannedRun", "plan_runs", "run_tag", "split_label", "ResultFiles", "RunDirectories", "run_grid",
+           "result_line", "check_plan", "slow_runs"]
 
 #: ``echo(text, end="\n")``: where a grid's progress lines go (the CLI prints them)
 Echo = Callable[..., None]
@@ -114,7 +117,7 @@ def split_label(arm: str) -> tuple[Optional[str], str]:
         return None, arm
     label, spec = head.strip(), spec.strip()
     if not label or not spec:
-        raise ValueError(f"method {arm!r}: a labelled method is LABEL=SPEC, e.g. 'rigl-ref=rigl:update_interval=1200'")
+        raise InputError(f"method {arm!r}: a labelled method is LABEL=SPEC, e.g. 'rigl-ref=rigl:update_interval=1200'")
     if spec.endswith(SUP_SUFFIX) and not label.endswith(SUP_SUFFIX):
         label += SUP_SUFFIX
     return label, spec
@@ -138,11 +141,12 @@ class ResultFiles:
         path = self.path(tag)
         return json.loads(path.read_text()) if path.exists() else None
 
-    def run(self, cfg: RunConfig, tag: str, progress: bool = False) -> dict[str, Any]:
-        """Train ``cfg`` and save its result."""
+    def run(self, cfg: RunConfig, tag: str, progress: bool = False,
+            on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+        """Train ``cfg`` and save its result (``on_epoch(record)`` after every epoch)."""
         from .runner import run
 
-        result = run(cfg)
+        result = run(cfg, on_epoch=on_epoch)
         atomic_write_text(json.dumps(result, indent=1), self.path(tag))
         return result
 
@@ -165,11 +169,48 @@ class RunDirectories:
         path = self.path(tag) / "summary.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def run(self, cfg: RunConfig, tag: str, progress: bool = False) -> dict[str, Any]:
+    def run(self, cfg: RunConfig, tag: str, progress: bool = False,
+            on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
         """Train ``cfg`` into its run directory, continuing it if it was interrupted."""
         from .runner import run
 
-        return run(cfg, self.path(tag), resume=True, progress=progress)
+        return run(cfg, self.path(tag), resume=True, progress=progress, on_epoch=on_epoch)
+
+
+def check_plan(plan: Sequence[PlannedRun]) -> None:
+    """Validate every run of ``plan`` before the first one starts: its settings
+    (:meth:`RunConfig.validate`, an :class:`~sparsetrain.errors.InputError` naming the run) and, for
+    sparse runs, whether a topology update fits (a :class:`~sparsetrain.errors.ScheduleWarning`,
+    which the command line makes an error). Loads each dataset once to count its examples."""
+    from .data import load_dataset
+
+    sizes: dict[tuple, int] = {}
+    for item in plan:
+        try:
+            cfg = RunConfig.from_settings(item.settings)
+            cfg.validate()
+            if cfg.method == "dense":
+                continue
+            key = (cfg.dataset, cfg.data_root)
+            if key not in sizes:
+                sizes[key] = len(load_dataset(cfg.dataset, root=cfg.data_root)[0])
+            cfg.check_schedule(sizes[key])
+        except InputError as e:
+            raise InputError(f"run {item.tag}: {e}") from None
+        except ScheduleWarning as e:
+            raise ScheduleWarning(f"run {item.tag}: {e}") from None
+
+
+def slow_runs(results: Sequence[dict[str, Any]], factor: float = 2.0) -> list[tuple[dict[str, Any], float]]:
+    """The runs whose wall time is more than ``factor`` × the median of all of them, with that ratio
+    (a one-off slowdown, e.g. a busy machine, whose time is not comparable with its peers')."""
+    times = sorted(r["wall_time_s"] for r in results if r.get("wall_time_s"))
+    if len(times) < 3:
+        return []
+    mid = len(times) // 2
+    median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    return [(r, r["wall_time_s"] / median) for r in results
+            if median > 0 and r.get("wall_time_s", 0) > factor * median]
 
 
 def result_line(r: dict[str, Any]) -> str:
@@ -205,8 +246,6 @@ def _run_parallel(todo: list[tuple[int, PlannedRun]], n: int, layout, jobs: int,
     threads = max(1, (os.cpu_count() or 1) // jobs)
     done: dict[int, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
-    for _, item in todo:  # bad settings fail before any run starts
-        RunConfig.from_settings(item.settings).validate()
     # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang
     ctx = multiprocessing.get_context("spawn")
     queue = list(todo)
@@ -248,14 +287,16 @@ def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *
 
     A run whose result exists is skipped (its result returned) when ``skip_finished``. A failing
     run raises, or with ``keep_going`` is recorded (tag, error, traceback) in the failures and in
-    ``<out>/failures.jsonl`` and the grid goes on. ``echo(text, end=...)`` receives one progress
-    line per run (``[i/n] tag ...`` then the result). With ``jobs > 1``, that many runs train at
+    ``<out>/failures.jsonl`` and the grid goes on. Every run's settings are checked before the first
+    run starts (:func:`check_plan`). ``echo(text, end=...)`` receives a line when a run starts
+    (``[i/n] tag ...``), one per epoch (without progress bars) and one with its result. With ``jobs > 1``, that many runs train at
     once in worker processes, each with ``cpu_count // jobs`` threads unless its settings give
     ``threads``; results come back in plan order (no per-run progress bars then).
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer (runs trained at once), got {jobs!r}")
+        raise InputError(f"jobs must be a positive integer (runs trained at once), got {jobs!r}")
     echo = echo or _silent
+    check_plan([item for item in plan if not (skip_finished and layout.finished(item.tag) is not None)])
     (layout.out / "runs").mkdir(parents=True, exist_ok=True)
     if jobs > 1:
         known: dict[int, dict[str, Any]] = {}
@@ -279,20 +320,23 @@ def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *
             results.append(done)
             echo(f"{head}: {layout.skip_note}")
             continue
-        started = False
+        cfg = RunConfig.from_settings(item.settings)
+        echo(f"{head} ...")
+        started = time.perf_counter()
+
+        def on_epoch(record, cfg=cfg, started=started):  # a line per epoch: a long run never looks stuck
+            if not progress:
+                echo(f"    epoch {record['epoch']}/{cfg.epochs}: test acc {100 * record['test_acc']:.2f}%, "
+                     f"train loss {record['train_loss']:.4f} ({time.perf_counter() - started:.0f}s)")
+
         try:
-            cfg = RunConfig.from_settings(item.settings)  # bad settings fail before the run is announced
-            echo(f"{head} ...", end="\n" if progress else "")
-            started = True
-            result = layout.run(cfg, item.tag, progress)
+            result = layout.run(cfg, item.tag, progress, on_epoch)
         except Exception as e:  # noqa: BLE001 - with keep_going a failed run is reported and the grid goes on
             if not keep_going:
                 raise
-            if not started:
-                echo(f"{head} ...", end="\n" if progress else "")
             _record_failure(layout, failures, item.tag, e, traceback.format_exc())
-            echo(f" FAILED: {type(e).__name__}: {e}")
+            echo(f"{head} FAILED: {type(e).__name__}: {e}")
             continue
         results.append(result)
-        echo(" " + result_line(result))
+        echo(f"{head} " + result_line(result))
     return results, failures

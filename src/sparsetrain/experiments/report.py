@@ -154,14 +154,17 @@ def write_report(out: Path, results, command: str, title: str, protocol: str, wa
     return table
 
 
-def load_runs(dirs: Sequence[str]) -> list[dict[str, Any]]:
-    """Every run result (``runs/*.json`` or ``*.json`` with a ``config``) under the given directories."""
+def load_runs(dirs: Sequence[str], skipped: Optional[list] = None) -> list[dict[str, Any]]:
+    """Every run result (``runs/*.json`` or ``*.json`` with a ``config``) under the given directories;
+    files that cannot be read or parsed are appended to ``skipped`` as ``(path, reason)``."""
     results = []
     for d in dirs:
         for path in sorted(Path(d).rglob("*.json")):
             try:
                 r = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                if skipped is not None:
+                    skipped.append((path, f"corrupt or unreadable ({type(e).__name__}: {e})"))
                 continue
             if isinstance(r, dict) and "config" in r and "test_acc" in r:
                 results.append(r)

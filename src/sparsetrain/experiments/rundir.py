@@ -5,13 +5,16 @@
 ``metrics.jsonl``           one JSON line per epoch and per topology update
 ``summary.json``            the finished run's result (its presence means "finished")
 ``checkpoint_last.pt``      everything needed to continue exactly (every epoch end, and every
-                            ``checkpoint_every`` steps)
+                            ``checkpoint_every`` steps), with a checksum of its contents
+``checkpoint_prev.pt``      the checkpoint before it (a damaged ``checkpoint_last.pt`` falls back
+                            to it on resume, with a warning)
 ``checkpoint_best.pt``      the best-accuracy model with its masks
 ``tensorboard/``            with ``tensorboard=True``
 ==========================  ==================================================================
 
 Every file is replaced atomically (temporary file and rename); the metrics lines written after
 the last checkpoint are dropped when a run resumes, so the log always matches the checkpoint.
+A new checkpoint is written in full before the last one becomes ``checkpoint_prev.pt``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -27,6 +31,8 @@ import torch
 
 from .. import __version__
 from .._util import atomic_save, atomic_write_text
+from ..checkpoint import checksum
+from ..errors import InputError, InputWarning
 from .config import RunConfig
 
 __all__ = ["RunDirectory", "RunExistsError", "RUN_FILES", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "json_safe"]
@@ -35,7 +41,8 @@ __all__ = ["RunDirectory", "RunExistsError", "RUN_FILES", "CHECKPOINT_FORMAT", "
 CHECKPOINT_FORMAT = "sparsetrain.run/1"
 #: ``format`` of ``checkpoint_best.pt`` (a model and its masks).
 MODEL_FORMAT = "sparsetrain.model/1"
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint_last.pt", "checkpoint_best.pt")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint_last.pt", "checkpoint_prev.pt",
+             "checkpoint_best.pt")
 
 
 class RunExistsError(FileExistsError):
@@ -45,6 +52,25 @@ class RunExistsError(FileExistsError):
 def json_safe(obj: Any) -> Any:
     """``obj`` as plain JSON values (tuples become lists, tensors lists, anything else its ``str``)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if torch.is_tensor(o) else str(o)))
+
+
+class _Foreign(InputError):
+    """A readable file that is not a run checkpoint: refused, not a reason to fall back."""
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """A run checkpoint from ``path``; an :class:`~sparsetrain.errors.InputError` saying what is wrong
+    if it is truncated, not a run checkpoint, or damaged (checksum)."""
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, ...: all mean "damaged"
+        raise InputError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise _Foreign(f"{path} is not a sparsetrain run checkpoint (it was replaced by another file): "
+                       "point --out at the run's own directory, or start over with --overwrite")
+    if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:
+        raise InputError(f"{path} is damaged (its checksum does not match its contents)")
+    return ckpt
 
 
 class RunDirectory:
@@ -92,27 +118,82 @@ class RunDirectory:
             for f in RUN_FILES:
                 (out / f).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / "config.json").exists():
-            saved = json.loads((out / "config.json").read_text())["config"]
-            ours = json_safe(asdict(cfg))
-            diff = sorted(k for k in set(saved) | set(ours) if k != "threads" and saved.get(k) != ours.get(k))
-            if diff:
-                raise ValueError(
-                    f"cannot resume {out}: its run used different settings for {diff} "
-                    f"(saved {[saved.get(k) for k in diff]}, now {[ours.get(k) for k in diff]}); "
-                    "resume with the same settings or use --overwrite"
-                )
+        if resume:
+            self.check_settings(cfg)
         return self.checkpoint() if resume else None
 
-    def checkpoint(self) -> Optional[dict[str, Any]]:
-        """The saved training state (``checkpoint_last.pt``, loaded to the CPU), or ``None`` if there is none."""
-        path = self.path / "checkpoint_last.pt"
-        if not path.exists():
-            return None
-        ckpt = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a sparsetrain run checkpoint")
+    def check_settings(self, cfg: RunConfig) -> None:
+        """Refuse to continue (or report) the run in this directory with other settings than its own
+        (``threads`` aside), finished or not."""
+        if not (self.path / "config.json").exists():
+            return
+        saved = json.loads((self.path / "config.json").read_text())["config"]
+        ours = json_safe(asdict(cfg))
+        diff = sorted(k for k in set(saved) | set(ours) if k != "threads" and saved.get(k) != ours.get(k))
+        if diff:
+            done = (self.path / "summary.json").exists()
+            extend = " (to train a finished run longer, pass --extend with a larger --epochs)" \
+                if done and diff == ["epochs"] else ""
+            raise InputError(
+                f"cannot resume {self.path}: its {'finished ' if done else ''}run used different settings for "
+                f"{diff} (saved {[saved.get(k) for k in diff]}, now {[ours.get(k) for k in diff]}); resume with "
+                f"the same settings or use --overwrite{extend}"
+            )
+
+    def prepare_extend(self, cfg: RunConfig) -> dict[str, Any]:
+        """Check that ``cfg`` extends the run in this directory (only ``epochs`` differs, and is larger;
+        ``threads`` aside), mark the run unfinished, record the extension in ``config.json`` and
+        return the checkpoint to continue from."""
+        if not (self.path / "config.json").exists():
+            raise InputError(f"--extend: {self.path} holds no run to extend; train it first (without --extend)")
+        meta = json.loads((self.path / "config.json").read_text())
+        saved, ours = meta["config"], json_safe(asdict(cfg))
+        diff = sorted(k for k in set(saved) | set(ours) if k not in ("threads", "epochs") and saved.get(k) != ours.get(k))
+        if diff:
+            raise InputError(f"--extend changes only --epochs, but {diff} differ from the run in {self.path} "
+                             f"(saved {[saved.get(k) for k in diff]}); give the run's own settings and a larger --epochs")
+        if cfg.epochs <= int(saved["epochs"]):
+            raise InputError(f"--extend needs more --epochs than the run's {saved['epochs']}, got {cfg.epochs}")
+        if cfg.sup_tickets:
+            raise InputError("--extend does not apply to Sup-tickets runs (their cycles are planned at the end of "
+                             "the epoch budget); train a new run with more --epochs")
+        ckpt = self.checkpoint()
+        if ckpt is None:
+            raise InputError(f"--extend: {self.path} has no checkpoint to continue from; train a new run")
+        (self.path / "summary.json").unlink(missing_ok=True)
+        meta["extended_from"] = list(meta.get("extended_from", [])) + [int(saved["epochs"])]
+        meta["config"] = ours
+        atomic_write_text(json.dumps(meta, indent=1), self.path / "config.json")
         return ckpt
+
+    def checkpoint(self) -> Optional[dict[str, Any]]:
+        """The saved training state (loaded to the CPU), or ``None`` if there is none.
+
+        ``checkpoint_last.pt`` if it is intact (readable, its checksum matching); if it is truncated,
+        damaged or missing, ``checkpoint_prev.pt``, with an :class:`~sparsetrain.errors.InputWarning`;
+        an :class:`~sparsetrain.errors.InputError` if neither is intact, or if a file is readable
+        but not a run checkpoint (another file put in its place).
+        """
+        last, prev = self.path / "checkpoint_last.pt", self.path / "checkpoint_prev.pt"
+        if not last.exists() and not prev.exists():
+            return None
+        problems = []
+        for path in (last, prev):
+            if not path.exists():
+                problems.append(f"{path.name} is missing")
+                continue
+            try:
+                ckpt = _load_checkpoint(path)
+            except _Foreign:
+                raise
+            except InputError as e:
+                problems.append(str(e))
+                continue
+            if path is prev:
+                warnings.warn(f"{problems[0]}; resuming from the previous checkpoint {prev} instead "
+                              f"(epoch {int(ckpt['epoch'])}, step {int(ckpt['step'])})", InputWarning, stacklevel=2)
+            return ckpt
+        raise InputError(f"cannot resume {self.path}: {'; '.join(problems)}; start over with --overwrite")
 
     # ------------------------------------------------------------------ during the run
 
@@ -150,9 +231,17 @@ class RunDirectory:
                     self._writer.add_scalar(f"{record['type']}/{k}", v, record.get("step", 0))
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write ``checkpoint_last.pt``: ``state`` stamped with the format and the metrics log's length."""
-        atomic_save({"format": CHECKPOINT_FORMAT, **state, "metric_lines": self.metric_lines},
-                    self.path / "checkpoint_last.pt")
+        """Write ``checkpoint_last.pt``: ``state`` stamped with the format, the metrics log's length and
+        a checksum; written in full to a temporary file first, then the previous one becomes
+        ``checkpoint_prev.pt`` and the new one takes its place (each step an atomic rename)."""
+        obj = {"format": CHECKPOINT_FORMAT, **state, "metric_lines": self.metric_lines}
+        obj["checksum"] = checksum(obj)
+        last = self.path / "checkpoint_last.pt"
+        tmp = last.with_name(last.name + ".tmp")
+        torch.save(obj, tmp)
+        if last.exists():
+            os.replace(last, self.path / "checkpoint_prev.pt")
+        os.replace(tmp, last)
 
     def save_best(self, model: dict[str, Any], masks: Any, *, epoch: int, test_acc: float) -> None:
         """Write ``checkpoint_best.pt``: a model state dict and its masks (``None`` for dense)."""

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
@@ -161,15 +162,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`save_checkpoint` (of the same config)."""
+    def load_checkpoint(self, ckpt: dict[str, Any], extend: bool = False) -> None:
+        """Continue from a checkpoint written by :meth:`save_checkpoint` (of the same config; with
+        ``extend``, of a shorter run: the learning-rate and sparsifier schedules are those of this
+        run's length, taken up at the checkpoint's step)."""
         self.model.load_state_dict(ckpt["model"])
+        fresh_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the new schedule's, at step 0
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if extend:
+            for g, lr in zip(self.optimizer.param_groups, fresh_lrs):
+                g["lr"] = lr
+            with warnings.catch_warnings():  # stepping a scheduler without optimizer steps, on purpose
+                warnings.simplefilter("ignore")
+                for _ in range(int(ckpt["step"])):
+                    self.scheduler.step()
+        else:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.sparsifier is not None:
-            self.sparsifier.load_state_dict(ckpt["sparsifier"])
+            with warnings.catch_warnings():
+                if extend:  # the new total_steps is the point of extending
+                    warnings.simplefilter("ignore", st.InputWarning)
+                self.sparsifier.load_state_dict(ckpt["sparsifier"])
             self.logged_updates = len(self.sparsifier.history)
         if self.tickets is not None:
             self.tickets.load_state_dict(ckpt["tickets"])
@@ -370,12 +385,14 @@ class Trainer:
 
 def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: bool = False,
         overwrite: bool = False, progress: bool = False, tensorboard: bool = False,
-        on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+        on_epoch: Optional[Callable[[dict[str, Any]], None]] = None, extend: bool = False) -> dict[str, Any]:
     """Train one configuration and return its summary (accuracy, density, R_s, FLOPs, time).
 
     With ``out_dir`` the run writes its files there (see the module docstring); an existing run
-    there is an error unless ``resume`` (continue it exactly; a finished run returns its summary)
-    or ``overwrite`` (start over).
+    there is an error unless ``resume`` (continue it exactly; a finished run returns its summary;
+    other settings are refused), ``overwrite`` (start over) or ``extend`` (train the run there,
+    finished or not, up to ``cfg.epochs``, more than its own: the learning-rate and sparsifier
+    schedules are re-planned for the new length from its last checkpoint on).
     """
     cfg.validate()
     dist = torch.distributed
@@ -386,9 +403,14 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
     out = RunDirectory(out_dir) if out_dir is not None else None
     ckpt = None
     if out is not None:
-        if resume and (done := out.finished()) is not None:
+        if extend:
+            if world > 1:
+                raise st.InputError("--extend runs in one process; drop --nproc")
+            ckpt = out.prepare_extend(cfg)
+        elif resume and (done := out.finished()) is not None:
+            out.check_settings(cfg)  # a finished run with other settings is refused too
             return done
-        if rank == 0:  # one process owns the run directory; the others read the checkpoint
+        elif rank == 0:  # one process owns the run directory; the others read the checkpoint
             ckpt = out.prepare(cfg, resume=resume, overwrite=overwrite)
         if world > 1:
             dist.barrier()
@@ -400,7 +422,7 @@ def run(cfg: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, resume: 
         torch.set_num_threads(int(cfg.threads))
     trainer = Trainer(cfg, out, world=world, rank=rank)
     if ckpt is not None:
-        trainer.load_checkpoint(ckpt)
+        trainer.load_checkpoint(ckpt, extend=extend)
         log.info("resuming %s at epoch %d, batch %d (step %d)", out_dir, trainer.state.epoch, trainer.state.batch,
                  trainer.state.step)
     if out is not None:
