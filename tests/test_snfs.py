@@ -196,6 +196,7 @@ def test_state_dict_round_trip_gives_identical_next_updates(tmp_path):
         state = dict(ckpt["sp"])
         if not load_algorithm_state:
             state["algorithm_state"] = {}
+            del state["checksum"]  # edited on purpose (an unchecked state, as before checksums)
         sp2.load_state_dict(state)
         return sp2, model2, opt2
 

@@ -109,7 +109,8 @@ def check_format(state: Any) -> None:
     elif checksum(state) != saved:
         raise InputError(
             "corrupt Sparsifier state: its checksum does not match its contents (the file was damaged or edited "
-            "after saving); load an intact checkpoint, e.g. the previous one"
+            "after saving); load an intact checkpoint, e.g. the previous one (a state edited on purpose: delete "
+            "its 'checksum' key, or set it to sparsetrain.checkpoint.checksum(state))"
         )
 
 
