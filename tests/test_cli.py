@@ -166,7 +166,8 @@ def test_report_writes_every_plot(tmp_path):
                      "--batch-size", "64", "--out", str(out)]) == 0
     rep = tmp_path / "rep"
     assert cli.main(["report", str(out), "--out", str(rep), "--methods", "dense,rigl", "--densities", "0.1"]) == 0
-    for name in ("accuracy_vs_sparsity", "learning_curves", "itop_rate", "turnover", "layer_density"):
+    for name in ("accuracy_vs_sparsity", "learning_curves", "itop_rate", "turnover", "layer_density",
+                 "accuracy_vs_itop_rate"):
         assert (rep / f"{name}.png").stat().st_size > 5000, name
     text = (rep / "results.md").read_text()
     assert "| rigl | 90% |" in text and "| set |" not in text and "80%" not in text

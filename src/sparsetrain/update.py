@@ -228,7 +228,8 @@ def _survival(sp: "Sparsifier", newly: dict[str, Optional[torch.Tensor]],
         if prev is not None and prev.numel():
             alive = int(torch.count_nonzero(layer.mask.reshape(-1)[prev.to(layer.mask.device)]))
             kept, total = kept + alive, total + prev.numel()
-            per_layer.setdefault(layer.name, {})["survival"] = alive / prev.numel()
+            if layer.name in per_layer:  # layers this update changed; the total counts every layer
+                per_layer[layer.name]["survival"] = alive / prev.numel()
         new = newly.get(layer.name)
         layer.last_grown = (new.detach().to(torch.int64).cpu() if new is not None
                             else torch.zeros(0, dtype=torch.int64))

@@ -17,7 +17,8 @@ from typing import Any, Optional, Sequence
 
 __all__ = [
     "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
-    "plot_learning_curves", "plot_itop", "plot_turnover", "plot_layer_density", "make_plots", "git_commit",
+    "plot_learning_curves", "plot_itop", "plot_accuracy_vs_itop", "plot_turnover", "plot_layer_density", "make_plots",
+    "git_commit",
 ]
 
 #: The label suffix of a Sup-tickets run (``"rigl+sup-tickets"``); as a method name it turns Sup-tickets on.
@@ -379,6 +380,28 @@ def plot_layer_density(results, path: Path, title: str) -> Optional[Path]:
     return _finish(fig, axes, path, plt)
 
 
+def plot_accuracy_vs_itop(results, path: Path, title: str) -> Optional[Path]:
+    """Final test accuracy against the final R_s of every sparse run (one point per run, a colour
+    per method, one panel per sparsity): ITOP's claim is that accuracy rises with R_s. Written only
+    when the runs' R_s values differ."""
+    plt = _pyplot()
+    groups = _by_density(results)
+    if plt is None or not groups:
+        return None
+    if len({round(r.get("itop_rate", 0.0), 4) for rs in groups.values() for r in rs}) < 2:
+        return None
+    fig, axes = _panels(plt, len(groups), title + ": accuracy against R_s (one point per run)")
+    colors = _colors(results)
+    for ax, (d, rs) in zip(axes, groups.items()):
+        for label in dict.fromkeys(_label(r) for r in rs):
+            pts = [(r["itop_rate"], 100 * r["test_acc"]) for r in rs if _label(r) == label]
+            ax.scatter(*zip(*pts), s=18, label=label, color=colors[label], alpha=0.8)
+        ax.set_title(f"{100 * (1 - d):.0f}% sparsity", fontsize=9)
+        ax.set_xlabel("R_s at the end of training")
+        ax.set_ylabel("test accuracy (%)")
+    return _finish(fig, axes, path, plt)
+
+
 def make_plots(results, out: Path, title: str) -> list[Path]:
     """Every plot that the results support, written into ``out``; the paths written."""
     rows = aggregate(results)
@@ -388,5 +411,6 @@ def make_plots(results, out: Path, title: str) -> list[Path]:
         plot_itop(results, out / "itop_rate.png", title),
         plot_turnover(results, out / "turnover.png", title),
         plot_layer_density(results, out / "layer_density.png", title),
+        plot_accuracy_vs_itop(results, out / "accuracy_vs_itop_rate.png", title),
     ]
     return [p for p in made if p is not None]
