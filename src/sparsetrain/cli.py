@@ -66,10 +66,10 @@ FIELD_HELP = {
     "data_root": "directory holding the dataset files (see the error message of a missing dataset)",
     "train_subset": "use only the first N training examples",
     "checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
-    "execution": "Linear layers: masked (dense kernels), sparse (CSR, cost follows nnz), auto (sparse below "
-                 "20%% layer density, the measured break-even)",
-    "kernels": "CPU kernels of truly sparse layers: auto (compiled on first use, torch's if that fails), native "
-               "(compiled or an error), torch",
+    "execution": "Linear layers: masked (dense kernels), sparse (CSR, cost follows nnz), auto (sparse where "
+                 "measured faster on this machine for the layer's shape, density and batch; cached)",
+    "kernels": "CPU kernels of truly sparse layers: auto (per operation and shape the faster of the compiled "
+               "kernels and torch's, measured once and cached), native (compiled or an error), torch",
     "sup_tickets": "Sup-tickets: superpose tickets from cyclic final epochs (same epoch budget)",
     "cycles": "Sup-tickets: number of tickets K (default: from --cycle-ratio)",
     "cycle_epochs": "Sup-tickets: epochs per cycle C",
