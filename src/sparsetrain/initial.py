@@ -14,7 +14,9 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from .distributions import exact_counts
-from .masks import LayerState, random_mask
+from .checkpoint import saved_mask
+from .bits import PackedBits
+from .masks import LayerState, random_mask, random_positions
 from .selection import Selected
 from .storage import Storage, storage_for
 
@@ -57,14 +59,24 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
             del dense_w
         target = dens[name]
         saved = state["layers"].get(name) if state is not None else None
+        # an index-backed layer (large, compressed) gets sorted positions, never a dense bool mask
+        positions, mask, indexed = None, None, storage.index_backed
         if saved is not None and list(saved["shape"]) == list(shape):
-            mask = saved["mask"].to(param.device, torch.bool).clone()  # load_state_dict completes the rest
+            if indexed and "mask_index" in saved:
+                positions = saved["mask_index"].to(param.device, torch.int64).clone()
+            else:
+                mask = saved_mask(saved, param.device)  # load_state_dict completes the rest
         elif given is not None and name in given:
             mask = given[name].to(param.device, torch.bool).reshape(shape).clone()
             target = float(torch.count_nonzero(mask)) / shape.numel()
+        elif indexed:
+            positions = random_positions(shape.numel(), counts[name], generator).to(param.device)
         else:
             mask = random_mask(shape, counts[name], generator, param.device)
-        n_active = int(torch.count_nonzero(mask))
+        if indexed and positions is None:
+            positions = mask.reshape(-1).nonzero().squeeze(1)
+            mask = None
+        n_active = int(positions.numel()) if indexed else int(torch.count_nonzero(mask))
         values = None
         if storage.module is not None and storage.module.deferred:
             values = (torch.zeros(n_active, dtype=param.dtype) if saved is not None  # load_state_dict brings them
@@ -76,13 +88,18 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
             pinned=name in pinned,
             n_active=n_active,
             mask=mask,
-            ever_active=mask.clone(),
+            ever_active=PackedBits.from_positions(shape.numel(), positions) if indexed else mask.clone(),
             counter=torch.zeros(shape, dtype=torch.int32, device=param.device) if track_usage else None,
             init_std=init_std,
             shape=shape,
             storage=storage,
         )
-        layer.set_mask(mask)
-        storage.realise(layer, optimizer, values)
+        if indexed:
+            storage.realise_at(positions, values)
+            layer.set_mask(None)  # the storage now holds the pattern
+        else:
+            storage.realise(layer, optimizer, values)
+            layer.set_mask(mask)
+        del mask, positions
         layers[name] = layer
     return layers

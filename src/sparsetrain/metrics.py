@@ -22,7 +22,7 @@ def density(sp: "Sparsifier") -> float:
 
 def itop_rate(sp: "Sparsifier") -> float:
     """R_s: fraction of sparse-parameter weights active at least once (initial mask included)."""
-    ever = sum(int(torch.count_nonzero(l.ever_active)) for l in sp.layers.values())
+    ever = sum(l.ever_count() for l in sp.layers.values())
     return ever / sum(l.numel for l in sp.layers.values())
 
 
@@ -42,7 +42,7 @@ def metrics(sp: "Sparsifier") -> dict[str, Any]:
         "active": sum(l.n_active for l in sp.layers.values()),
         "total": sum(l.numel for l in sp.layers.values()),
         "layer_density": {n: l.density for n, l in sp.layers.items()},
-        "layer_itop_rate": {n: int(torch.count_nonzero(l.ever_active)) / max(l.numel, 1) for n, l in sp.layers.items()},
+        "layer_itop_rate": {n: l.ever_count() / max(l.numel, 1) for n, l in sp.layers.items()},
     }
 
 

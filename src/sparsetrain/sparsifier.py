@@ -39,7 +39,7 @@ from .masks import LayerState
 from .registry import make_algorithm
 from .selection import DEFAULT_SPARSE_MODULES, Selector, check_selected, plan as plan_selection
 from .storage import Hooks
-from .update import ForcedUpdate, run_update
+from .update import ForcedUpdate, run_update, streaming_warning
 
 __all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
 
@@ -204,6 +204,9 @@ class Sparsifier:
             self.layers: dict[str, LayerState] = build_layers(
                 algorithm, model, selected, self.selection.pinned, self.generator, optimizer,
                 self.track_usage, state)
+        heavy = streaming_warning(self.layers.values(), algorithm, self.track_usage)
+        if heavy is not None:
+            warnings.warn(heavy, stacklevel=2)
         self._attach()
         self._claimed = [id(s.param) for s in selected]
         for s in selected:

@@ -49,7 +49,10 @@ def assert_invariants(sp, optimizer: Optional[torch.optim.Optimizer] = None,
         assert n == layer.n_active, f"{name}: mask has {n} active weights, the layer counts {layer.n_active}"
         if counts is not None and name in counts:
             assert n == counts[name], f"{name}: {n} active weights, expected {counts[name]}"
-        assert bool((layer.ever_active | ~mask).all()), f"{name}: an active weight is missing from the ever-active map"
+        assert bool((layer.ever_dense() | ~mask).all()), f"{name}: an active weight is missing from the ever-active map"
+        ever = layer.ever_active
+        if hasattr(ever, "popcount"):  # packed bits: the maintained count is the bits' count
+            assert ever.count == ever.popcount(), f"{name}: the packed ever-active count is off"
         module = layer.sparse_module
         if module is None:
             assert bool((layer.param.detach()[~mask] == 0).all()), f"masked weights of {name} are not exactly 0"

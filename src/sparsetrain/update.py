@@ -34,7 +34,8 @@ from .sparse.linear import LowRankGrad
 if TYPE_CHECKING:  # pragma: no cover
     from .sparsifier import Sparsifier
 
-__all__ = ["ForcedUpdate", "FORCED_GROW", "FORCED_DROP", "run_update", "layer_record"]
+__all__ = ["ForcedUpdate", "FORCED_GROW", "FORCED_DROP", "run_update", "layer_record", "dense_path_layers",
+           "streaming_warning"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,32 @@ class ForcedUpdate:
         if self.grow == "random":
             return scores.select_random(available, k, ctx.generator)
         return self.algorithm.select_grow(layer, k, available, ctx)
+
+
+def dense_path_layers(layers, rule) -> list[str]:
+    """The large compressed (index-backed) layers whose updates by ``rule`` cannot stream: each of
+    their updates forms the dense weight, gradient and scores (4 bytes per position each)."""
+    return [l.name for l in layers if l.index_backed and not l.frozen and not l.is_dense
+            and l.storage.stream_growth(l, rule) is None]
+
+
+def streaming_warning(layers, algorithm, track_usage: bool) -> Optional[str]:
+    """A message naming what on large compressed layers is dense-sized in memory (updates that do
+    not stream, usage counters), or ``None`` when their updates stream in memory ∝ nnz."""
+    layers = list(layers)
+    dense = dense_path_layers(layers, algorithm)
+    counted = [l.name for l in layers if l.index_backed and track_usage]
+    parts = []
+    if dense:
+        gib = max(l.numel for l in layers if l.name in dense) * 4 / 2**30
+        parts.append(
+            f"{type(algorithm).__name__}'s topology updates cannot stream on the large compressed layer(s) "
+            f"{', '.join(dense)} (only magnitude drop with random or gradient growth and zero regrowth streams: "
+            f"SET and RigL; a layer denser than 25% never streams): each update forms dense float tensors of "
+            f"up to {gib:.2f} GiB each")
+    if counted:
+        parts.append(f"usage counters (track_usage=True) take 4 bytes per position of {', '.join(counted)}")
+    return "sparsetrain: " + "; ".join(parts) if parts else None
 
 
 def layer_record(k_drop: int, k_grow: int, n_before: int, fresh: int, changed: int,
@@ -226,7 +253,7 @@ def _survival(sp: "Sparsifier", newly: dict[str, Optional[torch.Tensor]],
     for layer in sp.layers.values():
         prev = layer.last_grown
         if prev is not None and prev.numel():
-            alive = int(torch.count_nonzero(layer.mask.reshape(-1)[prev.to(layer.mask.device)]))
+            alive = int(torch.count_nonzero(layer.is_active(prev)))
             kept, total = kept + alive, total + prev.numel()
             if layer.name in per_layer:  # layers this update changed; the total counts every layer
                 per_layer[layer.name]["survival"] = alive / prev.numel()
@@ -253,7 +280,7 @@ def _dense_layer(sp: "Sparsifier", rule, layer: LayerState, k_drop: int, k_grow:
         raise RuntimeError(f"{name} selected an inconsistent drop/grow set in {layer.name}")
     newly = new & ~old
     n_new = int(torch.count_nonzero(newly))
-    fresh = int(torch.count_nonzero(grown & ~layer.ever_active)) if k_grow else 0
+    fresh = int(torch.count_nonzero(~layer.ever_at(grown.reshape(-1).nonzero().squeeze(1)))) if k_grow else 0
     exploit = None
     if k_grow and layer.grad_buffer is not None:
         g = layer.grad_buffer.abs()
@@ -272,6 +299,6 @@ def _dense_layer(sp: "Sparsifier", rule, layer: LayerState, k_drop: int, k_grow:
         weight.add_(noise * layer.init_std * newly)
     layer.storage.commit(layer, new, kept, sp.optimizer)
     layer.set_mask(new)
-    layer.ever_active |= new
+    layer.mark_ever(new)
     return info
 

@@ -134,16 +134,21 @@ def _rows(crow: torch.Tensor) -> torch.Tensor:
 
 def _structure(mask: torch.Tensor, index_dtype: torch.dtype):
     """CSR and transposed-CSR index tensors of a bool ``mask`` (out × in)."""
-    out_f, in_f = mask.shape
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of ``weight[mask]``
+    return _structure_of(rows, cols, mask.shape, index_dtype)
+
+
+def _structure_of(rows: torch.Tensor, cols: torch.Tensor, shape, index_dtype: torch.dtype):
+    """CSR and transposed-CSR index tensors of the entries ``(rows, cols)`` (row-major order)."""
+    out_f, in_f = shape
     # counts per row and column from the entries (a reduction over the dense mask would widen it
     # to int64: 8 bytes per position)
-    crow = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
+    crow = torch.zeros(out_f + 1, dtype=torch.int64, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
     # transpose: entries sorted by (col, row); t_perm maps them to positions in values
     key = cols.to(torch.int64) * out_f + rows.to(torch.int64)
     t_perm = torch.argsort(key)
-    t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
+    t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=rows.device)
     t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
     return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype), rows[t_perm].to(index_dtype),
             t_perm.to(index_dtype))
@@ -225,8 +230,13 @@ class SparseLinear(nn.Module):
         self.dense_grad_sink: Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]] = form_dense_grad
 
     # ------------------------------------------------------------------ structure
-    def _set_indices(self, mask: torch.Tensor) -> None:
-        crow, col, t_crow, t_col, t_perm = _structure(mask, self.index_dtype)
+    def _set_indices(self, mask: Optional[torch.Tensor], flat: Optional[torch.Tensor] = None) -> None:
+        if flat is not None:
+            crow, col, t_crow, t_col, t_perm = _structure_of(
+                torch.div(flat, self.in_features, rounding_mode="floor"), flat % self.in_features,
+                self.weight_shape, self.index_dtype)
+        else:
+            crow, col, t_crow, t_col, t_perm = _structure(mask, self.index_dtype)
         self.crow_indices, self.col_indices = crow, col
         self.t_crow_indices, self.t_col_indices, self.t_perm = t_crow, t_col, t_perm
         self._nnz = int(col.numel())
@@ -332,6 +342,23 @@ class SparseLinear(nn.Module):
         if values.numel() != n:
             raise ValueError(f"{values.numel()} values for a mask with {n} entries")
         self._set_indices(mask)
+        return self._put_values(values, n, reallocate)
+
+    @torch.no_grad()
+    def set_structure_at(self, flat: torch.Tensor, values: torch.Tensor, reallocate: bool = False) -> bool:
+        """:meth:`set_structure` from the sorted, distinct row-major flat positions ``flat`` of the
+        pattern (int64) instead of a dense mask: memory ∝ nnz."""
+        flat = flat.to(self.values.device, torch.int64).reshape(-1)
+        n = flat.numel()
+        if values.numel() != n:
+            raise ValueError(f"{values.numel()} values for {n} positions")
+        if n and (int(flat[0]) < 0 or int(flat[-1]) >= self.weight_shape.numel() or bool((flat[1:] <= flat[:-1]).any())):
+            raise ValueError("positions must be sorted, distinct and inside the weight")
+        self._set_indices(None, flat)
+        self._flat = flat
+        return self._put_values(values, n, reallocate)
+
+    def _put_values(self, values: torch.Tensor, n: int, reallocate: bool) -> bool:
         values = values.detach().to(self.values.dtype).reshape(-1)
         if reallocate or n > self.values.numel():
             self.values.data = values.clone()

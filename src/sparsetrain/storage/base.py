@@ -61,6 +61,9 @@ class Storage:
     kind = "base"
     #: the module holding the weight in a form of its own (a SparseLinear), if any
     module: Optional[torch.nn.Module] = None
+    #: whether the storage's sorted index of active positions *is* the layer's active set, so
+    #: the layer keeps no dense bool mask and a packed ever-active map (see ``LayerState``)
+    index_backed = False
 
     def __init__(self, param: torch.nn.Parameter, shape: torch.Size):
         self.param = param
@@ -90,6 +93,14 @@ class Storage:
 
     def mask_changed(self, mask: torch.Tensor) -> None:
         """Refresh whatever the storage derives from the mask (called by ``LayerState.set_mask``)."""
+
+    def holds_pattern(self) -> bool:
+        """Whether the storage holds a pattern of its own that :meth:`dense_mask` can read."""
+        return False
+
+    def dense_mask(self) -> torch.Tensor:
+        """The active set as a dense bool tensor, made from the storage's own pattern."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no pattern of its own")
 
     def enforce(self, layer: "LayerState", optimizer: torch.optim.Optimizer) -> None:
         """After every optimizer step: nothing stored off the mask may be nonzero."""

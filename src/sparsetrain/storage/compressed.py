@@ -117,7 +117,7 @@ class CompressedStorage(Storage):
     def grad_at_active(self, layer: "LayerState", grad) -> torch.Tensor:
         if isinstance(grad, LowRankGrad):
             return grad.at(self.module)
-        return grad[layer.mask]
+        return grad.reshape(-1)[self.module.flat_index()]  # = grad[mask]: the same row-major order
 
     @torch.no_grad()
     def commit(self, layer: "LayerState", new: torch.Tensor, kept: torch.Tensor,
@@ -127,7 +127,7 @@ class CompressedStorage(Storage):
     def restructure(self, layer: "LayerState", new: torch.Tensor, optimizer: torch.optim.Optimizer,
                     new_values: torch.Tensor, new_flat: Optional[torch.Tensor] = None) -> None:
         """Rebuild the CSR for mask ``new`` with ``new_values`` (row-major; ``new_flat``: their flat
-        positions, if known) and move the optimizer state along: kept positions take theirs, grown
+        positions, if known; ``new=None``: the pattern is ``new_flat``, no dense mask) and move the optimizer state along: kept positions take theirs, grown
         ones start at zero; O(nnz), no dense temporaries."""
         module = self.module
         values = module.values
@@ -143,7 +143,8 @@ class CompressedStorage(Storage):
             for key, v in state.items():
                 if torch.is_tensor(v) and v.shape == values.shape:
                     moved[key] = torch.where(found, v[:old_nnz][at] if old_nnz else 0, 0).to(v.dtype)
-        resized = module.set_structure(new, new_values)
+        resized = (module.set_structure_at(new_flat, new_values) if new is None
+                   else module.set_structure(new, new_values))
         if resized:
             log.warning("sparsetrain: %s outgrew its compressed capacity; its values were reallocated (safe only "
                         "when no autograd graph that used them is still alive)", layer.name)
