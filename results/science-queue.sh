@@ -3,7 +3,7 @@
 # Log: results/science-queue.log. Never time a benchmark while this runs (it keeps both cores busy).
 cd "$(dirname "$0")/.."
 for s in results/fmnist-mlp-suptickets-ref/pilot.sh results/fmnist-mlp-dstee-power/command.sh \
-         results/fmnist-mlp-itop-time/command.sh; do
+         results/fmnist-mlp-itop-time/command.sh results/fmnist-mlp-suptickets-ref/command.sh; do
   echo "=== $(date -u +%FT%TZ) $s"
   sh "$s"
 done
