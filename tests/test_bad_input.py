@@ -419,3 +419,24 @@ def test_dense_takes_module_types_like_include():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sp = st.Sparsifier(model, opt, "rigl", density=0.5, total_steps=100, update_interval=10, dense=nn.Conv1d)
     assert bool(sp.masks["0.weight"].all()) and not bool(sp.masks["2.weight"].all())
+
+
+def test_a_data_root_without_the_files_is_an_error_not_a_fallback(tmp_path):
+    from sparsetrain.experiments.datasets.idx import load_fashion_mnist
+
+    with pytest.raises(FileNotFoundError, match="Only the data root you gave") as err:
+        load_fashion_mnist(root=tmp_path)
+    assert str(tmp_path) in str(err.value) and "leave it out" in str(err.value)
+
+
+def test_selection_and_dataset_errors_are_input_errors():
+    from torch import nn
+
+    from sparsetrain.experiments.datasets.memory import InMemoryDataset
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(st.InputError, match="nope"):
+        st.Sparsifier(model, opt, st.RigL(density=0.5), total_steps=1000, exclude=["nope"])
+    with pytest.raises(st.InputError, match="images must be"):
+        InMemoryDataset(torch.zeros(3, 4), torch.zeros(3))

@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .errors import InputError, InputTypeError
 from .sparse.linear import SparseLinear
 
 __all__ = ["DEFAULT_SPARSE_MODULES", "EMBEDDING_MODULES", "Selector", "Selected", "Selection", "as_list",
@@ -106,7 +107,7 @@ def matches(selector: Selector, name: str, param: nn.Parameter, module: nn.Modul
         return isinstance(module, selector) and attr == "weight"
     if callable(selector):
         return bool(selector(name, param, module))
-    raise TypeError(f"a selector must be a name glob, a module type or a predicate, got {selector!r}")
+    raise InputTypeError(f"a selector must be a name glob, a module type or a predicate, got {selector!r}")
 
 
 def _explicit(selector: Selector) -> bool:
@@ -171,11 +172,11 @@ def _shape(param: nn.Parameter, aliases: Sequence[_Alias]) -> tuple[int, ...]:
     return tuple(param.shape)
 
 
-def _unmatched(kind: str, selector: Selector, names: Sequence[str]) -> ValueError:
+def _unmatched(kind: str, selector: Selector, names: Sequence[str]) -> InputError:
     if isinstance(selector, type):
-        return ValueError(f"{kind}={selector.__name__} matches no module of the model: remove it, or name the "
+        return InputError(f"{kind}={selector.__name__} matches no module of the model: remove it, or name the "
                           f"parameters by name glob (the model's parameters include {list(names[:4])})")
-    return ValueError(f"{kind}={selector!r} matches no parameter of the model: check the spelling (names are "
+    return InputError(f"{kind}={selector!r} matches no parameter of the model: check the spelling (names are "
                       f"fully qualified, like {list(names[:4])}; '*' in a glob also matches dots), or remove it")
 
 
@@ -189,7 +190,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
     include, exclude, dense = as_list(include), as_list(exclude), as_list(dense)
     for s in include + exclude + dense:
         if not isinstance(s, (str, type)) and not callable(s):
-            raise TypeError(f"a selector must be a name glob, a module type or a predicate, got {s!r}")
+            raise InputTypeError(f"a selector must be a name glob, a module type or a predicate, got {s!r}")
     params = _aliases(model)
     embedded = {id(p) for _, module in model.named_modules() if isinstance(module, EMBEDDING_MODULES)
                 for attr, p in module.named_parameters(recurse=False) if attr == "weight"}
@@ -255,20 +256,20 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
         if ("dense", i) not in used and isinstance(s, (str, type)):
             left = [(n, r) for n, _, r in out.left if (matches(s, n, None, None, "") if isinstance(s, str) else False)]
             if left:
-                raise ValueError(f"dense={_show(s)} names no sparse parameter: {left[0][0]} is left dense already "
+                raise InputError(f"dense={_show(s)} names no sparse parameter: {left[0][0]} is left dense already "
                                  f"({left[0][1]}); remove it from dense=")
             if isinstance(s, type) and any(isinstance(m, s) for m in model.modules()):
-                raise ValueError(f"dense={s.__name__} names no sparse parameter (its modules are left dense "
+                raise InputError(f"dense={s.__name__} names no sparse parameter (its modules are left dense "
                                  "already); remove it from dense=")
             raise _unmatched("dense", s, all_names)
     if not out.selected:
         emb = [n for n, _, r in out.left if r.startswith(("embedding", "tied to embedding"))]
         if emb:
-            raise ValueError(
+            raise InputError(
                 f"no prunable parameter: the model's only weight matrices are embeddings or tied to one ({', '.join(emb)}), "
                 f"which stay dense by default; to make them sparse name them: include=[{emb[0]!r}] or "
                 "include=[nn.Embedding]")
-        raise ValueError(
+        raise InputError(
             "no prunable parameter matched: by default the weights of Linear, Conv1d/2d/3d and Conv1D modules "
             "are sparse; pass include=[...] with parameter-name globs (e.g. 'encoder.*.weight'), module "
             "types or a predicate, and check that exclude=[...] does not remove everything"
@@ -301,14 +302,14 @@ def check_selected(selected: Sequence[Selected], optimizer: Optional[torch.optim
     DTensors, or not in ``optimizer``."""
     meta = [s.name for s in selected if s.param.is_meta]
     if meta:
-        raise ValueError(
+        raise InputError(
             f"parameter(s) {meta[:3]}{'...' if len(meta) > 3 else ''} are on the meta device (no data): "
             "materialise the model first (model.to_empty(device=...) and initialise it, or load its weights), "
             "then attach the Sparsifier"
         )
     sharded = [s.name for s in selected if _is_dtensor(s.param)]
     if sharded:
-        raise ValueError(
+        raise InputError(
             f"parameter(s) {sharded[:3]} are sharded DTensors (FSDP / tensor parallelism), which the sparsifier "
             "does not support yet: masks and topology updates need the full tensors. Use DistributedDataParallel "
             "(see docs/distributed.md, which also says what FSDP support would take)"
@@ -318,7 +319,7 @@ def check_selected(selected: Sequence[Selected], optimizer: Optional[torch.optim
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [s.name for s in selected if id(s.param) not in held]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"parameter(s) {', '.join(missing)} are sparse but not held by the optimizer, so their "
             "masks could not be enforced; create the optimizer over model.parameters() (or add them "
             f"with optimizer.add_param_group), or leave them dense with exclude={missing!r}"

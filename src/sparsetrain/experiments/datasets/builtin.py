@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...errors import InputError
 from .memory import Split, make_split
 
 __all__ = ["load_digits", "load_synthetic"]
@@ -19,7 +20,7 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> Split:
         raise ImportError(
             "the 'digits' dataset needs scikit-learn: run `pip install scikit-learn`") from exc
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     bunch = sklearn_digits()
     images = torch.tensor(bunch.images.tolist(), dtype=torch.float32).div_(16.0).unsqueeze(1)
     labels = torch.tensor(bunch.target.tolist(), dtype=torch.long)
@@ -45,7 +46,7 @@ def load_synthetic(
     for key, value in (("num_train", num_train), ("num_test", num_test), ("num_classes", num_classes),
                        ("channels", channels), ("image_size", image_size)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"synthetic: {key} must be a positive int, got {value!r}")
+            raise InputError(f"synthetic: {key} must be a positive int, got {value!r}")
     g = torch.Generator().manual_seed(seed)
     # Smooth, class-specific templates: random low-resolution patterns upsampled.
     low = max(2, image_size // 4)

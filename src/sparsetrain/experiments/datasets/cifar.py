@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ...errors import InputError
 from .memory import Split, make_split
 
 __all__ = ["CIFAR_DIRS", "load_cifar", "NumpyFreeUnpickler", "as_tensor"]
@@ -178,16 +179,16 @@ def _load_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]
         with path.open("rb") as fh:
             batch = NumpyFreeUnpickler(fh, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: not a valid CIFAR python batch ({exc})") from exc
+        raise InputError(f"{path}: not a valid CIFAR python batch ({exc})") from exc
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(batch).__name__}")
+        raise InputError(f"{path}: expected a dict, got {type(batch).__name__}")
     batch = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in batch.items()}
     if "data" not in batch or label_key not in batch:
-        raise ValueError(f"{path}: missing 'data' or '{label_key}' entry (keys: {sorted(batch)})")
+        raise InputError(f"{path}: missing 'data' or '{label_key}' entry (keys: {sorted(batch)})")
     data = as_tensor(batch["data"])
     labels = as_tensor(batch[label_key]).long().reshape(-1)
     if data.dtype != torch.uint8 or data.numel() != labels.numel() * 3072:
-        raise ValueError(
+        raise InputError(
             f"{path}: expected uint8 data of {labels.numel()} x 3072 values, got "
             f"{data.dtype} with {data.numel()} values")
     return data.reshape(-1, 3, 32, 32).contiguous(), labels

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ...errors import InputError
 from .memory import Split, make_split
 
 __all__ = ["FASHION_MNIST_DIRS", "MNIST_DIRS", "DOWNLOADS", "read_idx", "load_fashion_mnist", "load_mnist"]
@@ -85,7 +86,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as fh:
                 return fh.read()
         except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupted gzip file ({exc})") from exc
+            raise InputError(f"{path}: corrupted gzip file ({exc})") from exc
     return path.read_bytes()
 
 
@@ -110,25 +111,25 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> torch.Tensor:
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: not an idx file (only {len(data)} bytes)")
+        raise InputError(f"{path}: not an idx file (only {len(data)} bytes)")
     zero, dtype_code, dims = struct.unpack(">HBB", data[:4])
     magic = int.from_bytes(data[:4], "big")
     if zero != 0 or dtype_code not in _IDX_DTYPES or dims == 0:
         expected = f"0x000008{ndim:02x}" if ndim is not None else "0x000008NN"
-        raise ValueError(
+        raise InputError(
             f"{path}: bad idx magic number 0x{magic:08x} (expected {expected}); "
             "the file is corrupted or not an idx file")
     if ndim is not None and dims != ndim:
-        raise ValueError(
+        raise InputError(
             f"{path}: idx file has {dims} dimensions (magic 0x{magic:08x}), expected {ndim}")
     header = 4 + 4 * dims
     if len(data) < header:
-        raise ValueError(f"{path}: truncated idx header ({len(data)} bytes, need {header})")
+        raise InputError(f"{path}: truncated idx header ({len(data)} bytes, need {header})")
     shape = struct.unpack(f">{dims}I", data[4:header])
     dtype, itemsize = _IDX_DTYPES[dtype_code]
     expected_len = header + math.prod(shape) * itemsize
     if len(data) != expected_len:
-        raise ValueError(
+        raise InputError(
             f"{path}: idx size mismatch: header says shape {tuple(shape)} "
             f"({expected_len} bytes in all) but the file has {len(data)} bytes; "
             "the file is truncated or corrupted")
@@ -209,10 +210,11 @@ def _download_all(name: str, directory: Path) -> None:
 def _load(name: str, root: str | os.PathLike | None, download: bool, subdirs: Sequence[str],
           defaults: Sequence[str], how_to: str, classes: Sequence[str]) -> Split:
     dirs: list[Path] = []
-    if root is not None:
+    if root is not None:  # a root the user gave is the only place looked in: never another copy silently
         base = Path(root).expanduser()
         dirs += [base] + [base / sub for sub in subdirs]
-    dirs += [Path(d) for d in defaults]
+    else:
+        dirs += [Path(d) for d in defaults]
     files = _locate(dirs)
     if files is None and download:
         target = Path(root).expanduser() if root is not None else Path(defaults[0])
@@ -222,15 +224,17 @@ def _load(name: str, root: str | os.PathLike | None, download: bool, subdirs: Se
         searched = "\n  ".join(str(d.resolve() if not d.is_absolute() else d) for d in dirs)
         raise FileNotFoundError(
             f"{name} not found. Looked for {', '.join(s + '[.gz]' for s in _IDX_FILES.values())} "
-            f"in:\n  {searched}\nTo get it: {how_to}")
+            f"in:\n  {searched}\nTo get it: {how_to}"
+            + ("" if root is None else f"\n(Only the data root you gave, {root}, was searched; leave it out to use "
+               f"the default locations {', '.join(defaults)}.)"))
     images, labels = {}, {}
     for split in ("train", "test"):
         images[split] = read_idx(files[f"{split}_images"], ndim=3)
         labels[split] = read_idx(files[f"{split}_labels"], ndim=1)
         if images[split].dtype != torch.uint8 or labels[split].dtype != torch.uint8:
-            raise ValueError(f"{name}: expected unsigned-byte idx files for the {split} split")
+            raise InputError(f"{name}: expected unsigned-byte idx files for the {split} split")
         if images[split].shape[0] != labels[split].shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"{name}: {split} split has {images[split].shape[0]} images but "
                 f"{labels[split].shape[0]} labels ({files[f'{split}_images']}, "
                 f"{files[f'{split}_labels']})")

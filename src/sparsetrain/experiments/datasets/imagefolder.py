@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import InputError
 from .memory import Split, make_split
 
 __all__ = ["load_imagefolder"]
@@ -31,14 +32,14 @@ def load_imagefolder(root: str | os.PathLike | None, image_size: int | None = No
         raise ImportError("imagefolder needs Pillow: pip install 'sparsetrain[images]' (or pillow)") from e
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
-        raise ValueError(f"imagefolder: no class directories in {train_dir}")
+        raise InputError(f"imagefolder: no class directories in {train_dir}")
     index = {c: i for i, c in enumerate(classes)}
 
     def read(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for c in sorted(d.name for d in split_dir.iterdir() if d.is_dir()):
             if c not in index:
-                raise ValueError(f"imagefolder: class {c!r} in {split_dir} is not among the training classes")
+                raise InputError(f"imagefolder: class {c!r} in {split_dir} is not among the training classes")
             for f in sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
                 with Image.open(f) as im:
                     im = im.convert("L" if grayscale else "RGB")
@@ -48,16 +49,16 @@ def load_imagefolder(root: str | os.PathLike | None, image_size: int | None = No
                     t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
                     t = t.view(h, w, -1).permute(2, 0, 1).contiguous()
                 if images and t.shape != images[0].shape:
-                    raise ValueError(f"imagefolder: {f} is {tuple(t.shape)}, others {tuple(images[0].shape)}; "
+                    raise InputError(f"imagefolder: {f} is {tuple(t.shape)}, others {tuple(images[0].shape)}; "
                                      "pass image_size=N to resize every image")
                 images.append(t)
                 labels.append(index[c])
         if not images:
-            raise ValueError(f"imagefolder: no images in {split_dir}")
+            raise InputError(f"imagefolder: no images in {split_dir}")
         return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
     train_x, train_y = read(train_dir)
     test_x, test_y = read(test_dir)
     if test_x.shape[1:] != train_x.shape[1:]:
-        raise ValueError("imagefolder: train and test images differ in size; pass image_size=N")
+        raise InputError("imagefolder: train and test images differ in size; pass image_size=N")
     return make_split("imagefolder", train_x, train_y, test_x, test_y, num_classes=len(classes), classes=classes)

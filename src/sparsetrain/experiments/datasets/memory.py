@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ...errors import InputError
 __all__ = ["InMemoryDataset", "channel_stats", "make_split", "Split"]
 
 
@@ -32,9 +33,9 @@ class InMemoryDataset:
         classes: Sequence[str] | None = None,
     ):
         if x.dim() != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+            raise InputError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"labels must be (N,) with N={x.shape[0]}, got {tuple(y.shape)}")
+            raise InputError(f"labels must be (N,) with N={x.shape[0]}, got {tuple(y.shape)}")
         self.x = x
         self.y = y.long()
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
@@ -75,7 +76,7 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     channel with zero spread gets std 1 (so normalising never divides by zero).
     """
     if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"expected non-empty (N, C, H, W) images, got shape {tuple(x.shape)}")
+        raise InputError(f"expected non-empty (N, C, H, W) images, got shape {tuple(x.shape)}")
     c = x.shape[1]
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if x.dtype == torch.uint8:
@@ -118,7 +119,7 @@ def make_split(
     test = InMemoryDataset(test_x, test_y, mean, std, name, classes)
     for split, ds in (("train", train), ("test", test)):
         if len(ds) and (int(ds.y.min()) < 0 or int(ds.y.max()) >= num_classes):
-            raise ValueError(f"{name}: {split} labels outside 0..{num_classes - 1}")
+            raise InputError(f"{name}: {split} labels outside 0..{num_classes - 1}")
     info = {
         "name": name,
         "in_channels": int(train_x.shape[1]),
