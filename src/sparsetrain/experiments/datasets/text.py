@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import torch
 
+from ...errors import InputError
+
 __all__ = ["ByteCorpus", "ContextLoader", "TEXT_DATASETS", "EPOCH_CONTEXTS", "EVAL_CONTEXTS", "load_text",
            "stdlib_files"]
 
@@ -44,7 +46,7 @@ class ByteCorpus:
 
     def __init__(self, data: torch.Tensor, name: str = "", files: tuple[str, ...] = ()):
         if data.dtype != torch.uint8 or data.dim() != 1:
-            raise ValueError(f"a byte corpus is a 1-D uint8 tensor, got {data.dtype} of shape {tuple(data.shape)}")
+            raise InputError(f"a byte corpus is a 1-D uint8 tensor, got {data.dtype} of shape {tuple(data.shape)}")
         self.data, self.name, self.files = data, name, tuple(files)
 
     def __len__(self) -> int:
@@ -74,7 +76,7 @@ def load_text(name: str, root: Optional[str | os.PathLike] = None) -> tuple[Byte
     """``(train, validation, info)`` of a text dataset of :data:`TEXT_DATASETS` (``root``: another
     source tree to read instead of the stdlib, e.g. for tests)."""
     if name not in TEXT_DATASETS:
-        raise ValueError(f"unknown text dataset {name!r}; valid: {', '.join(TEXT_DATASETS)}")
+        raise InputError(f"unknown text dataset {name!r}; valid: {', '.join(TEXT_DATASETS)}")
     base = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
     files = stdlib_files(base)
     if not files:
@@ -83,7 +85,7 @@ def load_text(name: str, root: Optional[str | os.PathLike] = None) -> tuple[Byte
     for rel in files:
         splits[_is_validation(rel)].append(rel)
     if not splits[True] or not splits[False]:
-        raise ValueError(f"{name}: {len(files)} files under {base} are too few for a train/validation split")
+        raise InputError(f"{name}: {len(files)} files under {base} are too few for a train/validation split")
 
     def read(rels: list[str]) -> torch.Tensor:
         buf = bytearray()
@@ -123,12 +125,12 @@ class ContextLoader:
         data = corpus.data if isinstance(corpus, ByteCorpus) else corpus
         for key, value in (("batch_size", batch_size), ("context", context)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+                raise InputError(f"{key} must be a positive int, got {value!r}")
         if data.numel() < context + 2:
-            raise ValueError(f"the corpus ({data.numel()} bytes) is shorter than one context of {context} tokens")
+            raise InputError(f"the corpus ({data.numel()} bytes) is shorter than one context of {context} tokens")
         fit = (data.numel() - 1) // context
         if contexts is not None and (not isinstance(contexts, int) or contexts < 1):
-            raise ValueError(f"contexts per epoch must be a positive int, got {contexts!r}")
+            raise InputError(f"contexts per epoch must be a positive int, got {contexts!r}")
         self.num_examples = (contexts or EPOCH_CONTEXTS) if shuffle else min(contexts or EVAL_CONTEXTS, fit)
         self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, bool(shuffle), int(seed)
         self.device = torch.device(device) if device is not None else data.device
@@ -145,7 +147,7 @@ class ContextLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch whose offsets the next iteration uses; skip its first ``start_batch`` batches."""
         if start_batch < 0:
-            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+            raise InputError(f"start_batch must be >= 0, got {start_batch}")
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def offsets(self) -> torch.Tensor:
