@@ -440,3 +440,10 @@ def test_selection_and_dataset_errors_are_input_errors():
         st.Sparsifier(model, opt, st.RigL(density=0.5), total_steps=1000, exclude=["nope"])
     with pytest.raises(st.InputError, match="images must be"):
         InMemoryDataset(torch.zeros(3, 4), torch.zeros(3))
+
+
+def test_a_language_model_on_images_is_one_error_line(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--model", "gpt-micro", "--dataset", "synthetic",
+                     "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "do not fit together" in err and "Traceback" not in err

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .. import registry
 from ..distributions import layer_densities
 from .config import RunConfig
@@ -35,7 +36,7 @@ def build_loaders(cfg: RunConfig) -> tuple[Loader, Loader, dict[str, Any], Optio
     train_set, test_set, info = load_dataset(cfg.dataset, root=cfg.data_root)
     context = model_context(cfg.model)
     if (info.get("kind") == "text") != (context is not None):
-        raise ValueError(f"model {cfg.model!r} and dataset {cfg.dataset!r} do not fit together: language models "
+        raise InputError(f"model {cfg.model!r} and dataset {cfg.dataset!r} do not fit together: language models "
                          "(gpt-mini, gpt-micro) train on text datasets (text:stdlib), the others on image datasets")
     if context is not None:  # a stream: an epoch is train_subset (default EPOCH_CONTEXTS) random contexts
         train = ContextLoader(train_set, cfg.batch_size, context, cfg.train_subset, shuffle=True, seed=cfg.seed)

@@ -26,6 +26,7 @@ import logging
 import os
 from typing import Any
 
+from ..errors import InputError
 from .datasets.builtin import load_digits, load_synthetic
 from .datasets.cifar import CIFAR_DIRS, load_cifar
 from .datasets.idx import DOWNLOADS, FASHION_MNIST_DIRS, MNIST_DIRS, load_fashion_mnist, load_mnist, read_idx
@@ -81,7 +82,7 @@ def dataset_name(name: str) -> str:
     listing the valid names for an unknown one."""
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     return key
 
 
@@ -127,7 +128,7 @@ def load_dataset(
     allowed = _OPTIONS.get(key, set())
     unknown = set(options) - allowed
     if unknown:
-        raise ValueError(f"unknown option(s) for {key}: {', '.join(sorted(unknown))}; "
+        raise InputError(f"unknown option(s) for {key}: {', '.join(sorted(unknown))}; "
                          f"valid: {', '.join(sorted(allowed)) or 'none'}")
     if download and key not in DOWNLOADS:
         logger.warning("download=True is not supported for %s; ignoring it", key)

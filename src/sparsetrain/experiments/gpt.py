@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import InputError
 
 __all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "GPT_CONFIGS"]
 
@@ -36,9 +37,9 @@ class GPTConfig:
         for key in ("layers", "width", "heads", "context", "vocab", "mlp_ratio"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig: {key} must be a positive int, got {value!r}")
+                raise InputError(f"GPTConfig: {key} must be a positive int, got {value!r}")
         if self.width % self.heads:
-            raise ValueError(f"GPTConfig: width {self.width} must be divisible by heads {self.heads}")
+            raise InputError(f"GPTConfig: width {self.width} must be divisible by heads {self.heads}")
 
 
 #: Named sizes. ``gpt-mini`` is the ``text-gpt`` protocol's model (0.8M weights in its blocks).
@@ -118,10 +119,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"GPT takes token indices of shape (batch, time), got {tuple(idx.shape)} {idx.dtype}")
+            raise InputError(f"GPT takes token indices of shape (batch, time), got {tuple(idx.shape)} {idx.dtype}")
         t = idx.shape[1]
         if t > self.cfg.context:
-            raise ValueError(f"input of {t} tokens is longer than the model's context ({self.cfg.context})")
+            raise InputError(f"input of {t} tokens is longer than the model's context ({self.cfg.context})")
         x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
         for block in self.blocks:
             x = block(x)

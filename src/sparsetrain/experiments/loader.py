@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ..errors import InputError
 
 __all__ = ["Loader", "random_crop"]
 
@@ -82,12 +83,12 @@ class Loader:
         else:
             raise TypeError("dataset must have .x/.y tensors or be a TensorDataset(images, labels)")
         if x.dim() != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+            raise InputError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
         if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need a non-empty dataset with as many labels as images "
+            raise InputError(f"need a non-empty dataset with as many labels as images "
                              f"({len(x)} images, {len(y)} labels)")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
@@ -100,7 +101,7 @@ class Loader:
         self._y = y.to(self.device).long()
         self.num_examples = int(len(x))
         if pad_to is not None and (pad_to < x.shape[-1] or pad_to < x.shape[-2]):
-            raise ValueError(f"pad_to={pad_to} is smaller than the images ({tuple(x.shape[-2:])})")
+            raise InputError(f"pad_to={pad_to} is smaller than the images ({tuple(x.shape[-2:])})")
         self.pad_to = None if pad_to is None or tuple(x.shape[-2:]) == (pad_to, pad_to) else int(pad_to)
         self.crop_padding = int(crop_padding)
 
@@ -115,7 +116,7 @@ class Loader:
         elif isinstance(augment, str) and augment.lower() in _AUGMENTS:
             mode = augment.lower()
         else:
-            raise ValueError(f"augment must be None, a bool, a callable or one of {_AUGMENTS}; got {augment!r}")
+            raise InputError(f"augment must be None, a bool, a callable or one of {_AUGMENTS}; got {augment!r}")
         self.augment = mode
 
         if mean is None:
@@ -130,9 +131,9 @@ class Loader:
             if m.numel() == 1:
                 m, s = m.expand(c), s.expand(c)
             if m.numel() != c or s.numel() != c:
-                raise ValueError(f"mean/std need {c} values, got {m.numel()} and {s.numel()}")
+                raise InputError(f"mean/std need {c} values, got {m.numel()} and {s.numel()}")
             if bool((s <= 0).any()):
-                raise ValueError("std must be positive")
+                raise InputError("std must be positive")
             self._norm = (m.reshape(1, c, 1, 1).to(self.device), s.reshape(1, c, 1, 1).to(self.device))
 
     def __len__(self) -> int:
@@ -149,7 +150,7 @@ class Loader:
         an uninterrupted run. Later iterations start from batch 0 again.
         """
         if start_batch < 0:
-            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+            raise InputError(f"start_batch must be >= 0, got {start_batch}")
         self.epoch = int(epoch)
         self.start_batch = int(start_batch)
 

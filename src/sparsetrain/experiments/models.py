@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .gpt import GPT, GPT_CONFIGS
 
 __all__ = [
@@ -81,7 +82,7 @@ def init_weights(model: nn.Module) -> nn.Module:
 def _check_positive(name: str, **values: int) -> None:
     for key, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: {key} must be a positive int, got {value!r}")
+            raise InputError(f"{name}: {key} must be a positive int, got {value!r}")
 
 
 # --------------------------------------------------------------------------- MLP / LeNets
@@ -115,7 +116,7 @@ class LeNet5(nn.Module):
         super().__init__()
         side = (image_size // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"lenet5 needs image_size >= 10, got {image_size}")
+            raise InputError(f"lenet5 needs image_size >= 10, got {image_size}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2),
             nn.ReLU(inplace=True),
@@ -150,7 +151,7 @@ class LeNet5Caffe(nn.Module):
         super().__init__()
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"lenet5-caffe needs image_size >= 16, got {image_size}")
+            raise InputError(f"lenet5-caffe needs image_size >= 16, got {image_size}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 20, 5),
             nn.MaxPool2d(2),
@@ -289,7 +290,7 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         if len(num_blocks) != len(widths) or not num_blocks:
-            raise ValueError("num_blocks and widths must be non-empty and of equal length")
+            raise InputError("num_blocks and widths must be non-empty and of equal length")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         in_planes = widths[0]
@@ -359,7 +360,7 @@ class WideResNet(nn.Module):
     ):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"WideResNet depth must be 6n+4 (n >= 1), got {depth}")
+            raise InputError(f"WideResNet depth must be 6n+4 (n >= 1), got {depth}")
         n = (depth - 4) // 6
         widths = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
@@ -496,10 +497,10 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
             image size too small for the architecture.
     """
     if not isinstance(name, str):
-        raise ValueError(f"model name must be a string, got {name!r}")
+        raise InputError(f"model name must be a string, got {name!r}")
     key = _normalize_name(name)
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     if key in GPT_CONFIGS:  # a language model: num_classes is the vocabulary, the rest is not used
         _check_positive(key, num_classes=num_classes)
     else:
