@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import sparsetrain as st
+from _hf_like import Conv1D
 
 
 class SmallCNN(nn.Module):
@@ -88,18 +89,6 @@ def test_training_flops_rigl_matches_spec_formula():
 
 
 # ---------------------------------------------------------------- transformers (issue 13)
-
-class Conv1D(nn.Module):
-    """Shaped like transformers' Conv1D: y = x W + b with W (in, out); recognised by duck typing."""
-
-    def __init__(self, nf, nx):
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf))
-
-    def forward(self, x):
-        return x @ self.weight + self.bias
 
 
 class SelfAttention(nn.Module):

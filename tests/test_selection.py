@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from _hf_like import Conv1D
 from sparsetrain.selection import check_selected, is_conv1d_like, pinned_names, plan, select
 
 
@@ -62,14 +63,6 @@ class CharLM(nn.Module):
         self.head.weight = self.tok.weight
 
 
-class Conv1D(nn.Module):
-    """Shaped like transformers.pytorch_utils.Conv1D (duck typed: name, nf, 2-D weight (in, out))."""
-
-    def __init__(self, nf, nx):
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf))
 
 
 def test_tied_head_and_embedding_dense_by_default_with_reasons():

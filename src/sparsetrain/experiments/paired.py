@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 __all__ = ["t975", "mean_ci", "pair_key", "paired_rows", "paired_table", "ticket_rows", "ticket_paired_table",
            "report_sections"]
 
+#: The label suffix of a Sup-tickets run (``"rigl+sup-tickets"``); as a method name it turns Sup-tickets on.
 SUP_SUFFIX = "+sup-tickets"
 
 # two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30

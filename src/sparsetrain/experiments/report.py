@@ -15,15 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .paired import SUP_SUFFIX, report_sections  # SUP_SUFFIX is re-exported (config and grid read it here)
+
 __all__ = [
     "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
     "plot_learning_curves", "plot_itop", "plot_accuracy_vs_itop", "plot_turnover", "plot_layer_density", "make_plots",
     "git_commit",
 ]
-
-#: The label suffix of a Sup-tickets run (``"rigl+sup-tickets"``); as a method name it turns Sup-tickets on.
-SUP_SUFFIX = "+sup-tickets"
-
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
@@ -143,8 +141,6 @@ def write_report(out: Path, results, command: str, title: str, protocol: str, wa
         tickets = ("\n\n## Sup-tickets\n\nThe superposed model is the method's output (its accuracy is the "
                    "table's above); the live model, the best single ticket and the tickets' softmax ensemble "
                    "(FreeTickets-style, K× the inference cost) are shown beside it.\n\n" + tickets)
-    from .paired import report_sections
-
     paired = report_sections(results)
     (out / "results.md").write_text(meta + table + tickets + ("\n\n" + paired if paired else "") + "\n")
     with open(out / "results.csv", "w") as f:
