@@ -79,9 +79,11 @@ def test_sparse_linear_follows_the_recorded_choice_per_operation(cache, monkeypa
     table[autotune.shape_class("spmm_t", 24, 16, 8, nnz)] = {"choice": "native"}
     table[autotune.shape_class("sddmm", 16, 24, 8, nnz)] = {"choice": "torch"}
     used = []
-    real_spmm, real_sddmm = kernels.spmm, kernels.sddmm
-    monkeypatch.setattr(kernels, "spmm", lambda *a, **k: used.append("perm" in k) or real_spmm(*a, **k))
-    monkeypatch.setattr(kernels, "sddmm", lambda *a, **k: used.append("sddmm") or real_sddmm(*a, **k))
+    real = {name: getattr(kernels, name) for name in ("spmm", "sddmm", "spmm_packed", "sddmm_packed")}
+    for name in ("spmm", "spmm_packed"):
+        monkeypatch.setattr(kernels, name, lambda *a, _f=real[name], **k: used.append("perm" in k) or _f(*a, **k))
+    for name in ("sddmm", "sddmm_packed"):
+        monkeypatch.setattr(kernels, name, lambda *a, _f=real[name], **k: used.append("sddmm") or _f(*a, **k))
     y = layer(x)
     y.square().sum().backward()
     assert used == [True]  # only the input gradient (the transposed product) ran on the compiled kernels

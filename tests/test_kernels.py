@@ -72,8 +72,23 @@ def test_spmm_and_sddmm_equal_dense_products(on_isa, rows, k, batch, density, se
     bias = torch.randn(rows, generator=g)
     torch.testing.assert_close(kernels.spmm(crow, col, vals, xt, rows, bias=bias), w @ xt + bias[:, None],
                                atol=1e-5, rtol=1e-5)
+    # the activation as the layer holds it: x (B x K) contiguous, passed as its transposed view and
+    # packed without a copy; and a strided view (copied once)
+    x = xt.t().contiguous()
+    torch.testing.assert_close(kernels.spmm(crow, col, vals, x.t(), rows, bias=bias), w @ xt + bias[:, None],
+                               atol=1e-5, rtol=1e-5)
+    wide = torch.randn(k, 2 * batch + 1, generator=g)
+    torch.testing.assert_close(kernels.spmm(crow, col, vals, wide[:, ::2], rows), w @ wide[:, ::2],
+                               atol=1e-5, rtol=1e-5)
     gyt = torch.randn(rows, batch, generator=g)
-    torch.testing.assert_close(kernels.sddmm(crow, col, gyt, xt), (gyt @ xt.t())[mask], atol=1e-5, rtol=1e-5)
+    want = (gyt @ xt.t())[mask]
+    torch.testing.assert_close(kernels.sddmm(crow, col, gyt, xt), want, atol=1e-5, rtol=1e-5)
+    # both operands as transposed views (as the backward pass gets them), and pre-packed
+    gy = gyt.t().contiguous()
+    torch.testing.assert_close(kernels.sddmm(crow, col, gy.t(), x.t()), want, atol=1e-5, rtol=1e-5)
+    gp, xp = kernels.pack(gy.t()), kernels.pack(x.t())
+    torch.testing.assert_close(kernels.sddmm_packed(crow, col, gp, xp, batch), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kernels.spmm_packed(crow, col, vals, xp, batch, rows), w @ xt, atol=1e-5, rtol=1e-5)
     # the transposed product through a permutation of the values (the input gradient)
     tmask = mask.t().contiguous()
     key = torch.arange(rows * k).view(rows, k)[mask]          # row-major position of each value
@@ -96,6 +111,12 @@ def test_the_kernels_refuse_what_they_cannot_compute():
         kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 2)
     with pytest.raises(RuntimeError, match="bias"):
         kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 1, bias=torch.ones(2))
+    # a packed operand of another shape or batch (or packed under another instruction set) is refused
+    xp = kernels.pack(torch.ones(1, 3))
+    with pytest.raises(RuntimeError, match="packed operand"):
+        kernels.spmm_packed(crow, col, torch.ones(1), xp, 40, 1)
+    with pytest.raises(RuntimeError, match="packed operand"):
+        kernels.sddmm_packed(crow, col, xp[:, :0], xp, 3)
 
 
 def test_backend_names_are_checked(restore_backend):

@@ -7,11 +7,19 @@ written for SparseLinear's layout (activations passed transposed, ``K × B``, as
 SparseLinear layers produces them without copies):
 
 - ``spmm``: ``Y = A · Xᵀ`` for a CSR ``A`` (optionally with its values read through a
-  permutation, which gives the transposed product for the input gradient without a copy): the
-  batch is cut into strips of two vectors' width, packed so each stays in cache while all rows
-  stream over it; every stored entry costs two vector loads and two fused multiply-adds per
-  strip (the bias, if given, is added in the kernel);
-- ``sddmm``: the value gradient, one dot product of length B per stored entry.
+  permutation — gathered once per call — which gives the transposed product for the input
+  gradient from the stored transpose's structure): the batch is cut into strips of two vectors'
+  width, packed (``pack``) so each stays in cache while all rows stream over it; every stored
+  entry costs two vector loads and two fused multiply-adds per strip (the bias, if given, is
+  added in the kernel);
+- ``sddmm``: the value gradient, from the packed strips of the output gradient and of the input:
+  per stored entry and strip two loads and two fused multiply-adds, the lanes of 8 entries summed
+  together.
+
+``pack`` reads an operand either with contiguous rows (``K × B``) or as the transposed view of a
+contiguous ``B × K`` activation (what a layer receives), so no transposed copy is made; the
+backward pass packs the output gradient once for both of its products (``spmm_packed``,
+``sddmm_packed``).
 
 **Instruction sets.** The source holds each kernel three times — AVX-512F and AVX2+FMA with
 explicit intrinsics, and a portable 4-lane version (SSE2 / NEON) — and is compiled with generic
@@ -50,7 +58,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["backend", "set_backend", "native_available", "native_error", "spmm", "sddmm", "use_native", "isa",
+__all__ = ["backend", "set_backend", "native_available", "native_error", "spmm", "sddmm", "pack", "spmm_packed",
+           "sddmm_packed", "use_native", "isa",
            "isas", "set_isa", "build_flags", "build_key", "describe"]
 
 log = logging.getLogger(__name__)
@@ -155,16 +164,40 @@ def use_native(*tensors: torch.Tensor) -> bool:
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor, rows: int,
          perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``A @ xt (+ bias[:, None])`` for the CSR matrix ``A = (crow, col, values[perm] if perm else
-    values)`` with ``rows`` rows; ``xt`` is ``K × B``; returns a contiguous ``rows × B`` tensor."""
+    values)`` with ``rows`` rows; ``xt`` is ``K × B`` (contiguous, or the transposed view of a contiguous
+    ``B × K``); returns a contiguous ``rows × B`` tensor."""
     if bias is not None:
         bias = bias.detach().contiguous()
-    return torch.ops.sparsetrain.spmm(crow, col, values.contiguous(), perm, xt.contiguous(), int(rows), bias)
+    # xt may be the transposed view of a B × K activation: the kernel packs it without a copy
+    return torch.ops.sparsetrain.spmm(crow, col, values.contiguous(), perm, xt, int(rows), bias)
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, gyt: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """``(gyt @ xtᵀ)`` sampled at the stored entries of the CSR structure ``(crow, col)``, in its
-    order (``gyt``: ``rows × B``, ``xt``: ``K × B``); returns an ``nnz`` vector."""
-    return torch.ops.sparsetrain.sddmm(crow, col, gyt.contiguous(), xt.contiguous())
+    order (``gyt``: ``rows × B``, ``xt``: ``K × B``, each contiguous or the transposed view of a
+    contiguous matrix); returns an ``nnz`` vector."""
+    return torch.ops.sparsetrain.sddmm(crow, col, gyt, xt)
+
+
+def pack(xt: torch.Tensor) -> torch.Tensor:
+    """The strips the kernels read: ``xp[t, k, j] = xt[k, t·T + j]`` (zero past the batch), ``T`` twice
+    the vector width of the current instruction set; ``xt`` is ``K × B``, contiguous or the transposed
+    view of a contiguous ``B × K``. Valid for :func:`spmm_packed` / :func:`sddmm_packed` under the same
+    instruction set."""
+    return torch.ops.sparsetrain.pack(xt)
+
+
+def spmm_packed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xp: torch.Tensor, batch: int,
+                rows: int, perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`spmm` on an operand already packed by :func:`pack` (``batch`` columns)."""
+    if bias is not None:
+        bias = bias.detach().contiguous()
+    return torch.ops.sparsetrain.spmm_packed(crow, col, values.contiguous(), perm, xp, int(batch), int(rows), bias)
+
+
+def sddmm_packed(crow: torch.Tensor, col: torch.Tensor, gp: torch.Tensor, xp: torch.Tensor, batch: int) -> torch.Tensor:
+    """:func:`sddmm` on operands already packed by :func:`pack` (``batch`` columns)."""
+    return torch.ops.sparsetrain.sddmm_packed(crow, col, gp, xp, int(batch))
 
 
 def isas() -> list[str]:

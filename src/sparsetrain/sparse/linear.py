@@ -87,43 +87,67 @@ class _SparseLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             gbias = gyt.sum(1)
         allowed = ctx.native and kernels.use_native(gyt)
+        # gyt (out × B) is often the transposed view of a contiguous B × out gradient: the compiled
+        # kernels pack it once for both products (no transposed copy); torch's take one copy
+        gp = _Once(lambda: kernels.pack(gyt))
+        rows = _Once(lambda: _contiguous(gyt))
         if ctx.needs_input_grad[0]:
-            def native():  # Wᵀ read through t_perm: no permuted copy of the values
-                return kernels.spmm(m.t_crow_indices, m.t_col_indices, values, gyt, m.in_features, perm=m.t_perm)
+            def native(xp=None):  # Wᵀ's structure, the values read through t_perm (gathered once)
+                return kernels.spmm_packed(m.t_crow_indices, m.t_col_indices, values,
+                                           kernels.pack(gyt) if xp is None else xp, gyt.shape[1], m.in_features,
+                                           perm=m.t_perm)
 
             def fallback():
                 wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
-                return torch.mm(wt, _contiguous(gyt))
+                return torch.mm(wt, rows())
 
+            # measured with the packing included; run on the shared packed gradient
             use = _pick("spmm_t", allowed, m.in_features, m.out_features, gyt.shape[1], values.numel(), native,
                         fallback)
-            gx = (native() if use else fallback()).t()
+            gx = (native(gp()) if use else fallback()).t()
         if ctx.needs_input_grad[1]:
             want = m.dense_grad_request
             # only at topology-update steps: the sink gets the gradient's factors and returns the
             # dense product if it formed one (a large layer's streaming update never does)
-            dense = m.dense_grad_sink(gyt, x) if want is not None and want() else None
+            dense = m.dense_grad_sink(rows(), x) if want is not None and want() else None
             if dense is not None:
                 gvals = dense.reshape(-1)[m.flat_index()]
             else:
-                gvals = _sampled_grad(m, values, gyt, x, allowed)
+                gvals = _sampled_grad(m, values, gyt, x, allowed, gp, rows)
         return gx, gvals, gbias, None
 
 
+class _Once:
+    """A value computed on first call and kept (an operand shared by the backward's products)."""
+
+    __slots__ = ("make", "value")
+
+    def __init__(self, make):
+        self.make, self.value = make, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
 def _sampled_grad(m: "SparseLinear", values: torch.Tensor, gyt: torch.Tensor, x: torch.Tensor,
-                  allowed: bool) -> torch.Tensor:
+                  allowed: bool, gp=None, rows=None) -> torch.Tensor:
     """``(gyt @ x)`` at the stored entries of ``m`` (row-major, nnz): the value gradient, on the
-    compiled kernels where ``allowed`` and (backend ``auto``) measured faster."""
-    def native():
-        return kernels.sddmm(m.crow_indices, m.col_indices, gyt, x.t())
+    compiled kernels where ``allowed`` and (backend ``auto``) measured faster; ``gp``/``rows``
+    give gyt packed / contiguous when already formed."""
+    def native(gpacked=None):  # x (B × in) packed from its transposed view: no transposed copy
+        return kernels.sddmm_packed(m.crow_indices, m.col_indices, kernels.pack(gyt) if gpacked is None else gpacked,
+                                    kernels.pack(x.t()), x.shape[0])
 
     def fallback():
         # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
         pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
-        return torch.sparse.sampled_addmm(pattern, _contiguous(gyt), _contiguous(x), beta=0.0).values()
+        g = rows() if rows is not None else _contiguous(gyt)
+        return torch.sparse.sampled_addmm(pattern, g, _contiguous(x), beta=0.0).values()
 
     use = _pick("sddmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
-    return native() if use else fallback()
+    return (native(gp() if gp is not None else None)) if use else fallback()
 
 
 def _rows(crow: torch.Tensor) -> torch.Tensor:

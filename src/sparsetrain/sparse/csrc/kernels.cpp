@@ -31,9 +31,15 @@ struct V {
   static inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof(v)); return v; }
   static inline vec splat(float s) { return vec{s, s, s, s}; }
   static inline vec fma(vec acc, vec a, vec b) { return acc + a * b; }
+  static inline vec mul(vec a, vec b) { return a * b; }
   static inline vec add(vec a, vec b) { return a + b; }
   static inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
   static inline float hsum(vec v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+  // g[j] += hsum(a_j), j < 8
+  static inline void reduce8_add(float* g, vec a0, vec a1, vec a2, vec a3, vec a4, vec a5, vec a6, vec a7) {
+    g[0] += hsum(a0); g[1] += hsum(a1); g[2] += hsum(a2); g[3] += hsum(a3);
+    g[4] += hsum(a4); g[5] += hsum(a5); g[6] += hsum(a6); g[7] += hsum(a7);
+  }
 };
 #include "kernels_body.inc"
 }  // namespace st_generic
@@ -53,6 +59,7 @@ struct V {
   static inline vec load(const float* p) { return _mm256_loadu_ps(p); }
   static inline vec splat(float s) { return _mm256_set1_ps(s); }
   static inline vec fma(vec acc, vec a, vec b) { return _mm256_fmadd_ps(a, b, acc); }
+  static inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
   static inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
   static inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
   static inline float hsum(vec v) {
@@ -60,6 +67,13 @@ struct V {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
+  }
+  // g[j] += hsum(a_j), j < 8: a tree of horizontal adds, then the two 128-bit halves added
+  static inline void reduce8_add(float* g, vec a0, vec a1, vec a2, vec a3, vec a4, vec a5, vec a6, vec a7) {
+    const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+    _mm256_storeu_ps(g, _mm256_add_ps(_mm256_loadu_ps(g), sum));
   }
 };
 #include "kernels_body.inc"
@@ -80,9 +94,20 @@ struct V {
   static inline vec load(const float* p) { return _mm512_loadu_ps(p); }
   static inline vec splat(float s) { return _mm512_set1_ps(s); }
   static inline vec fma(vec acc, vec a, vec b) { return _mm512_fmadd_ps(a, b, acc); }
+  static inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
   static inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
   static inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static inline float hsum(vec v) { return _mm512_reduce_add_ps(v); }
+  static inline __m256 fold(vec v) {  // the two 256-bit halves added (AVX512F only, no DQ)
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  }
+  // g[j] += hsum(a_j), j < 8: each folded to 256 bits, then as in the AVX2 version
+  static inline void reduce8_add(float* g, vec a0, vec a1, vec a2, vec a3, vec a4, vec a5, vec a6, vec a7) {
+    const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(fold(a0), fold(a1)), _mm256_hadd_ps(fold(a2), fold(a3)));
+    const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(fold(a4), fold(a5)), _mm256_hadd_ps(fold(a6), fold(a7)));
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+    _mm256_storeu_ps(g, _mm256_add_ps(_mm256_loadu_ps(g), sum));
+  }
 };
 #include "kernels_body.inc"
 }  // namespace st_avx512
@@ -137,24 +162,43 @@ std::string set_isa(const std::string& name) {
   return isa();
 }
 
-void check(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& m, const char* what) {
-  TORCH_CHECK(crow.device().is_cpu() && col.device().is_cpu() && m.device().is_cpu(), what, ": CPU tensors only");
-  TORCH_CHECK(m.scalar_type() == at::kFloat, what, ": float32 only");
-  TORCH_CHECK(crow.scalar_type() == col.scalar_type(), what, ": crow and col index dtypes differ");
-  TORCH_CHECK(crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong, what, ": int32 or int64 indices");
-  TORCH_CHECK(crow.is_contiguous() && col.is_contiguous() && m.is_contiguous() && m.dim() == 2, what,
-              ": contiguous 2-d operands expected");
+// An operand as pack reads it: rows contiguous (K x B), or the transposed view of a B x K matrix
+// with contiguous rows (packed directly, no transposed copy); anything else is copied once.
+at::Tensor packable(const at::Tensor& xt, const char* what) {
+  TORCH_CHECK(xt.dim() == 2 && xt.device().is_cpu() && xt.scalar_type() == at::kFloat, what,
+              ": a 2-d float32 CPU operand expected, got ", xt.scalar_type(), " of ", xt.dim(), " dimensions");
+  return xt.is_contiguous() || xt.t().is_contiguous() ? xt : xt.contiguous();
 }
 
-at::Tensor spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
-                const c10::optional<at::Tensor>& perm, const at::Tensor& xt, int64_t rows,
-                const c10::optional<at::Tensor>& bias) {
-  check(crow, col, xt, "sparsetrain::spmm");
+// xp[t][k][j] = xt[k][t*T + j] with T = 2 x the vector width of the current instruction set
+at::Tensor pack(const at::Tensor& xt_in) {
+  const at::Tensor xt = packable(xt_in, "sparsetrain::pack");
+  switch (current()) {
+#if ST_X86
+    case AVX512: return st_avx512::pack(xt);
+    case AVX2: return st_avx2::pack(xt);
+#endif
+    default: return st_generic::pack(xt);
+  }
+}
+
+void check_csr(const at::Tensor& crow, const at::Tensor& col, const char* what) {
+  TORCH_CHECK(crow.device().is_cpu() && col.device().is_cpu(), what, ": CPU tensors only");
+  TORCH_CHECK(crow.scalar_type() == col.scalar_type(), what, ": crow and col index dtypes differ");
+  TORCH_CHECK(crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong, what, ": int32 or int64 indices");
+  TORCH_CHECK(crow.is_contiguous() && col.is_contiguous() && crow.dim() == 1 && crow.numel() >= 1, what,
+              ": contiguous 1-d crow and col expected");
+}
+
+at::Tensor spmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
+                       const c10::optional<at::Tensor>& perm, const at::Tensor& xp, int64_t batch, int64_t rows,
+                       const c10::optional<at::Tensor>& bias) {
+  check_csr(crow, col, "sparsetrain::spmm");
+  TORCH_CHECK(xp.scalar_type() == at::kFloat && xp.device().is_cpu(), "sparsetrain::spmm: float32 only");
   TORCH_CHECK(val.is_contiguous() && val.scalar_type() == at::kFloat, "sparsetrain::spmm: float32 values");
   TORCH_CHECK(crow.numel() == rows + 1, "sparsetrain::spmm: crow has ", crow.numel(), " entries for ", rows, " rows");
-  const int64_t B = xt.size(1);
-  auto y = at::empty({rows, B}, xt.options());
-  if (rows == 0 || B == 0) return y;
+  auto y = at::empty({rows, batch}, xp.options());
+  if (rows == 0 || batch == 0) return y;
   const bool p = perm.has_value() && perm->defined();
   TORCH_CHECK(!p || (perm->scalar_type() == crow.scalar_type() && perm->is_contiguous() &&
                      perm->numel() == col.numel()),
@@ -166,31 +210,43 @@ at::Tensor spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor&
   const at::Tensor* pp = p ? &perm.value() : nullptr;
   switch (current()) {
 #if ST_X86
-    case AVX512: st_avx512::spmm(crow, col, val, pp, bp, xt, y, rows); break;
-    case AVX2: st_avx2::spmm(crow, col, val, pp, bp, xt, y, rows); break;
+    case AVX512: st_avx512::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch); break;
+    case AVX2: st_avx2::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch); break;
 #endif
-    default: st_generic::spmm(crow, col, val, pp, bp, xt, y, rows);
+    default: st_generic::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch);
   }
   return y;
 }
 
-at::Tensor sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& gyt, const at::Tensor& xt) {
-  check(crow, col, xt, "sparsetrain::sddmm");
-  TORCH_CHECK(gyt.is_contiguous() && gyt.scalar_type() == at::kFloat && gyt.dim() == 2 && gyt.size(1) == xt.size(1),
-              "sparsetrain::sddmm: gyt must be contiguous float32 with xt's batch size");
-  const int64_t rows = gyt.size(0), B = xt.size(1);
-  TORCH_CHECK(crow.numel() == rows + 1, "sparsetrain::sddmm: crow does not match gyt's rows");
-  auto g = at::empty({col.numel()}, xt.options());
-  if (col.numel() == 0) return g;
-  if (B == 0) return g.zero_();
+at::Tensor spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
+                const c10::optional<at::Tensor>& perm, const at::Tensor& xt, int64_t rows,
+                const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(xt.dim() == 2 && xt.scalar_type() == at::kFloat, "sparsetrain::spmm: xt must be 2-d float32, got ",
+              xt.scalar_type());
+  return spmm_packed(crow, col, val, perm, pack(xt), xt.size(1), rows, bias);
+}
+
+at::Tensor sddmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& gp, const at::Tensor& xp,
+                        int64_t batch) {
+  check_csr(crow, col, "sparsetrain::sddmm");
+  TORCH_CHECK(gp.scalar_type() == at::kFloat && xp.scalar_type() == at::kFloat, "sparsetrain::sddmm: float32 only");
+  auto g = at::zeros({col.numel()}, xp.options());
+  if (col.numel() == 0 || batch == 0) return g;
   switch (current()) {
 #if ST_X86
-    case AVX512: st_avx512::sddmm(crow, col, gyt, xt, g); break;
-    case AVX2: st_avx2::sddmm(crow, col, gyt, xt, g); break;
+    case AVX512: st_avx512::sddmm_packed(crow, col, gp, xp, g, batch); break;
+    case AVX2: st_avx2::sddmm_packed(crow, col, gp, xp, g, batch); break;
 #endif
-    default: st_generic::sddmm(crow, col, gyt, xt, g);
+    default: st_generic::sddmm_packed(crow, col, gp, xp, g, batch);
   }
   return g;
+}
+
+at::Tensor sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& gyt, const at::Tensor& xt) {
+  TORCH_CHECK(gyt.dim() == 2 && xt.dim() == 2 && gyt.size(1) == xt.size(1),
+              "sparsetrain::sddmm: gyt (rows x B) and xt (K x B) must be 2-d with the same batch size");
+  TORCH_CHECK(crow.numel() == gyt.size(0) + 1, "sparsetrain::sddmm: crow does not match gyt's rows");
+  return sddmm_packed(crow, col, pack(gyt), pack(xt), xt.size(1));
 }
 
 }  // namespace
@@ -198,6 +254,9 @@ at::Tensor sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor
 TORCH_LIBRARY(sparsetrain, m) {
   m.def("spmm(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xt, int rows, Tensor? bias=None) -> Tensor");
   m.def("sddmm(Tensor crow, Tensor col, Tensor gyt, Tensor xt) -> Tensor");
+  m.def("pack(Tensor xt) -> Tensor");
+  m.def("spmm_packed(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xp, int batch, int rows, Tensor? bias=None) -> Tensor");
+  m.def("sddmm_packed(Tensor crow, Tensor col, Tensor gp, Tensor xp, int batch) -> Tensor");
   m.def("isa() -> str", &isa);
   m.def("isas() -> str[]", &isas);
   m.def("set_isa(str name) -> str", &set_isa);
@@ -205,4 +264,7 @@ TORCH_LIBRARY(sparsetrain, m) {
 TORCH_LIBRARY_IMPL(sparsetrain, CPU, m) {
   m.impl("spmm", &spmm);
   m.impl("sddmm", &sddmm);
+  m.impl("pack", &pack);
+  m.impl("spmm_packed", &spmm_packed);
+  m.impl("sddmm_packed", &sddmm_packed);
 }
