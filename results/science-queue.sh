@@ -1,8 +1,9 @@
 #!/bin/sh
-# The issue-15 sweeps (after the suptickets-ref pilot, pilot.sh, done), one after the other (each resumable; rerunning this continues where it stopped).
-# Log: results/science-queue.log. Never time a benchmark while this runs (it keeps both cores busy).
+# The long sweeps of issues 13 and 15, one after the other (each resumable; rerunning this continues
+# where it stopped). Log: results/science-queue.log. Never time a benchmark while this runs (it keeps
+# both cores busy).
 cd "$(dirname "$0")/.."
-for s in results/fmnist-mlp-dstee-power/command.sh \
+for s in results/text-gpt/command.sh results/fmnist-mlp-dstee-power/command.sh \
          results/fmnist-mlp-itop-time/command.sh results/fmnist-mlp-suptickets-ref/command.sh; do
   echo "=== $(date -u +%FT%TZ) $s"
   sh "$s"
