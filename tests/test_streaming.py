@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import sparsetrain as st
-from sparsetrain.bits import PackedBits
+from sparsetrain.bits import PackedBits, SparseCounts
 from sparsetrain.sparse import to_sparse
 from sparsetrain.storage import StreamingStorage
 from sparsetrain.testing import assert_invariants
@@ -81,7 +81,11 @@ def test_streaming_layers_keep_no_dense_mask_and_match_masked_dense(monkeypatch,
         assert isinstance(layer.ever_active, PackedBits) == (n in streaming)
         assert torch.equal(layer.mask, masked.layers[n].mask)
         assert torch.equal(layer.ever_dense(), masked.layers[n].ever_active)
-        assert torch.equal(layer.counter, masked.layers[n].counter)  # usage counters from the index
+        # usage counters from the index, kept for the ever-active positions only
+        assert isinstance(layer.counter, SparseCounts) == (n in streaming)
+        counter = layer.counter.to_dense(layer.shape) if n in streaming else layer.counter
+        assert torch.equal(counter, masked.layers[n].counter)
+        assert torch.equal(sp.usage_counters()[n], masked.usage_counters()[n])
     assert sp.itop_rate == masked.itop_rate and sp.metrics() == masked.metrics()
     for key in ("turnover", "exploration", "survival", "itop_rate"):
         assert [h.get(key) for h in sp.history] == pytest.approx([h.get(key) for h in masked.history])
@@ -141,21 +145,20 @@ def test_a_damaged_index_state_is_refused(monkeypatch):
         sp.load_state_dict(state)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: st.DSTEE(density=0.2, distribution="uniform", update_interval=10),
-    lambda: st.SNFS(density=0.2, distribution="uniform", update_interval=10),
-    lambda: st.MEST(density=0.2, distribution="uniform", update_interval=10),
-    lambda: st.GraNet(density=0.2, distribution="uniform", update_interval=10),
-])
-def test_a_method_that_cannot_stream_on_large_layers_says_so(monkeypatch, make):
+def test_a_method_that_cannot_stream_on_large_layers_says_what_is_dense_and_why(monkeypatch):
     _large(monkeypatch)
     model = to_sparse(_mlp())
-    alg = make()
-    with pytest.warns(UserWarning, match=f"{type(alg).__name__}'s topology updates cannot stream .*0.weight"):
+    alg = st.SNFS(density=0.2, distribution="uniform", update_interval=10)
+    with pytest.warns(UserWarning, match="SNFS's topology updates cannot stream .*0.weight.*momentum.*every position"):
         st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), alg, total_steps=100, track_usage=False)
 
 
-def test_streaming_methods_warn_only_about_usage_counters(monkeypatch):
+@pytest.mark.parametrize("make", [ALGS["set"], ALGS["rigl"],
+                                  lambda: st.DSTEE(density=0.2, distribution="uniform", update_interval=10),
+                                  lambda: st.MEST(density=0.2, distribution="uniform", update_interval=10),
+                                  lambda: st.GraNet(density=0.2, initial_density=0.2, distribution="uniform",
+                                                    update_interval=10)])
+def test_streaming_methods_do_not_warn_usage_counters_included(monkeypatch, make):
     import warnings
 
     _large(monkeypatch)
@@ -163,7 +166,7 @@ def test_streaming_methods_warn_only_about_usage_counters(monkeypatch):
         model = to_sparse(_mlp())
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), ALGS["rigl"](), total_steps=100,
+            st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), make(), total_steps=100,
                           track_usage=track)
         text = " ".join(str(w.message) for w in seen)
-        assert "cannot stream" not in text and ("usage counters" in text) == track
+        assert "cannot stream" not in text and "dense path" not in text and "usage counters" not in text

@@ -1,8 +1,9 @@
 """The Sparsifier's checkpoint format (``"sparsetrain.sparsifier/1"``).
 
 Masks, usage counters, ever-active masks (on an index-backed layer — a large compressed one — the
-sorted active positions ``mask_index`` and the packed ever-active bytes ``ever_active_bits``
-instead of dense bools; either form loads into either kind of layer), the positions the last update grew, the schedule position, the generator's state, the
+sorted active positions ``mask_index``, the packed ever-active bytes ``ever_active_bits`` and the
+usage counters as ``counter_index`` / ``counter_values`` instead of dense tensors; either form
+loads into either kind of layer), the positions the last update grew, the schedule position, the generator's state, the
 update history, a pending forced update and the algorithm's own state; tensors and plain
 containers only, so ``torch.load(..., weights_only=True)`` reads it. The weights themselves
 are the model's (``model.state_dict()``), the optimizer state the optimizer's.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from .bits import PackedBits
+from .bits import PackedBits, SparseCounts
 from .errors import InputError, InputWarning
 from .update import ForcedUpdate
 
@@ -116,14 +117,25 @@ def check_format(state: Any) -> None:
 
 def _check_index_form(name: str, s: Mapping[str, Any]) -> None:
     """The index form of an index-backed layer: sorted distinct in-range positions and
-    ``ceil(numel / 8)`` packed bytes."""
+    ``ceil(numel / 8)`` packed bytes; sparse usage counters: sorted distinct in-range positions
+    with one int32 count each."""
     numel = 1
     for d in s["shape"]:
         numel *= int(d)
+    bad = None
+    c_idx, c_val = s.get("counter_index"), s.get("counter_values")
+    if c_idx is not None or c_val is not None:
+        if not (torch.is_tensor(c_idx) and torch.is_tensor(c_val) and c_idx.dim() == 1
+                and c_val.shape == c_idx.shape and c_val.dtype == torch.int32):
+            bad = "has counter_index / counter_values that are not positions with one int32 count each"
+        elif c_idx.numel() and (int(c_idx.min()) < 0 or int(c_idx.max()) >= numel
+                                or bool((c_idx[1:] <= c_idx[:-1]).any())):
+            bad = "has a counter_index that is not sorted distinct positions inside the layer"
+    if bad:
+        raise InputError(f"corrupt Sparsifier state: {name} {bad}; load an intact checkpoint")
     idx, bits = s.get("mask_index"), s.get("ever_active_bits")
     if idx is None and bits is None:
         return
-    bad = None
     if idx is None or bits is None:
         bad = "has only one of mask_index / ever_active_bits"
     elif not torch.is_tensor(idx) or idx.dim() != 1 or (idx.numel() and (
@@ -153,6 +165,29 @@ def _active_form(l) -> dict[str, Any]:
     return {"mask": l.mask.clone(), "ever_active": l.ever_dense()}
 
 
+def _counter_form(l) -> dict[str, Any]:
+    """A layer's usage counters as saved: the dense int32 ``counter`` (``None`` when not kept), or
+    on an index-backed layer ``counter_index`` (sorted int64 positions) and ``counter_values``
+    (their int32 counts; every other position counts 0)."""
+    c = l.counter
+    if isinstance(c, SparseCounts):
+        return {"counter": None, "counter_index": c.index.clone(), "counter_values": c.counts.clone()}
+    return {"counter": c.clone() if c is not None else None}
+
+
+def _load_counter(l, s: Mapping[str, Any], dev) -> Any:
+    """The usage counters of saved layer ``s`` in the form layer ``l`` keeps (either form loads
+    into either kind of layer); zeros when none were saved."""
+    numel = l.shape.numel()
+    if s.get("counter_index") is not None:
+        saved = SparseCounts(numel, s["counter_index"].to(dev).clone(), s["counter_values"].to(dev).clone())
+        return saved if l.index_backed else saved.to_dense(l.shape)
+    c = s.get("counter")
+    if l.index_backed:
+        return SparseCounts.from_dense(c.to(dev, torch.int32)) if c is not None else SparseCounts(numel, device=dev)
+    return c.to(dev, torch.int32).clone() if c is not None else torch.zeros(l.shape, dtype=torch.int32, device=dev)
+
+
 def state_dict(sp: "Sparsifier") -> dict[str, Any]:
     """The state of ``sp`` (see the module docstring)."""
     layers = {}
@@ -163,7 +198,7 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
             "n_active": l.n_active,
             "target_density": l.target_density,
             **_active_form(l),
-            "counter": l.counter.clone() if l.counter is not None else None,
+            **_counter_form(l),
             "count_step": l.count_step,
             "active_steps": l.active_steps,
             "init_std": l.init_std,
@@ -259,8 +294,7 @@ def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = T
         else:
             l.ever_active = s["ever_active"].to(dev, torch.bool).clone()
         if sp.track_usage:
-            c = s.get("counter")
-            l.counter = c.to(dev, torch.int32).clone() if c is not None else torch.zeros(l.shape, dtype=torch.int32, device=dev)
+            l.counter = _load_counter(l, s, dev)
         l.count_step = int(s["count_step"])
         l.active_steps = int(s["active_steps"])
         l.init_std = float(s["init_std"])

@@ -15,7 +15,7 @@ import torch
 
 from .distributions import exact_counts
 from .checkpoint import saved_mask
-from .bits import PackedBits
+from .bits import PackedBits, SparseCounts
 from .masks import LayerState, random_mask, random_positions
 from .selection import Selected
 from .storage import Storage, storage_for
@@ -89,7 +89,8 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
             n_active=n_active,
             mask=mask,
             ever_active=PackedBits.from_positions(shape.numel(), positions) if indexed else mask.clone(),
-            counter=torch.zeros(shape, dtype=torch.int32, device=param.device) if track_usage else None,
+            counter=(None if not track_usage else SparseCounts(shape.numel(), device=param.device) if indexed
+                     else torch.zeros(shape, dtype=torch.int32, device=param.device)),
             init_std=init_std,
             shape=shape,
             storage=storage,

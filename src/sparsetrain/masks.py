@@ -6,7 +6,9 @@ One :class:`LayerState` per sparse parameter holds
 - ``ever_active``: bool tensor, ``True`` where the weight has been active at least once
   (initial mask included) — the numerator of the ITOP rate R_s;
 - ``counter``: int32 tensor, the number of optimizer steps each weight has been active
-  (usage counter N of DST-EE). It is updated *lazily*: between topology updates the mask does
+  (usage counter N of DST-EE); on an index-backed (large compressed) layer a
+  :class:`~sparsetrain.bits.SparseCounts` holding counts for the ever-active positions only
+  (never-active positions count 0). It is updated *lazily*: between topology updates the mask does
   not change, so ``counter += mask * (t - count_step)`` is applied only when the mask is about
   to change, when the counters are read, or when the state is saved — no per-step cost;
 - ``pinned``: the layer was pinned dense with ``Sparsifier(dense=...)``;
@@ -23,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from .bits import PackedBits
+from .bits import PackedBits, SparseCounts
 
 __all__ = ["LayerState", "random_mask", "random_positions", "sample_positions", "sample_free_positions", "in_sorted", "LARGE_LAYER"]
 
@@ -131,7 +133,8 @@ class LayerState:
     large compressed layer, :class:`~sparsetrain.storage.StreamingStorage`). There no dense bool
     is kept: :attr:`mask` is derived from the storage's index when read (a transient dense bool;
     the streaming update and the metrics never read it) and :attr:`ever_active` is a
-    :class:`~sparsetrain.bits.PackedBits` (1 bit per position). :meth:`active_positions`,
+    :class:`~sparsetrain.bits.PackedBits` (1 bit per position) and the usage counters, when kept,
+    a :class:`~sparsetrain.bits.SparseCounts` (counts of the ever-active positions). :meth:`active_positions`,
     :meth:`ever_count`, :meth:`ever_at` and :meth:`mark_ever` work on either form. Where the
     weight actually lives is the layer's :attr:`storage` (:mod:`sparsetrain.storage`): a masked
     dense parameter or a compressed :class:`~sparsetrain.sparse.SparseLinear`. Algorithms read
@@ -297,7 +300,9 @@ class LayerState:
         if elapsed <= 0:
             return
         if self.counter is not None:
-            if self._mask is None:
+            if isinstance(self.counter, SparseCounts):
+                self.counter.add(self.active_positions(), elapsed)
+            elif self._mask is None:
                 self.counter.view(-1).index_add_(0, self.active_positions(), torch.full(
                     (self.n_active,), elapsed, dtype=torch.int32, device=self.counter.device))
             else:

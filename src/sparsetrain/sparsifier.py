@@ -32,6 +32,7 @@ from torch import nn
 
 from . import capture, checkpoint, distributed as dist_mod, metrics as metrics_mod
 from .algorithms import Algorithm
+from .bits import SparseCounts
 from .checkpoint import STATE_FORMAT
 from .errors import InputError, InputTypeError, InputWarning
 from .initial import build_layers
@@ -106,7 +107,8 @@ class Sparsifier:
         dense: selectors (name globs, module types) of sparse layers pinned dense (kept in the
             density budget). Selectors match every name of a tied parameter; one that matches
             nothing is an error.
-        track_usage: keep per-weight usage counters (steps active); costs 4 bytes per weight,
+        track_usage: keep per-weight usage counters (steps active); costs 4 bytes per weight
+            (on a large compressed layer 12 bytes per position ever active, none for the others),
             nothing per step.
         nan_safe: mask gradients by selection (``torch.where``) so that a NaN/inf gradient at a
             masked position can never reach a masked weight. The default multiplies by the mask
@@ -382,12 +384,15 @@ class Sparsifier:
         return metrics_mod.itop_rate(self)
 
     def usage_counters(self) -> dict[str, torch.Tensor]:
-        """Per-weight number of optimizer steps active so far (``track_usage=True``)."""
+        """Per-weight number of optimizer steps active so far (``track_usage=True``), as int32 tensors
+        of the weights' dense shapes (a large compressed layer keeps its counts for its ever-active
+        positions only, :class:`~sparsetrain.bits.SparseCounts`: its dense tensor is made here, on request)."""
         if not self.track_usage:
             raise RuntimeError("usage counters are not tracked: construct the Sparsifier with track_usage=True")
         for layer in self.layers.values():
             layer.flush(self.step)
-        return {n: l.counter for n, l in self.layers.items()}
+        return {n: l.counter.to_dense(l.shape) if isinstance(l.counter, SparseCounts) else l.counter
+                for n, l in self.layers.items()}
 
     def metrics(self) -> dict[str, Any]:
         """Global and per-layer metrics as plain numbers (see ``docs/metrics.md``)."""

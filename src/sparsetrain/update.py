@@ -11,8 +11,10 @@ updates; :class:`ForcedUpdate` is the rule of a one-off update asked for with
 
 1. counters brought up to date, layers without a gradient left alone;
 2. the rule's ``on_update_start`` and ``plan`` (how many to drop and grow per layer);
-3. per layer, either the storage's streaming update or the dense path: the rule's selections on
-   the dense view, checked for consistency, grown weights initialised (zero or noise), and the
+3. per layer, either the storage's streaming update (a large compressed layer whose rule has a
+   ``stream_growth``; the rule's optional ``stream_pruned`` / ``stream_drop_score`` /
+   ``stream_grow_score`` hooks refine it, see :mod:`sparsetrain.storage.streaming`) or the dense
+   path: the rule's selections on the dense view, checked for consistency, grown weights initialised (zero or noise), and the
    new mask committed by the storage with its optimizer-state moves;
 4. one record: grown, turnover, exploration and exploitation degrees, R_s, density, per layer.
 """
@@ -80,8 +82,22 @@ class ForcedUpdate:
 
     @property
     def stream_growth(self) -> Optional[str]:
-        ok = self.drop == "magnitude" and self.grow in ("random", "gradient") and self.grow_init == "zero"
-        return self.grow if ok else None
+        """``"random"`` / ``"gradient"``: a large compressed layer takes the streaming update
+        (magnitude drop; ``grow="algorithm"`` streams when the algorithm's own growth does, e.g.
+        DST-EE's acquisition, GraNet's gradient or MEST's random growth), else ``None``."""
+        if self.drop != "magnitude" or self.grow_init != "zero":
+            return None
+        if self.grow == "algorithm":
+            return getattr(self.algorithm, "stream_growth", None)
+        return self.grow
+
+    def stream_grow_score(self, layer: LayerState, ctx: UpdateContext, scale):
+        """The algorithm's streaming grow score for ``grow="algorithm"`` (see
+        :mod:`sparsetrain.storage.streaming`); ``None``: ``|∂L/∂W|`` itself."""
+        if self.grow != "algorithm":
+            return None
+        make = getattr(self.algorithm, "stream_grow_score", None)
+        return make(layer, ctx, scale) if make is not None else None
 
     def drop_fraction(self, step: int, total_steps: Optional[int]) -> float:
         return self.fraction
@@ -105,29 +121,42 @@ class ForcedUpdate:
 
 
 def dense_path_layers(layers, rule) -> list[str]:
-    """The large compressed (index-backed) layers whose updates by ``rule`` cannot stream: each of
-    their updates forms the dense weight, gradient and scores (4 bytes per position each)."""
+    """The large compressed (index-backed) layers whose updates by ``rule`` take the dense path now:
+    each of their updates forms the dense weight, gradient and scores (4 bytes per position each).
+    That is every such layer when the rule cannot stream (its ``stream_growth`` is ``None``), and
+    a layer denser than 25% with any rule."""
     return [l.name for l in layers if l.index_backed and not l.frozen and not l.is_dense
             and l.storage.stream_growth(l, rule) is None]
 
 
-def streaming_warning(layers, algorithm, track_usage: bool) -> Optional[str]:
-    """A message naming what on large compressed layers is dense-sized in memory (updates that do
-    not stream, usage counters), or ``None`` when their updates stream in memory ∝ nnz."""
+def streaming_warning(layers, algorithm, track_usage: bool = False) -> Optional[str]:
+    """A message naming what on large compressed layers is dense-sized in memory, or ``None`` when
+    their updates stream in memory ∝ nnz (SET, RigL, DST-EE, GraNet, MEST with their default
+    zero regrowth, on layers sparser than 25%).
+
+    Names the algorithm's own dense state when it has one (``algorithm.dense_note``, e.g. SNFS's
+    momentum of the dense gradient at every position), the layers whose updates cannot stream and
+    why, and the layers denser than 25% (they take the dense path until they are sparser: GraNet
+    prunes them there). ``track_usage`` is accepted for compatibility: usage counters of such
+    layers are index-backed (12 bytes per ever-active position) and never dense-sized."""
     layers = list(layers)
     dense = dense_path_layers(layers, algorithm)
-    counted = [l.name for l in layers if l.index_backed and track_usage]
-    parts = []
-    if dense:
-        gib = max(l.numel for l in layers if l.name in dense) * 4 / 2**30
-        parts.append(
-            f"{type(algorithm).__name__}'s topology updates cannot stream on the large compressed layer(s) "
-            f"{', '.join(dense)} (only magnitude drop with random or gradient growth and zero regrowth streams: "
-            f"SET and RigL; a layer denser than 25% never streams): each update forms dense float tensors of "
-            f"up to {gib:.2f} GiB each")
-    if counted:
-        parts.append(f"usage counters (track_usage=True) take 4 bytes per position of {', '.join(counted)}")
-    return "sparsetrain: " + "; ".join(parts) if parts else None
+    if not dense:
+        return None
+    gib = max(l.numel for l in layers if l.name in dense) * 4 / 2**30
+    name = type(algorithm).__name__
+    cost = f"each update forms dense float tensors (weight, gradient, scores) of up to {gib:.2f} GiB each"
+    if getattr(algorithm, "stream_growth", None) is None:
+        note = getattr(algorithm, "dense_note", None)
+        why = note if note else (
+            "only magnitude drop (or MEST's |w| + λ|g|, GraNet's global magnitude pruning) with random, gradient "
+            "or DST-EE growth and zero regrowth streams; this configuration (grow_init='init', SET's signed "
+            "drop, global ranking or changed criteria) does not")
+        return (f"sparsetrain: {name}'s topology updates cannot stream on the large compressed layer(s) "
+                f"{', '.join(dense)}: {why}; {cost}")
+    return (f"sparsetrain: the large compressed layer(s) {', '.join(dense)} are denser than 25%: while they are, "
+            f"{name}'s updates take the dense path there (they stream once a layer is sparser, e.g. after GraNet's "
+            f"pruning): {cost}")
 
 
 def layer_record(k_drop: int, k_grow: int, n_before: int, fresh: int, changed: int,
@@ -210,7 +239,7 @@ def _update_layers(sp: "Sparsifier", rule, t: int, ctx: UpdateContext, record: d
         n_before = layer.n_active
         if layer.name in streaming:
             info = layer.storage.stream_update(layer, k_drop, k_grow, streaming[layer.name], sp.generator,
-                                               sp.optimizer)
+                                               sp.optimizer, rule, ctx)
         else:
             info = _dense_layer(sp, rule, layer, k_drop, k_grow, ctx)
         grown = int(info["grown"])

@@ -254,7 +254,9 @@ class Algorithm:
     # -- scores --------------------------------------------------------------------------
     #: ``"random"`` or ``"gradient"`` if compressed layers above ``masks.LARGE_LAYER`` positions
     #: may take the streaming update (magnitude drop, uniform random or gradient-magnitude
-    #: growth, zero regrowth, no dense temporaries); ``None``: the dense path
+    #: growth, zero regrowth, no dense temporaries; optional hooks ``stream_pruned``,
+    #: ``stream_drop_score``, ``stream_grow_score`` refine it, see
+    #: :mod:`sparsetrain.storage.streaming`); ``None``: the dense path
     stream_growth: Optional[str] = None
 
     def drop_score(self, layer: LayerState, ctx: UpdateContext) -> torch.Tensor:

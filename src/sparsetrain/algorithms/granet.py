@@ -47,6 +47,14 @@ class GraNet(Algorithm):
 
     Defaults: ERK, D_i = 0.5, ΔT = 100, pruning from step 0 to 110/160 of training (the
     CIFAR recipe), drop fraction ``cosine_annealing`` from 0.5.
+
+    The pruning is global (one ranking of ``|w|`` over the active weights of every sparse layer).
+    A large compressed layer (:mod:`sparsetrain.storage.streaming`) enters that ranking with its
+    stored values only (the active weights: memory ∝ nnz), its share of the prune is kept as
+    positions, and its update streams: the prune plus the lowest ``|w|`` of the rest dropped,
+    gradient growth ranked block of rows by block of rows from the gradient's factors; the same
+    selection as the dense path up to exact ties. Such a layer takes the dense path while it is
+    denser than 25% (e.g. from the default D_i = 0.5 until the pruning has thinned it).
     """
 
     name = "granet"
@@ -84,7 +92,8 @@ class GraNet(Algorithm):
         self._d_init = d_init
         self.prune_start = prune_start
         self.prune_end = prune_end
-        # per update: name -> bool tensor of the weights removed by the global pruning
+        # per update: name -> the weights removed by the global pruning: a bool tensor of the
+        # layer's shape, or sorted int64 flat positions on a layer whose update streams
         self._pruned: dict[str, torch.Tensor] = {}
         # layer sizes and initial counts of every sparse layer (from initial_masks)
         self._sizes: dict[str, int] = {}
@@ -155,11 +164,11 @@ class GraNet(Algorithm):
         eligible = [l for l in layers if not l.pinned and l.n_active > 0]
         n_prune = max(0, current - keep)
         n_prune = min(n_prune, sum(l.n_active - 1 for l in eligible))
-        pruned = self._global_prune(eligible, n_prune)
+        pruned = self._global_prune(eligible, n_prune, self._streaming(eligible))
         out = {}
         for layer in eligible:
             p = pruned.get(layer.name)
-            k_prune = int(p.sum()) if p is not None else 0
+            k_prune = (int(p.numel()) if p.dtype == torch.int64 else int(p.sum())) if p is not None else 0
             remaining = layer.n_active - k_prune
             k_regrow = 0
             if remaining < layer.numel:  # a layer still dense cannot move anything
@@ -170,13 +179,26 @@ class GraNet(Algorithm):
                 out[layer.name] = (k_prune + k_regrow, k_regrow)
         return out
 
+    def _streaming(self, layers) -> set:
+        """The names of ``layers`` whose update by this algorithm streams (large compressed ones)."""
+        return {l.name for l in layers if l.index_backed and l.storage.stream_growth(l, self) is not None}
+
     @staticmethod
-    def _global_prune(layers, k: int) -> dict[str, torch.Tensor]:
-        """The ``k`` active weights with the smallest |w| over all ``layers``; each keeps its largest."""
+    def _global_prune(layers, k: int, streaming=frozenset()) -> dict[str, torch.Tensor]:
+        """The ``k`` active weights with the smallest |w| over all ``layers``; each keeps its largest.
+
+        A layer named in ``streaming`` is ranked by its stored values only (no dense tensor) and
+        its share is returned as sorted flat positions; any other as a bool tensor of its shape."""
         if k <= 0:
             return {}
         flat = []
         for layer in layers:
+            if layer.name in streaming:  # the active weights themselves, in row-major order
+                s = scores.magnitude(layer.sparse_module.active_values()).float().clone()
+                if s.numel():
+                    s[torch.argmax(s)] = float("inf")  # never empty a layer
+                flat.append(s)
+                continue
             s = scores.magnitude(layer.weight).float().reshape(-1).clone()
             active = layer.mask.reshape(-1)
             s[~active] = float("inf")
@@ -184,16 +206,54 @@ class GraNet(Algorithm):
             s[top] = float("inf")  # never empty a layer
             flat.append(s.view(layer.shape))
         chosen = global_topk(flat, k, largest=False)
-        return {layer.name: part.to(layer.mask.device) for layer, part in zip(layers, chosen) if bool(part.any())}
+        out = {}
+        for layer, part in zip(layers, chosen):
+            if not bool(part.any()):
+                continue
+            if layer.name in streaming:
+                idx = layer.sparse_module.flat_index()
+                out[layer.name] = idx[part.to(idx.device)]
+            else:
+                out[layer.name] = part.to(layer.mask.device)
+        return out
+
+    def _pruned_mask(self, layer) -> Optional[torch.Tensor]:
+        """This update's pruned weights of ``layer`` as a bool tensor of its shape (dense path)."""
+        pruned = self._pruned.get(layer.name)
+        if pruned is not None and pruned.dtype == torch.int64:
+            mask = torch.zeros(layer.numel, dtype=torch.bool, device=pruned.device)
+            mask[pruned] = True
+            pruned = mask.view(layer.shape)
+        return pruned
 
     def select_drop(self, layer, k, ctx):
-        pruned = self._pruned.get(layer.name)
+        pruned = self._pruned_mask(layer)
         if pruned is None:
             return super().select_drop(layer, k, ctx)
         rest = k - int(pruned.sum())
         if rest <= 0:
             return pruned
         return pruned | scores.select_lowest(self.drop_score(layer, ctx), layer.mask & ~pruned, rest)
+
+    # -- streaming (large compressed layers) ------------------------------------------
+    @property
+    def stream_growth(self) -> Optional[str]:
+        """``"gradient"``: a large compressed layer sparser than 25% takes the streaming update
+        (:meth:`stream_pruned` then the lowest ``|w|``, gradient growth ranked block by block, zero
+        regrowth); ``None`` for ``grow_init="init"`` and subclasses that change the criteria."""
+        cls = type(self)
+        same = (cls.select_drop is GraNet.select_drop and cls.select_grow is Algorithm.select_grow
+                and cls.drop_score is Algorithm.drop_score and cls.grow_score is GraNet.grow_score
+                and cls._global_prune is GraNet._global_prune)
+        return "gradient" if same and self.grow_init == "zero" else None
+
+    def stream_pruned(self, layer, ctx) -> Optional[torch.Tensor]:
+        """This update's global pruning in ``layer`` as sorted flat positions, dropped before the
+        lowest ``|w|`` of the rest (:meth:`select_drop` on the stored entries), or ``None``."""
+        pruned = self._pruned.get(layer.name)
+        if pruned is not None and pruned.dtype != torch.int64:  # chosen on the dense view
+            pruned = pruned.reshape(-1).nonzero().squeeze(1)
+        return pruned
 
     def grow_score(self, layer, ctx):
         return scores.gradient_magnitude(layer.grad_buffer)

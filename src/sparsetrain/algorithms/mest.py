@@ -71,6 +71,12 @@ class MEST(Algorithm):
 
     Defaults: ERK, ΔT = 100 (the paper: every 5 epochs), milestones at 90/160 and 120/160 of
     training, updates until the end of training, ``lam = 1e-4``.
+
+    Growth is uniform among the free positions (:func:`~sparsetrain.scores.select_random`: the
+    top of uniform scores up to 2²⁰ positions, a sample without replacement above). On a large
+    compressed layer (:mod:`sparsetrain.storage.streaming`) the update streams: the drop score
+    needs ``|g|`` only at the stored entries, where the value gradient exists anyway, and the
+    growth is sampled from the index set; memory ∝ nnz, the same selection as the dense path.
     """
 
     name = "mest"
@@ -213,6 +219,35 @@ class MEST(Algorithm):
 
     def grow_score(self, layer, ctx):
         return scores.random_scores(layer.weight, ctx.generator)
+
+    def select_grow(self, layer, k, available, ctx):
+        """``k`` positions uniformly at random among ``available``: the ``k`` highest of
+        :meth:`grow_score` up to ``masks.LARGE_LAYER`` positions (the same draws), above it sampled
+        without a dense score tensor, as SET does and as the streaming update does. A subclass
+        with its own :meth:`grow_score` is ranked by it."""
+        if type(self).grow_score is not MEST.grow_score:
+            return super().select_grow(layer, k, available, ctx)
+        return scores.select_random(available, k, ctx.generator)
+
+    # -- streaming (large compressed layers) ------------------------------------------
+    @property
+    def stream_growth(self) -> Optional[str]:
+        """``"random"``: a large compressed layer takes the streaming update (drop by
+        ``|w| + λ|g|`` over the stored entries, :meth:`stream_drop_score`; uniform random growth;
+        zero regrowth); ``None`` for ``grow_init="init"`` and subclasses that change the criteria."""
+        cls = type(self)
+        same = (cls.select_drop is Algorithm.select_drop and cls.select_grow is MEST.select_grow
+                and cls.drop_score is MEST.drop_score)
+        return "random" if same and self.grow_init == "zero" else None
+
+    def stream_drop_score(self, layer, active, ctx):
+        """:meth:`drop_score` of the stored entries (``active``, see
+        :mod:`sparsetrain.storage.streaming`): the value gradient exists exactly there, so this is
+        the dense score restricted to the active weights, in the same order."""
+        s = scores.magnitude(active.values).float()
+        if self.lam and active.grad is not None:
+            s = s + self.lam * active.grad.detach().abs().float()
+        return s
 
     # -- state -------------------------------------------------------------------------
     def state_dict(self):

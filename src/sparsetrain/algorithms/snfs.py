@@ -88,7 +88,23 @@ class SNFS(Algorithm):
 
     Layers that start dense (pinned with ``dense=``, or capped by the distribution) are never
     updated. The momentum is part of :meth:`state_dict`, so a resumed run continues exactly.
+
+    **Dense by definition, also on large compressed layers.** The growth criterion is the
+    momentum of *every* position, inactive ones included, and an exponential average of dense
+    gradients is nonzero almost everywhere (its rank grows with every batch), so it has no
+    representation ∝ nnz: SNFS keeps a float32 tensor of the layer's full size for the whole run
+    (4 bytes per position), forms the dense gradient at every step to update it, and ranks it
+    over all free positions at each update. Its updates therefore take the dense path on every
+    layer, and the Sparsifier says so for large compressed ones (:attr:`dense_note`). A streaming
+    variant would have to change the method (e.g. momentum kept only for the active and recently
+    active positions), which would no longer be SNFS.
     """
+
+    #: what SNFS keeps dense on large compressed layers, and why (the Sparsifier's warning)
+    dense_note = ("SNFS grows where the momentum of the dense gradient is largest among all free positions, so it "
+                  "keeps that momentum for every position (a float32 tensor of the layer's full size, held for the "
+                  "whole run) and forms the layer's dense gradient at every step to update it; this has no form "
+                  "proportional to nnz, so its updates take the dense path")
 
     name = "snfs"
     needs_dense_grad = True

@@ -137,8 +137,10 @@ class Storage:
         return None
 
     def stream_update(self, layer: "LayerState", k_drop: int, k_grow: int, growth: str,
-                      generator: torch.Generator, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Magnitude drop and ``growth`` growth of ``layer`` without dense temporaries."""
+                      generator: torch.Generator, optimizer: torch.optim.Optimizer, rule: Any = None,
+                      ctx: Any = None) -> dict[str, float]:
+        """Drop ``k_drop`` and grow ``k_grow`` weights of ``layer`` by ``rule`` (``growth`` growth)
+        without dense temporaries (see :mod:`sparsetrain.storage.streaming`)."""
         raise NotImplementedError(f"{type(self).__name__} does not stream updates")
 
     # -- helpers --------------------------------------------------------------------------
