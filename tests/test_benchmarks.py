@@ -60,3 +60,14 @@ def test_sparseprop_side_by_side_runs(tmp_path):
     row = saved["results"][0]
     assert row["density"] == 0.1 and {"dense", "st-torch", "st-auto"} <= set(row["fwd+bwd"])
     assert saved["machine"]["flags"] == "-O3 -fopenmp"
+
+
+@pytest.mark.slow
+def test_gpt_step_time_benchmark_runs(tmp_path):
+    out = tmp_path / "g.json"
+    text = _run(["benchmarks/gpt_step_time.py", "--model", "gpt-micro", "--densities", "0.1", "--steps", "2",
+                 "--threads", "1", "--out", str(out)], tmp_path)
+    assert "allocator MALLOC_MMAP_THRESHOLD_=" in text  # the steady-state allocator settings took effect
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["density"] == 0.1 and row["train_sparse_ms"] > 0 and row["sparse_layers"] == 8
+    assert set(row["kernels"]) == {f"blocks.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "fc", "out")}

@@ -89,6 +89,10 @@ def test_spmm_and_sddmm_equal_dense_products(on_isa, rows, k, batch, density, se
     gp, xp = kernels.pack(gy.t()), kernels.pack(x.t())
     torch.testing.assert_close(kernels.sddmm_packed(crow, col, gp, xp, batch), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kernels.spmm_packed(crow, col, vals, xp, batch, rows), w @ xt, atol=1e-5, rtol=1e-5)
+    # written row-major (batch x rows, as nn.Linear returns), bias included
+    y = kernels.spmm_packed(crow, col, vals, xp, batch, rows, bias=bias, row_major=True)
+    assert y.shape == (batch, rows) and y.is_contiguous()
+    torch.testing.assert_close(y, (w @ xt + bias[:, None]).t(), atol=1e-5, rtol=1e-5)
     # the transposed product through a permutation of the values (the input gradient)
     tmask = mask.t().contiguous()
     key = torch.arange(rows * k).view(rows, k)[mask]          # row-major position of each value

@@ -277,8 +277,8 @@ from hypothesis import strategies as hs  # noqa: E402
 
 @settings(max_examples=40, deadline=None)
 @given(out_f=hs.integers(1, 9), in_f=hs.integers(1, 9), batch=hs.integers(1, 5), density=hs.floats(0.0, 1.0),
-       seed=hs.integers(0, 10_000), int64=hs.booleans())
-def test_sparse_linear_equals_masked_linear_for_any_shape_and_mask(out_f, in_f, batch, density, seed, int64):
+       seed=hs.integers(0, 10_000), int64=hs.booleans(), lead=hs.sampled_from([(), (3,), (2, 1)]))
+def test_sparse_linear_equals_masked_linear_for_any_shape_and_mask(out_f, in_f, batch, density, seed, int64, lead):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out_f, in_f, generator=g)
     mask = torch.rand(out_f, in_f, generator=g) < density  # empty rows, columns, or no entries at all
@@ -287,11 +287,14 @@ def test_sparse_linear_equals_masked_linear_for_any_shape_and_mask(out_f, in_f, 
         lin.weight.copy_(w * mask)
     sp = SparseLinear.from_linear(lin, mask=mask, index_dtype=torch.int64 if int64 else torch.int32)
     assert sp.nnz == int(mask.sum()) and torch.equal(sp.mask(), mask)
-    x = torch.randn(batch, in_f, generator=g)
+    # (batch, in) or with more leading dimensions (a transformer's (B, T, D): row-major outputs)
+    x = torch.randn(batch, *lead, in_f, generator=g)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     y1, y2 = lin(x1), sp(x2)
-    assert torch.allclose(y1, y2, atol=1e-5)
-    gy = torch.randn(batch, out_f, generator=g)
+    assert y2.shape == y1.shape and torch.allclose(y1, y2, atol=1e-5)
+    if lead:
+        assert y2.is_contiguous()  # what attention kernels and LayerNorm need
+    gy = torch.randn(batch, *lead, out_f, generator=g)
     y1.backward(gy)
     y2.backward(gy)
     assert torch.allclose(x1.grad, x2.grad, atol=1e-5)

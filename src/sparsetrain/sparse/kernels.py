@@ -162,14 +162,16 @@ def use_native(*tensors: torch.Tensor) -> bool:
 
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor, rows: int,
-         perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+         perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+         row_major: bool = False) -> torch.Tensor:
     """``A @ xt (+ bias[:, None])`` for the CSR matrix ``A = (crow, col, values[perm] if perm else
     values)`` with ``rows`` rows; ``xt`` is ``K × B`` (contiguous, or the transposed view of a contiguous
-    ``B × K``); returns a contiguous ``rows × B`` tensor."""
+    ``B × K``); returns a contiguous ``rows × B`` tensor, or with ``row_major`` its transpose as a
+    contiguous ``B × rows`` (what ``nn.Linear`` returns), written so by the kernel."""
     if bias is not None:
         bias = bias.detach().contiguous()
     # xt may be the transposed view of a B × K activation: the kernel packs it without a copy
-    return torch.ops.sparsetrain.spmm(crow, col, values.contiguous(), perm, xt, int(rows), bias)
+    return torch.ops.sparsetrain.spmm(crow, col, values.contiguous(), perm, xt, int(rows), bias, bool(row_major))
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, gyt: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -188,11 +190,13 @@ def pack(xt: torch.Tensor) -> torch.Tensor:
 
 
 def spmm_packed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xp: torch.Tensor, batch: int,
-                rows: int, perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                rows: int, perm: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                row_major: bool = False) -> torch.Tensor:
     """:func:`spmm` on an operand already packed by :func:`pack` (``batch`` columns)."""
     if bias is not None:
         bias = bias.detach().contiguous()
-    return torch.ops.sparsetrain.spmm_packed(crow, col, values.contiguous(), perm, xp, int(batch), int(rows), bias)
+    return torch.ops.sparsetrain.spmm_packed(crow, col, values.contiguous(), perm, xp, int(batch), int(rows), bias,
+                                             bool(row_major))
 
 
 def sddmm_packed(crow: torch.Tensor, col: torch.Tensor, gp: torch.Tensor, xp: torch.Tensor, batch: int) -> torch.Tensor:

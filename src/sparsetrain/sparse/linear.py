@@ -58,53 +58,61 @@ def _pick(op: str, allowed: bool, rows: int, cols: int, batch: int, nnz: int, na
 
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, values, bias, module):
-        # Returns yᵀ (out × B, contiguous: CSR × dense wants a contiguous right operand and gives
-        # a row-major result). The caller takes its transpose as a view, so a following
-        # SparseLinear (through bias, ReLU, ... which keep the layout) gets an input whose
-        # transpose is already contiguous, and in-place ops on y are ordinary ops on a view.
+    def forward(ctx, x, values, bias, module, row_major):
+        # Returns yᵀ (out × B, contiguous: the kernels' natural layout) or, with row_major, y (B × out,
+        # contiguous, written so by the kernel). For 2-d inputs the caller takes yᵀ's transpose as a
+        # view, so a following SparseLinear (through bias, ReLU, ... which keep the layout) gets an
+        # input whose transpose is already contiguous; inputs of other shapes (a transformer's
+        # (B, T, D)) get row-major outputs, as attention kernels and LayerNorm need.
         m = module
         allowed = kernels.use_native(x, values) and (bias is None or kernels.use_native(bias))
 
         def native():  # the bias is added in the kernel (no extra pass over the output)
-            return kernels.spmm(m.crow_indices, m.col_indices, values, x.t(), m.out_features, bias=bias)
+            return kernels.spmm(m.crow_indices, m.col_indices, values, x.t(), m.out_features, bias=bias,
+                                row_major=row_major)
 
         def fallback():
             yt = torch.mm(_csr(m.crow_indices, m.col_indices, values, m.weight_shape), _contiguous(x.t()))
-            return yt + bias[:, None] if bias is not None else yt
+            yt = yt + bias[:, None] if bias is not None else yt
+            return yt.t().contiguous() if row_major else yt
 
         use = _pick("spmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
-        yt = native() if use else fallback()
-        ctx.module, ctx.native = module, allowed
+        out = native() if use else fallback()
+        ctx.module, ctx.native, ctx.row_major = module, allowed, row_major
         ctx.save_for_backward(x, values)
-        return yt
+        return out
 
     @staticmethod
-    def backward(ctx, gyt):
+    def backward(ctx, grad):
         x, values = ctx.saved_tensors
-        m = ctx.module
+        m, row_major = ctx.module, ctx.row_major
+        gyt = grad.t() if row_major else grad  # out × B, contiguous or a transposed view
         gx = gvals = gbias = None
         if ctx.needs_input_grad[2]:
             gbias = gyt.sum(1)
         allowed = ctx.native and kernels.use_native(gyt)
-        # gyt (out × B) is often the transposed view of a contiguous B × out gradient: the compiled
-        # kernels pack it once for both products (no transposed copy); torch's take one copy
+        # the compiled kernels pack gyt once for both products (a transposed view is packed
+        # directly, no transposed copy); torch's take one contiguous copy
         gp = _Once(lambda: kernels.pack(gyt))
         rows = _Once(lambda: _contiguous(gyt))
         if ctx.needs_input_grad[0]:
             def native(xp=None):  # Wᵀ's structure, the values read through t_perm (gathered once)
                 return kernels.spmm_packed(m.t_crow_indices, m.t_col_indices, values,
                                            kernels.pack(gyt) if xp is None else xp, gyt.shape[1], m.in_features,
-                                           perm=m.t_perm)
+                                           perm=m.t_perm, row_major=row_major)
 
-            def fallback():
+            def fallback(g=None):
                 wt = _csr(m.t_crow_indices, m.t_col_indices, values[m.t_perm], (m.in_features, m.out_features))
-                return torch.mm(wt, rows())
+                gxt = torch.mm(wt, _contiguous(gyt) if g is None else g)
+                return gxt.t().contiguous() if row_major else gxt
 
-            # measured with the packing included; run on the shared packed gradient
+            # measured each with its own layout change (pack / contiguous copy) included; run on the
+            # operands shared with the value gradient
             use = _pick("spmm_t", allowed, m.in_features, m.out_features, gyt.shape[1], values.numel(), native,
                         fallback)
-            gx = (native(gp()) if use else fallback()).t()
+            gx = native(gp()) if use else fallback(rows())
+            if not row_major:
+                gx = gx.t()
         if ctx.needs_input_grad[1]:
             want = m.dense_grad_request
             # only at topology-update steps: the sink gets the gradient's factors and returns the
@@ -114,7 +122,7 @@ class _SparseLinearFn(torch.autograd.Function):
                 gvals = dense.reshape(-1)[m.flat_index()]
             else:
                 gvals = _sampled_grad(m, values, gyt, x, allowed, gp, rows)
-        return gx, gvals, gbias, None
+        return gx, gvals, gbias, None, None
 
 
 class _Once:
@@ -140,14 +148,17 @@ def _sampled_grad(m: "SparseLinear", values: torch.Tensor, gyt: torch.Tensor, x:
         return kernels.sddmm_packed(m.crow_indices, m.col_indices, kernels.pack(gyt) if gpacked is None else gpacked,
                                     kernels.pack(x.t()), x.shape[0])
 
-    def fallback():
+    def fallback(g=None):
         # the pattern's values are ignored with beta=0 (finite weights): no nnz-sized allocation
         pattern = _csr(m.crow_indices, m.col_indices, values.detach(), m.weight_shape)
-        g = rows() if rows is not None else _contiguous(gyt)
-        return torch.sparse.sampled_addmm(pattern, g, _contiguous(x), beta=0.0).values()
+        return torch.sparse.sampled_addmm(pattern, _contiguous(gyt) if g is None else g, _contiguous(x),
+                                          beta=0.0).values()
 
+    # measured each with its own layout change included (see the input gradient's)
     use = _pick("sddmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
-    return (native(gp() if gp is not None else None)) if use else fallback()
+    if use:
+        return native(gp() if gp is not None else None)
+    return fallback(rows() if rows is not None else None)
 
 
 def _rows(crow: torch.Tensor) -> torch.Tensor:
@@ -431,8 +442,14 @@ class SparseLinear(nn.Module):
             return nn.functional.linear(x, self.values.view(self.weight_shape), self.bias)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = _SparseLinearFn.apply(x2, self.active_values(), self.bias, self).t()
-        return y.reshape(*lead, self.out_features)
+        if x.dim() == 2:
+            # a view of the kernels' row-major yᵀ: a following SparseLinear reads it without a copy
+            return _SparseLinearFn.apply(x2, self.active_values(), self.bias, self, False).t()
+        # (B, T, D) and other leading shapes: row-major as nn.Linear returns it (written so by the
+        # kernel), since what follows in a transformer (attention kernels, LayerNorm, views) needs a
+        # unit stride in the last dimension
+        y = _SparseLinearFn.apply(x2, self.active_values(), self.bias, self, True)
+        return y.view(*lead, self.out_features)
 
     def to_linear(self) -> nn.Linear:
         """An ``nn.Linear`` with the same function (dense weight with zeros)."""

@@ -192,12 +192,12 @@ void check_csr(const at::Tensor& crow, const at::Tensor& col, const char* what) 
 
 at::Tensor spmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
                        const c10::optional<at::Tensor>& perm, const at::Tensor& xp, int64_t batch, int64_t rows,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, bool row_major) {
   check_csr(crow, col, "sparsetrain::spmm");
   TORCH_CHECK(xp.scalar_type() == at::kFloat && xp.device().is_cpu(), "sparsetrain::spmm: float32 only");
   TORCH_CHECK(val.is_contiguous() && val.scalar_type() == at::kFloat, "sparsetrain::spmm: float32 values");
   TORCH_CHECK(crow.numel() == rows + 1, "sparsetrain::spmm: crow has ", crow.numel(), " entries for ", rows, " rows");
-  auto y = at::empty({rows, batch}, xp.options());
+  auto y = row_major ? at::empty({batch, rows}, xp.options()) : at::empty({rows, batch}, xp.options());
   if (rows == 0 || batch == 0) return y;
   const bool p = perm.has_value() && perm->defined();
   TORCH_CHECK(!p || (perm->scalar_type() == crow.scalar_type() && perm->is_contiguous() &&
@@ -210,20 +210,20 @@ at::Tensor spmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::
   const at::Tensor* pp = p ? &perm.value() : nullptr;
   switch (current()) {
 #if ST_X86
-    case AVX512: st_avx512::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch); break;
-    case AVX2: st_avx2::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch); break;
+    case AVX512: st_avx512::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch, row_major); break;
+    case AVX2: st_avx2::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch, row_major); break;
 #endif
-    default: st_generic::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch);
+    default: st_generic::spmm_packed(crow, col, val, pp, bp, xp, y, rows, batch, row_major);
   }
   return y;
 }
 
 at::Tensor spmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
                 const c10::optional<at::Tensor>& perm, const at::Tensor& xt, int64_t rows,
-                const c10::optional<at::Tensor>& bias) {
+                const c10::optional<at::Tensor>& bias, bool row_major) {
   TORCH_CHECK(xt.dim() == 2 && xt.scalar_type() == at::kFloat, "sparsetrain::spmm: xt must be 2-d float32, got ",
               xt.scalar_type());
-  return spmm_packed(crow, col, val, perm, pack(xt), xt.size(1), rows, bias);
+  return spmm_packed(crow, col, val, perm, pack(xt), xt.size(1), rows, bias, row_major);
 }
 
 at::Tensor sddmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& gp, const at::Tensor& xp,
@@ -252,10 +252,10 @@ at::Tensor sddmm(const at::Tensor& crow, const at::Tensor& col, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(sparsetrain, m) {
-  m.def("spmm(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xt, int rows, Tensor? bias=None) -> Tensor");
+  m.def("spmm(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xt, int rows, Tensor? bias=None, bool row_major=False) -> Tensor");
   m.def("sddmm(Tensor crow, Tensor col, Tensor gyt, Tensor xt) -> Tensor");
   m.def("pack(Tensor xt) -> Tensor");
-  m.def("spmm_packed(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xp, int batch, int rows, Tensor? bias=None) -> Tensor");
+  m.def("spmm_packed(Tensor crow, Tensor col, Tensor val, Tensor? perm, Tensor xp, int batch, int rows, Tensor? bias=None, bool row_major=False) -> Tensor");
   m.def("sddmm_packed(Tensor crow, Tensor col, Tensor gp, Tensor xp, int batch) -> Tensor");
   m.def("isa() -> str", &isa);
   m.def("isas() -> str[]", &isas);
