@@ -39,8 +39,10 @@ __all__ = ["main", "format_table", "aggregate", "load_config", "sweep"]
 
 # help for every RunConfig field (train and sweep generate one flag per field from this)
 FIELD_HELP = {
-    "model": "model name (lenet300-100/mlp, lenet5, lenet5-caffe, vgg11/16/19, resnet20/32/56, resnet18/34/50, wrn-22-2)",
-    "dataset": "dataset (fashion-mnist, mnist, cifar10, cifar100, digits, synthetic)",
+    "model": "model name (lenet300-100/mlp, lenet5, lenet5-caffe, vgg11/16/19, resnet20/32/56, resnet18/34/50, "
+             "wrn-22-2; gpt-mini, gpt-micro for text datasets)",
+    "dataset": "dataset (fashion-mnist, mnist, cifar10, cifar100, digits, synthetic; text:stdlib, a byte-level "
+               "corpus of Python's standard library, for the gpt models)",
     "method": "dense, or an algorithm name with optional arguments, e.g. rigl, dstee:c=0.01:bonus=ucb, set-itop",
     "density": "fraction of prunable weights kept (0.05 = 95%% sparsity)",
     "distribution": "layer-wise densities: erk, er or uniform",
