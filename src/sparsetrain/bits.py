@@ -96,14 +96,19 @@ class PackedBits:
     def test(self, positions: torch.Tensor) -> torch.Tensor:
         """Whether each of ``positions`` is set (bool, same shape)."""
         positions = positions.to(self.data.device, torch.int64)
-        return ((self.data[positions >> 3] >> (positions & 7).to(torch.uint8)) & 1).to(torch.bool)
+        shape = positions.shape
+        positions = positions.reshape(-1)
+        byte = self.data.index_select(0, positions >> 3)
+        return ((byte >> (positions & 7).to(torch.uint8)) & 1).to(torch.bool).view(shape)
 
     def add(self, positions: torch.Tensor) -> int:
         """Set the bits at ``positions`` (repeats allowed); returns how many were newly set."""
         positions = positions.to(self.data.device, torch.int64).reshape(-1)
         if not positions.numel():
             return 0
-        new = torch.unique(positions[~self.test(positions)])
+        new = positions[~self.test(positions)]
+        if new.numel() > 1 and not bool((new[1:] > new[:-1]).all()):  # sorted and distinct needs no unique
+            new = torch.unique(new)
         if new.numel():
             # distinct bits of one byte: their sum is their OR
             self.data.index_add_(0, new >> 3, torch.bitwise_left_shift(torch.ones_like(new), new & 7).to(torch.uint8))

@@ -6,6 +6,7 @@ Conventions: a *drop* score ranks active weights by importance (the lowest are d
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from .masks import LARGE_LAYER, sample_positions
 
 __all__ = ["magnitude", "gradient_magnitude", "random_scores", "select_lowest", "select_highest", "signed_drop",
-           "select_random", "topk_large"]
+           "select_random", "topk_large", "kth_largest"]
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:
@@ -135,3 +136,33 @@ def topk_large(x: torch.Tensor, k: int, floor: Optional[float] = None) -> tuple[
             v, j = torch.topk(x[idx], k, sorted=False)
             return v, idx[j]
     return torch.topk(x, k, sorted=False)
+
+
+def kth_largest(x: torch.Tensor, k: int) -> float:
+    """The ``k``-th largest entry of the 1-d ``x`` (``1 ≤ k ≤ x.numel()``), as ``torch.kthvalue``
+    gives it, in a few passes over ``x`` instead of a selection over all of it.
+
+    A strided sample brackets the value; two counts confirm the bracket, and only the entries
+    inside it are ranked. If the sample misleads, the plain ``torch.kthvalue`` runs."""
+    n = x.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"no {k}-th largest of {n} entries")
+    if n > _LARGE_KTH:
+        sample = x[:: max(1, n // 8192)]
+        ns = sample.numel()
+        j = k * ns / n  # the rank in the sample expected to hold it
+        d = 4.0 * math.sqrt(j * (1.0 - min(j / ns, 1.0))) + 8.0
+        hi_r, lo_r = int(j - d), int(math.ceil(j + d))
+        hi = float(torch.kthvalue(sample, ns - hi_r + 1).values) if hi_r >= 1 else float("inf")
+        lo = float(torch.kthvalue(sample, ns - lo_r + 1).values) if lo_r <= ns else float("-inf")
+        above = int(torch.count_nonzero(x > hi)) if hi_r >= 1 else 0
+        if above < k:
+            band = x[(x >= lo) & (x <= hi)] if hi_r >= 1 else x[x >= lo]
+            if above + band.numel() >= k:
+                r = k - above  # its rank among the entries in the bracket
+                return float(torch.kthvalue(band, band.numel() - r + 1).values)
+    return float(torch.kthvalue(x, n - k + 1).values)
+
+
+# above this many entries kth_largest narrows down with a sample first
+_LARGE_KTH = 1 << 16

@@ -125,10 +125,13 @@ class CompressedStorage(Storage):
         self.restructure(layer, new, optimizer, self.dense_weight()[new])
 
     def restructure(self, layer: "LayerState", new: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    new_values: torch.Tensor, new_flat: Optional[torch.Tensor] = None) -> None:
+                    new_values: torch.Tensor, new_flat: Optional[torch.Tensor] = None,
+                    source: Optional[torch.Tensor] = None) -> None:
         """Rebuild the CSR for mask ``new`` with ``new_values`` (row-major; ``new_flat``: their flat
-        positions, if known; ``new=None``: the pattern is ``new_flat``, no dense mask) and move the optimizer state along: kept positions take theirs, grown
-        ones start at zero; O(nnz), no dense temporaries."""
+        positions, if known; ``new=None``: the pattern is ``new_flat``, no dense mask) and move the
+        optimizer state along: kept positions take theirs, grown ones start at zero; O(nnz), no
+        dense temporaries. ``source``: for each new entry the index of its entry in the old pattern,
+        or ``-1`` where it had none, if the caller knows it (else it is searched for)."""
         module = self.module
         values = module.values
         old_flat, old_nnz = module.flat_index(), module.nnz
@@ -136,13 +139,17 @@ class CompressedStorage(Storage):
         moved = {}
         if any(torch.is_tensor(v) and v.shape == values.shape for v in state.values()):
             # where each new position sits in the old (sorted, row-major) pattern
-            if new_flat is None:
-                new_flat = new.reshape(-1).nonzero().squeeze(1)
-            at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
-            found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
+            if source is not None:
+                found = source >= 0
+                at = source.clamp(min=0)
+            else:
+                if new_flat is None:
+                    new_flat = new.reshape(-1).nonzero().squeeze(1)
+                at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
+                found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
             for key, v in state.items():
                 if torch.is_tensor(v) and v.shape == values.shape:
-                    moved[key] = torch.where(found, v[:old_nnz][at] if old_nnz else 0, 0).to(v.dtype)
+                    moved[key] = torch.where(found, v[:old_nnz].index_select(0, at) if old_nnz else 0, 0).to(v.dtype)
         resized = (module.set_structure_at(new_flat, new_values) if new is None
                    else module.set_structure(new, new_values))
         if resized:
