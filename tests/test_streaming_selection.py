@@ -197,7 +197,8 @@ def test_merge_builds_the_sorted_union_and_where_each_entry_was(seed):
     free[kept] = False
     grown = torch.sort(free.nonzero().squeeze(1)[torch.randperm(int(free.sum()), generator=g)[:400]]).values
     grown = torch.unique(torch.cat([grown, flat[dropped][:50]]))  # some dropped positions regrown
-    new_flat, source = streaming._merge(flat, dropped, keep_at, kept, grown)
+    new_flat, source, regrown = streaming._merge(flat, dropped, keep_at, kept, grown)
+    assert torch.equal(regrown, torch.isin(grown, flat))
     assert torch.equal(new_flat, torch.sort(torch.cat([kept, grown])).values)
     old = {int(p): i for i, p in enumerate(flat)}
     expected = [old.get(p, -1) for p in new_flat.tolist()]

@@ -186,7 +186,7 @@ class StreamingStorage(CompressedStorage):
         else:
             raise ValueError(f"unknown streaming growth {growth!r}; valid: 'random', 'gradient'")
         fresh = int(torch.count_nonzero(~layer.ever_at(grown))) if k_grow else 0
-        new_flat, source = _merge(flat, dropped, keep_at, kept, grown)
+        new_flat, source, regrown = _merge(flat, dropped, keep_at, kept, grown)
         # grown positions start at zero, except one dropped and regrown in this same update, which
         # keeps its value (and, in restructure, its optimizer state), as on the dense path
         stored = source >= 0
@@ -196,20 +196,21 @@ class StreamingStorage(CompressedStorage):
         self.restructure(layer, None, optimizer, new_values, new_flat, source=source)
         layer.set_mask(None)  # the pattern just stored is the mask
         layer.mark_ever(grown)
-        regrown = int(torch.count_nonzero(stored)) - kept.numel()
-        return layer_record(k_drop, k_grow, nnz, fresh, k_grow - regrown, exploit, newly=new_flat[~stored])
+        changed = k_grow - int(torch.count_nonzero(regrown))
+        return layer_record(k_drop, k_grow, nnz, fresh, changed, exploit, newly=grown[~regrown])
 
 
 def _merge(flat: torch.Tensor, dropped: torch.Tensor, keep_at: torch.Tensor, kept: torch.Tensor,
-           grown: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           grown: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The new pattern (sorted flat positions) from the old one (``flat``, its ``dropped`` entries,
     ``keep_at`` the indices of the others, ``kept`` their positions) and the sorted ``grown``
-    positions, and for each new entry the index of its old entry (``-1`` for none): kept entries
-    and grown ones that were stored (dropped and regrown). One binary search of the grown
-    positions in the old pattern instead of a sort of the union and searches of every entry."""
+    positions; for each new entry the index of its old entry (``-1`` for none): kept entries and
+    grown ones that were stored (dropped and regrown); and which grown ones were stored. One
+    binary search of the grown positions in the old pattern instead of a sort of the union and
+    searches of every entry."""
     n_new, k, nnz = kept.numel() + grown.numel(), grown.numel(), flat.numel()
     if not k:
-        return kept, keep_at
+        return kept, keep_at, torch.zeros(0, dtype=torch.bool, device=flat.device)
     at = torch.searchsorted(flat, grown)  # old entries before each grown position
     regrown = (flat.index_select(0, at.clamp(max=nnz - 1)) == grown) if nnz else \
         torch.zeros(k, dtype=torch.bool, device=flat.device)
@@ -225,7 +226,7 @@ def _merge(flat: torch.Tensor, dropped: torch.Tensor, keep_at: torch.Tensor, kep
     new_flat.masked_scatter_(is_kept, kept)
     source[to] = torch.where(regrown, at, -1)
     source.masked_scatter_(is_kept, keep_at)
-    return new_flat, source
+    return new_flat, source, regrown
 
 
 def _block_rows(grad, r0: int, r1: int, out: Optional[torch.Tensor]) -> torch.Tensor:
