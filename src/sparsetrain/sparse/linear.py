@@ -180,13 +180,14 @@ def _structure_of(rows: torch.Tensor, cols: torch.Tensor, shape, index_dtype: to
     # to int64: 8 bytes per position)
     crow = torch.zeros(out_f + 1, dtype=torch.int64, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
-    # transpose: entries sorted by (col, row); t_perm maps them to positions in values
-    key = cols.to(torch.int64) * out_f + rows.to(torch.int64)
-    t_perm = torch.argsort(key)
+    # transpose: entries sorted by (col, row); t_perm maps them to positions in values. The entries
+    # are row-major, so a stable sort by column alone gives that order (cheaper than sorting a
+    # combined col·out + row key)
+    t_perm = torch.sort(cols, stable=True).indices
     t_crow = torch.zeros(in_f + 1, dtype=torch.int64, device=rows.device)
     t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
-    return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype), rows[t_perm].to(index_dtype),
-            t_perm.to(index_dtype))
+    return (crow.to(index_dtype), cols.to(index_dtype), t_crow.to(index_dtype),
+            rows.index_select(0, t_perm).to(index_dtype), t_perm.to(index_dtype))
 
 
 class SparseLinear(nn.Module):
