@@ -71,3 +71,17 @@ def test_tickets_against_theta_pre_and_the_base_alone():
     text = report_sections(results)
     assert "Paired differences from rigl" in text and "θ_pre" in text
     assert report_sections([run("set", 0, 0.8)]) == ""
+
+
+def test_language_models_are_paired_in_bits_per_byte_lower_is_better():
+    # the method has 0.05 fewer bits per byte than RigL on every seed (better) although its next-byte
+    # accuracy is lower on one: the bits-per-byte table comes first and counts wins by lower values
+    results = [run("rigl", s, 0.40, test_bpb=3.30 + 0.01 * s) for s in range(3)]
+    results += [run("set", s, 0.41 if s else 0.39, test_bpb=3.25 + 0.01 * s) for s in range(3)]
+    (row,) = paired_rows(results, "rigl", "test_bpb")
+    assert row["diff"] == pytest.approx(-0.05) and row["wins"] == 3 and row["losses"] == 0
+    text = report_sections(results)
+    assert text.index("validation bits per byte") < text.index("final test accuracy")
+    assert "| set | 98% | 3 | 3.2600 | 3.3100 | -0.0500 [-0.0500, -0.0500] | 3 / 0 |" in text
+    # image classifiers (no bits per byte) keep the accuracy table only
+    assert "bits per byte" not in report_sections([run("rigl", 0, 0.8), run("set", 0, 0.81)])

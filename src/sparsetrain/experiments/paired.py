@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-__all__ = ["t975", "mean_ci", "pair_key", "paired_rows", "paired_table", "ticket_rows", "ticket_paired_table",
+__all__ = ["LOWER_IS_BETTER", "t975", "mean_ci", "pair_key", "paired_rows", "paired_table", "ticket_rows", "ticket_paired_table",
            "report_sections"]
 
 #: The label suffix of a Sup-tickets run (``"rigl+sup-tickets"``); as a method name it turns Sup-tickets on.
@@ -30,6 +30,10 @@ SUP_SUFFIX = "+sup-tickets"
 # two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+#: metrics where a smaller value is better (the paired tables count "better" accordingly)
+LOWER_IS_BETTER = frozenset({"test_bpb", "test_loss", "test_ppl"})
 
 
 def t975(df: int) -> float:
@@ -113,13 +117,15 @@ def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = 
         diffs = [float(r[metric]) - float(b[metric]) for r, b in pairs]
         m, lo, hi = mean_ci(diffs)
         stats = [_run_stats(r) for r, _ in pairs]
+        lower = metric in LOWER_IS_BETTER
         rows.append({
-            "arm": arm, "variant": variant, "density": density, "pairs": len(pairs),
+            "arm": arm, "variant": variant, "density": density, "pairs": len(pairs), "metric": metric,
             "seeds": sorted(int(r["config"].get("seed", 0)) for r, _ in pairs),
             "mean": _mean([float(r[metric]) for r, _ in pairs]),
             "baseline_mean": _mean([float(b[metric]) for _, b in pairs]),
             "diff": m, "low": lo, "high": hi,
-            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs),
+            "wins": sum((d < 0) if lower else (d > 0) for d in diffs),
+            "losses": sum((d > 0) if lower else (d < 0) for d in diffs),
             **{k: _mean([s[k] for s in stats if not math.isnan(s[k])]) for k in ("itop_rate", "survival", "exploration")},
         })
     rows.sort(key=lambda x: (-x["density"], x["variant"], x["arm"]))
@@ -127,19 +133,24 @@ def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = 
 
 
 def paired_table(results: Sequence[dict[str, Any]], baseline: str, metric: str = "test_acc") -> str:
-    """Markdown table of :func:`paired_rows` (accuracies in %)."""
+    """Markdown table of :func:`paired_rows` (accuracies in %, bits per byte as they are)."""
     rows = paired_rows(results, baseline, metric)
     if not rows:
         return ""
-    lines = [f"| method | sparsity | pairs | {metric} (%) | {baseline} (%) | Δ vs {baseline} (pt) [95% CI] | "
+    pct = metric not in LOWER_IS_BETTER
+    unit, dunit = (" (%)", " (pt)") if pct else ("", "")
+    lines = [f"| method | sparsity | pairs | {metric}{unit} | {baseline}{unit} | Δ vs {baseline}{dunit} [95% CI] | "
              "better / worse | R_s | survival | fresh share of growth |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['arm']} {r['variant']}".strip()
         sparsity = "dense" if r["arm"] == "dense" else f"{100 * (1 - r['density']):.0f}%"
         fmt = lambda v, d=3: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
-        lines.append(f"| {name} | {sparsity} | {r['pairs']} | {100 * r['mean']:.2f} | {100 * r['baseline_mean']:.2f} | "
-                     f"{_fmt_ci(r['diff'], r['low'], r['high'])} | {r['wins']} / {r['losses']} | "
+        mean, base = (f"{100 * r['mean']:.2f}", f"{100 * r['baseline_mean']:.2f}") if pct else \
+            (f"{r['mean']:.4f}", f"{r['baseline_mean']:.4f}")
+        ci = _fmt_ci(r['diff'], r['low'], r['high']) if pct else _fmt_ci(r['diff'], r['low'], r['high'], 1.0, 4)
+        lines.append(f"| {name} | {sparsity} | {r['pairs']} | {mean} | {base} | "
+                     f"{ci} | {r['wins']} / {r['losses']} | "
                      f"{fmt(r['itop_rate'])} | {fmt(r['survival'])} | {fmt(r['exploration'])} |")
     return "\n".join(lines)
 
@@ -207,6 +218,14 @@ def report_sections(results: Sequence[dict[str, Any]], baseline: Optional[str] =
     if baseline is None and "rigl" in arms:
         baseline = "rigl"
     parts = []
+    if baseline is not None and all(r.get("test_bpb") is not None for r in results):
+        # language models: validation bits per byte first (lower is better)
+        table = paired_table(results, baseline, "test_bpb")
+        if table:
+            parts.append(f"## Paired differences from {baseline}: validation bits per byte\n\nSame seed = same "
+                         "initial weights, first mask and batch order; Δ is the mean over seeds of (method − "
+                         + baseline + ") final validation bits per byte (lower is better) with a Student-t 95% "
+                         "confidence interval; better / worse counts seeds.\n\n" + table)
     if baseline is not None:
         table = paired_table(results, baseline)
         if table:
