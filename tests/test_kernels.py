@@ -115,6 +115,14 @@ def test_the_kernels_refuse_what_they_cannot_compute():
         kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 2)
     with pytest.raises(RuntimeError, match="bias"):
         kernels.spmm(crow, col, torch.ones(1), torch.ones(1, 3), 1, bias=torch.ones(2))
+    # a structure whose row pointers disagree with its entries, or too few values, is refused
+    with pytest.raises(RuntimeError, match="crow ends at"):
+        kernels.spmm(torch.tensor([0, 2], dtype=torch.int32), col, torch.ones(1), torch.ones(1, 3), 1)
+    with pytest.raises(RuntimeError, match="values for"):
+        kernels.spmm(crow, col, torch.ones(0), torch.ones(1, 3), 1)
+    # pack always returns a new tensor (never a view of its input, even when no reordering is needed)
+    one_strip = torch.ones(5, 2 * {"generic": 4, "avx2": 8, "avx512": 16}[kernels.isa()])
+    assert kernels.pack(one_strip).data_ptr() != one_strip.data_ptr()
     # a packed operand of another shape or batch (or packed under another instruction set) is refused
     xp = kernels.pack(torch.ones(1, 3))
     with pytest.raises(RuntimeError, match="packed operand"):

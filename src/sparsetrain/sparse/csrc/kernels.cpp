@@ -182,12 +182,17 @@ at::Tensor pack(const at::Tensor& xt_in) {
   }
 }
 
+// The structure's own consistency (cheap: its last row pointer is the entry count). Column indices
+// are not scanned (O(nnz)): they must be below the operand's K, which SparseLinear guarantees.
 void check_csr(const at::Tensor& crow, const at::Tensor& col, const char* what) {
   TORCH_CHECK(crow.device().is_cpu() && col.device().is_cpu(), what, ": CPU tensors only");
   TORCH_CHECK(crow.scalar_type() == col.scalar_type(), what, ": crow and col index dtypes differ");
   TORCH_CHECK(crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong, what, ": int32 or int64 indices");
   TORCH_CHECK(crow.is_contiguous() && col.is_contiguous() && crow.dim() == 1 && crow.numel() >= 1, what,
               ": contiguous 1-d crow and col expected");
+  const int64_t last = crow.scalar_type() == at::kInt ? (int64_t)crow.data_ptr<int32_t>()[crow.numel() - 1]
+                                                      : crow.data_ptr<int64_t>()[crow.numel() - 1];
+  TORCH_CHECK(last == col.numel(), what, ": crow ends at ", last, " but col has ", col.numel(), " entries");
 }
 
 at::Tensor spmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& val,
@@ -197,6 +202,8 @@ at::Tensor spmm_packed(const at::Tensor& crow, const at::Tensor& col, const at::
   TORCH_CHECK(xp.scalar_type() == at::kFloat && xp.device().is_cpu(), "sparsetrain::spmm: float32 only");
   TORCH_CHECK(val.is_contiguous() && val.scalar_type() == at::kFloat, "sparsetrain::spmm: float32 values");
   TORCH_CHECK(crow.numel() == rows + 1, "sparsetrain::spmm: crow has ", crow.numel(), " entries for ", rows, " rows");
+  TORCH_CHECK((perm.has_value() && perm->defined()) || val.numel() >= col.numel(), "sparsetrain::spmm: ",
+              val.numel(), " values for ", col.numel(), " stored entries");
   auto y = row_major ? at::empty({batch, rows}, xp.options()) : at::empty({rows, batch}, xp.options());
   if (rows == 0 || batch == 0) return y;
   const bool p = perm.has_value() && perm->defined();
