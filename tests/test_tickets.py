@@ -393,3 +393,26 @@ def test_cli_trains_sup_tickets_on_compressed_layers(tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["tickets"]) == 1 and summary["sup_density"] == pytest.approx(0.2, abs=2e-3)
+
+
+def test_runner_schedule_with_warm_up_then_cycles_loses_no_step():
+    # warm-up + cosine, then the cycles: one flat SequentialLR (torch's nested SequentialLR skips a
+    # warm-up step and shifts the cosine by one)
+    import warnings as _w
+
+    from sparsetrain.experiments.build import build_scheduler
+    from sparsetrain.experiments.config import RunConfig
+    from sparsetrain.tickets import TriangularLR
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = build_scheduler(RunConfig(schedule="cosine", warmup_epochs=0.25), opt, 8, 8,
+                            then=lambda o: TriangularLR(o, 0.001, 0.005, 4))
+    lrs = []
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()"
+        for _ in range(12):
+            lrs.append(round(opt.param_groups[0]["lr"], 4))
+            opt.step()
+            sched.step()
+    assert lrs == [0.05, 0.075, 0.1, 0.0933, 0.075, 0.05, 0.025, 0.0067, 0.001, 0.003, 0.005, 0.003]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
@@ -324,12 +325,24 @@ class SupTickets:
         the optimizer's learning rate. Step the returned scheduler once per optimizer step.
         """
         opt = self.sparsifier.optimizer
-        tri = TriangularLR(opt, self.lr_low, self.lr_high, self.cycle_steps)
+        if base is not None and base.optimizer is not opt:
+            raise ValueError("the base scheduler must be built on the sparsifier's optimizer")
+        if isinstance(base, SequentialLR):
+            # torch's SequentialLR nested in another skips one step of the inner one (a warm-up
+            # step, the cosine shifted by one) and warns "lr_scheduler.step() before optimizer.step()"
+            warnings.warn("SupTickets.lr_scheduler: a SequentialLR base (e.g. warm-up + cosine) nested in the "
+                          "cycles' SequentialLR loses one step of its schedule in torch; build one flat "
+                          "SequentialLR(opt, [warmup, main, tk.cycle_scheduler()], milestones=[w, tk.pre_steps]) "
+                          "instead", UserWarning, stacklevel=2)
+        tri = self.cycle_scheduler()
         if base is None:
             base = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        elif base.optimizer is not opt:
-            raise ValueError("the base scheduler must be built on the sparsifier's optimizer")
         return SequentialLR(opt, [base, tri], milestones=[self.pre_steps])
+
+    def cycle_scheduler(self) -> "TriangularLR":
+        """The cycles' triangular schedule alone (``lr_low`` → ``lr_high`` → ``lr_low`` per cycle), to
+        follow a base schedule in one flat ``SequentialLR`` at milestone :attr:`pre_steps`."""
+        return TriangularLR(self.sparsifier.optimizer, self.lr_low, self.lr_high, self.cycle_steps)
 
     # ------------------------------------------------------------------ the loop hook
     def epoch_end(self, recalibrate: Optional[Iterable] = None,

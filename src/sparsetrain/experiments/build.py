@@ -61,8 +61,11 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps: int, steps_per_epoch: int):
-    """The per-step learning-rate schedule over ``steps`` steps, after an optional linear warm-up."""
+def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps: int, steps_per_epoch: int,
+                    then=None):
+    """The per-step learning-rate schedule over ``steps`` steps, after an optional linear warm-up;
+    ``then``: a scheduler to follow from step ``steps`` on (Sup-tickets' cycles), composed into one
+    flat ``SequentialLR`` (torch's SequentialLR nested in another loses a step)."""
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     main = max(steps - warm, 1)
     if cfg.schedule == "cosine":
@@ -72,10 +75,13 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps: int
         sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=cfg.gamma)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    parts, marks = [sched], []
     if warm:
         ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm)
-        sched = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, sched], milestones=[warm])
-    return sched
+        parts, marks = [ramp, sched], [warm]
+    if then is not None:
+        parts, marks = parts + [then(optimizer)], marks + [steps]
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, parts, milestones=marks) if marks else sched
 
 
 def build_algorithm(cfg: RunConfig, train: Loader, device: torch.device):

@@ -146,7 +146,9 @@ class Trainer:
                     ratio=cfg.cycle_ratio, cycles=cfg.cycles, lr_low=cfg.ticket_lr[0], lr_high=cfg.ticket_lr[1],
                     drop_fraction=cfg.ticket_drop, grow=cfg.ticket_grow, beta=cfg.ticket_beta,
                 )
-                self.scheduler = self.tickets.lr_scheduler(self.scheduler)
+                # the base schedule (warm-up included), then the cycles: one flat SequentialLR
+                self.scheduler = build_scheduler(cfg, self.optimizer, base_steps, self.steps_per_epoch,
+                                                 then=lambda _opt, tk=self.tickets: tk.cycle_scheduler())
         # DDP (launched by torchrun / `sparsetrain train --nproc N`): each rank takes every world-th
         # example of the same global batch; gradients are averaged by DDP, the sparsifier averages
         # its dense gradients and checks that all ranks chose the same masks
