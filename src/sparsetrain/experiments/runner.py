@@ -135,7 +135,6 @@ class Trainer:
         if cfg.sup_tickets:
             pre_epochs, _, _ = st.tickets.phase_split(cfg.epochs, cfg.cycle_epochs, cfg.cycle_ratio, cfg.cycles)
             base_steps = self.steps_per_epoch * pre_epochs  # the base method is a complete run of E_pre epochs
-        self.scheduler = build_scheduler(cfg, self.optimizer, base_steps, self.steps_per_epoch)
         self.sparsifier: Optional[st.Sparsifier] = None
         self.tickets: Optional[st.SupTickets] = None
         if algorithm is not None:
@@ -146,9 +145,10 @@ class Trainer:
                     ratio=cfg.cycle_ratio, cycles=cfg.cycles, lr_low=cfg.ticket_lr[0], lr_high=cfg.ticket_lr[1],
                     drop_fraction=cfg.ticket_drop, grow=cfg.ticket_grow, beta=cfg.ticket_beta,
                 )
-                # the base schedule (warm-up included), then the cycles: one flat SequentialLR
-                self.scheduler = build_scheduler(cfg, self.optimizer, base_steps, self.steps_per_epoch,
-                                                 then=lambda _opt, tk=self.tickets: tk.cycle_scheduler())
+        # the base schedule (warm-up included), then Sup-tickets' cycles if any: one flat SequentialLR
+        self.scheduler = build_scheduler(cfg, self.optimizer, base_steps, self.steps_per_epoch,
+                                         then=(lambda _opt, tk=self.tickets: tk.cycle_scheduler())
+                                         if self.tickets is not None else None)
         # DDP (launched by torchrun / `sparsetrain train --nproc N`): each rank takes every world-th
         # example of the same global batch; gradients are averaged by DDP, the sparsifier averages
         # its dense gradients and checks that all ranks chose the same masks

@@ -117,7 +117,7 @@ class _SparseLinearFn(torch.autograd.Function):
             want = m.dense_grad_request
             # only at topology-update steps: the sink gets the gradient's factors and returns the
             # dense product if it formed one (a large layer's streaming update never does)
-            dense = m.dense_grad_sink(rows(), x) if want is not None and want() else None
+            dense = m.dense_grad_sink(gyt, x) if want is not None and want() else None
             if dense is not None:
                 gvals = dense.reshape(-1)[m.flat_index()]
             else:
