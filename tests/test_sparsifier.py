@@ -942,3 +942,23 @@ def test_attach_with_state_keeps_restored_weights_and_optimizer_state():
     with pytest.raises(ValueError, match="format tag"):
         st.Sparsifier(lin, torch.optim.SGD(lin.parameters(), lr=0.1), "rigl", density=0.5, total_steps=4,
                       state={"nope": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_model_cast_to_another_dtype_after_attaching_keeps_training(dtype):
+    # model.to(dtype) after the Sparsifier was built: the gradient hook must return a gradient of
+    # the parameter's new dtype (it used to return float32 for bf16/fp16: "hook 'on_grad' has
+    # changed the type of value") and the masks must still hold
+    model = mlp(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=3, end=None), total_steps=9)
+    counts = {n: l.n_active for n, l in sp.layers.items()}
+    model.to(dtype)
+    for step in range(9):
+        x, y = mlp_batch(step, dtype=dtype)
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+        assert all(l.param.grad.dtype == dtype for l in sp.layers.values())
+        opt.step()
+        opt.zero_grad()
+        assert check_invariants(sp, opt, counts) > 0
+    assert sp.updates == 3 and all(l.param.dtype == dtype for l in sp.layers.values())

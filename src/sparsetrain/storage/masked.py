@@ -46,7 +46,10 @@ class MaskedStorage(Storage):
                 return None
             if hooks.capturing():
                 hooks.capture(layer, grad)
-            if self.mask_mul is None or self.mask_mul.device != grad.device:
+            mm = self.mask_mul
+            if mm is None or mm.device != grad.device or mm.dtype != grad.dtype:
+                # the model was moved or cast (model.to(torch.bfloat16)) after attaching: a mask in
+                # another dtype would change the gradient's dtype, which autograd refuses
                 layer.sync_device()
             if hooks.nan_safe:
                 # selection, not multiplication: a NaN/inf at a masked position must not survive
