@@ -1,19 +1,22 @@
 """The one registry of algorithms: classes and presets by name (``algorithm="rigl"``, ``"rigl-itop"``).
 
-A leaf module: it imports nothing else from the library at import time, so any module may use
-it. Algorithm classes are registered by :mod:`sparsetrain.algorithms`, presets by
+A leaf module: it imports only the leaves ``_util`` and ``errors`` of the library, so any module
+may use it. Algorithm classes are registered by :mod:`sparsetrain.algorithms`, presets by
 :mod:`sparsetrain.presets` (both imported by ``import sparsetrain``); a user registers their own
 with :func:`register` (a class decorator) or :func:`register_preset`.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any, Callable
 
 from ._util import parse_value
+from .errors import InputError, InputTypeError
 
-__all__ = ["ALGORITHMS", "PRESETS", "register", "register_preset", "names", "lookup", "make_algorithm",
-           "parse_method"]
+__all__ = ["ALGORITHMS", "PRESETS", "register", "register_preset", "names", "lookup", "accepted_kwargs",
+           "make_algorithm", "parse_method"]
 
 #: what a registered class must have (the :class:`~sparsetrain.Algorithm` interface)
 _INTERFACE = ("plan", "select_drop", "select_grow", "initial_masks", "drop_fraction", "is_update_step")
@@ -47,22 +50,64 @@ def names() -> list[str]:
     return sorted(ALGORITHMS) + sorted(PRESETS)
 
 
+def _near(word: str, options) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def lookup(name: str) -> Callable[..., Any]:
-    """The class or preset factory registered as ``name`` (case-insensitive); a clear error otherwise."""
-    key = str(name).lower()
+    """The class or preset registered as ``name`` (case-insensitive, surrounding spaces ignored);
+    an :class:`~sparsetrain.errors.InputError` naming the nearest name and all valid ones otherwise."""
+    key = str(name).strip().lower()
     if key in ALGORITHMS:
         return ALGORITHMS[key]
     if key in PRESETS:
         return PRESETS[key]
-    raise ValueError(f"unknown algorithm {name!r}; valid names are {', '.join(names())}")
+    hint = (" (dense training needs no Sparsifier: leave it out)" if key == "dense"
+            else _near(key, names()) or _near(key.replace("_", "-"), names()))
+    raise InputError(f"unknown algorithm {name!r}{hint}; valid names are {', '.join(names())}")
+
+
+def accepted_kwargs(cls: type) -> set:
+    """The keyword arguments an algorithm class accepts, following ``**kwargs`` up its base classes."""
+    out: set = set()
+    for c in cls.__mro__:
+        if "__init__" not in vars(c):
+            continue
+        params = inspect.signature(c.__init__).parameters.values()
+        out |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
 
 
 def make_algorithm(name: str, **kwargs) -> Any:
-    """Build a registered algorithm or preset by name, e.g. ``make_algorithm("rigl", density=0.1)``."""
+    """Build a registered algorithm or preset by name, e.g. ``make_algorithm("rigl", density=0.1)``.
+
+    A missing ``density`` and (for a class) a keyword the algorithm does not take are
+    :class:`~sparsetrain.errors.InputError`\ s naming the nearest valid keyword.
+    """
     factory = lookup(name)
+    accepted = accepted_kwargs(factory) if isinstance(factory, type) else None
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            valid = sorted(accepted - {"density"})
+            extra = (" (a static mask has no topology updates)"
+                     if not getattr(factory, "dynamic", True) and unknown[0] in _SCHEDULE_KWARGS else "")
+            raise InputTypeError(
+                f"unexpected keyword argument {unknown[0]!r} for algorithm {name!r}{_near(unknown[0], accepted)}"
+                f"{extra}; valid: density, {', '.join(valid)}")
     if "density" not in kwargs:
-        raise ValueError(f"algorithm {name!r} needs a density, e.g. density=0.1 for 90% sparsity")
+        typo = next((k for k in kwargs if _near(k, ["density"])), None)
+        hint = f" ({typo!r} is not a setting: did you mean 'density'?)" if typo else ""
+        raise InputError(f"algorithm {name!r} needs a density, e.g. density=0.1 for 90% sparsity{hint}")
     return factory(**kwargs)
+
+
+#: settings of the update schedule that a static algorithm does not take
+_SCHEDULE_KWARGS = ("update_interval", "drop_fraction", "drop_schedule", "end", "start", "grow_init")
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
