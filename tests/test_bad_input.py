@@ -447,3 +447,45 @@ def test_a_language_model_on_images_is_one_error_line(tmp_path, capsys):
                      "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "do not fit together" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("total", [float("nan"), float("inf"), -3, "100", 2.5])
+def test_total_steps_that_is_no_whole_number_is_an_input_error_not_a_crash(total):
+    # NaN and infinity used to escape as ValueError/OverflowError from int()
+    model, opt = _mlp()
+    with pytest.raises(InputError) as info:
+        st.Sparsifier(model, opt, "rigl", density=0.1, total_steps=total)
+    _says(info.value, "total_steps", "whole number", r"len\(loader\) \* epochs")
+
+
+def test_total_steps_of_any_integer_type_is_accepted():
+    # numpy and torch integers (e.g. from np.ceil(n / batch).astype(int) * epochs) used to be refused
+    np = pytest.importorskip("numpy")
+    for total in (np.int64(200), torch.tensor(200), np.float64(200.0), 200.0):
+        model, opt = _mlp()
+        sp = st.Sparsifier(model, opt, "rigl", density=0.1, total_steps=total, update_interval=10)
+        assert sp.total_steps == 200 and type(sp.total_steps) is int
+        sp.remove()
+
+
+def test_a_missing_total_steps_says_the_fix_once():
+    model, opt = _mlp()
+    with pytest.raises(InputError) as info:
+        st.Sparsifier(model, opt, "rigl", density=0.1)
+    assert str(info.value).count("len(loader) * epochs") == 1, str(info.value)
+
+
+def test_wrong_kinds_of_model_algorithm_and_argument_order_are_named():
+    model, opt = _mlp()
+    with pytest.raises(InputTypeError) as info:  # the class instead of an instance: the message was "st.type(...)"
+        st.Sparsifier(model, opt, st.RigL, density=0.1, total_steps=100)
+    _says(info.value, "RigL is a class", r"st\.RigL\(density=0\.1", "'rigl'")
+    with pytest.raises(InputTypeError) as info:  # used to be an AttributeError from deep inside
+        st.Sparsifier(lambda x: x, opt, "rigl", density=0.1, total_steps=100)
+    _says(info.value, "model must be an nn.Module", "function")
+    with pytest.raises(InputTypeError) as info:
+        st.Sparsifier(opt, model, "rigl", density=0.1, total_steps=100)
+    _says(info.value, "model must be an nn.Module", r"Sparsifier\(model, optimizer, algorithm")
+    with pytest.raises(InputTypeError) as info:
+        st.Sparsifier(model, opt, 3, total_steps=100)
+    _says(info.value, "algorithm must be an Algorithm", "'rigl'")

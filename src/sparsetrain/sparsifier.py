@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import numbers
+import operator
 import warnings
 import weakref
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -53,6 +56,25 @@ _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weak
 # id(parameter) -> (weak parameter, weak Sparsifier): whose hooks act on a parameter (a second
 # Sparsifier on the same weights, e.g. from a re-run notebook cell, would fight the first)
 _OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+
+def _whole_steps(total_steps: Any) -> Optional[int]:
+    """``total_steps`` as an int: any integer type (``numpy.int64``, a 0-d integer tensor) or a whole,
+    finite float; an :class:`InputError` for anything else (bools, NaN, infinity, fractions, <= 0)."""
+    if total_steps is None:
+        return None
+    value: Optional[int] = None
+    if not isinstance(total_steps, bool):
+        try:
+            value = operator.index(total_steps)
+        except TypeError:
+            if isinstance(total_steps, numbers.Real) and math.isfinite(total_steps) \
+                    and float(total_steps) == int(total_steps):
+                value = int(total_steps)
+    if value is None or value <= 0:
+        raise InputError(f"total_steps must be a positive whole number of optimizer steps (len(loader) * epochs), "
+                         f"got {total_steps!r}")
+    return value
 
 
 def _check_not_attached(selected) -> None:
@@ -148,26 +170,31 @@ class Sparsifier:
         state: Optional[Mapping[str, Any]] = None,
         **algorithm_kwargs: Any,
     ):
+        order = "the arguments are Sparsifier(model, optimizer, algorithm, ...)"
+        if not isinstance(model, nn.Module):
+            raise InputTypeError(f"model must be an nn.Module, got {type(model).__name__} ({order})")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InputTypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__} ({order})")
+        if isinstance(algorithm, type) and issubclass(algorithm, Algorithm):
+            raise InputTypeError(
+                f"algorithm={algorithm.__name__} is a class, not an algorithm: pass an instance, "
+                f"st.{algorithm.__name__}(density=0.1, ...), or its name, {algorithm.name!r}, with density=0.1")
         if isinstance(algorithm, str):
             algorithm = make_algorithm(algorithm, **algorithm_kwargs)
         elif algorithm_kwargs:
-            raise TypeError(
+            raise InputTypeError(
                 f"unexpected arguments {sorted(algorithm_kwargs)}: pass them to the algorithm, "
                 f"e.g. st.{type(algorithm).__name__}(..., {next(iter(algorithm_kwargs))}=...)"
             )
         if not isinstance(algorithm, Algorithm):
-            raise TypeError(f"algorithm must be an Algorithm or a registered name, got {type(algorithm).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise InputTypeError(f"algorithm must be an Algorithm (st.RigL(density=0.1)) or a registered name "
+                                 f"('rigl'), got {type(algorithm).__name__}")
         if optimizer in _ATTACHED:
             raise RuntimeError(
                 "a Sparsifier is already attached to this optimizer; call .remove() on it first "
                 "(or load its state with load_state_dict instead of building a second one)"
             )
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, (int, float))
-                                        or total_steps != int(total_steps) or total_steps <= 0):
-            raise InputError(f"total_steps must be a positive whole number of optimizer steps (len(loader) * epochs), "
-                             f"got {total_steps!r}")
+        total_steps = _whole_steps(total_steps)
         if distributed not in (True, False, "auto"):
             raise InputError(f"distributed must be True, False or 'auto', got {distributed!r}")
         for what, flag in (("track_usage", track_usage), ("nan_safe", nan_safe)):

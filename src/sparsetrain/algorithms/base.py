@@ -167,9 +167,8 @@ class Algorithm:
             self.update_schedule.end_step(total_steps)
             self.drop_fraction(self.update_schedule.interval, total_steps)
         except ValueError as exc:
-            raise InputError(
-                f"{type(self).__name__}: {exc}. Pass total_steps=len(loader) * epochs to the Sparsifier."
-            ) from None
+            fix = "" if "len(loader)" in str(exc) else ". Pass total_steps=len(loader) * epochs to the Sparsifier."
+            raise InputError(f"{type(self).__name__}: {exc}{fix}") from None
         first = self.first_update_step(total_steps)
         if first is None:
             sched = self.update_schedule
