@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -79,3 +80,29 @@ def test_counts_hit_global_density_exactly(dims, density, kind):
         assert sum(counts.values()) == target
     else:  # the at-least-one-weight-per-layer floor may add a few
         assert target <= sum(counts.values()) <= target + len(names)
+
+
+def test_a_custom_distribution_naming_no_sparse_parameter_is_refused():
+    # a misspelt key used to be ignored silently (the layer it meant got its density from nowhere)
+    from sparsetrain.errors import InputError, InputTypeError
+    names, shapes = ["fc1.weight", "fc2.weight"], [torch.Size([4, 4])] * 2
+    with pytest.raises(InputError, match=r"'fc3\.weight', which is not a sparse parameter.*'fc1\.weight', 'fc2\.weight'"):
+        D.layer_densities(names, shapes, 0.5, {"fc1.weight": 0.5, "fc2.weight": 0.5, "fc3.weight": 0.5})
+    with pytest.raises(InputError, match="no density for: fc2.weight"):
+        D.layer_densities(names, shapes, 0.5, {"fc1.weight": 0.5})
+    with pytest.raises(InputTypeError, match="must return a dict.*got list"):
+        D.layer_densities(names, shapes, 0.5, lambda ns, ss, d: [d] * len(ns))
+    with pytest.raises(InputError, match=r"'fc1\.weight' is '0\.5'.*\(0, 1\]"):
+        D.layer_densities(names, shapes, 0.5, {"fc1.weight": "0.5", "fc2.weight": 0.5})
+    with pytest.raises(InputError, match="pinned dense"):
+        D.layer_densities(names, shapes, 0.2, "uniform", dense=["fc1.weight"])
+
+
+def test_a_custom_distribution_that_ignores_the_density_warns():
+    from sparsetrain.errors import InputWarning
+    names, shapes = ["a", "b"], [torch.Size([100, 10])] * 2
+    with pytest.warns(InputWarning, match=r"global density of 0\.3000, not the requested density=0\.1"):
+        assert D.layer_densities(names, shapes, 0.1, {"a": 0.5, "b": 0.1}) == {"a": 0.5, "b": 0.1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D.layer_densities(names, shapes, 0.3, {"a": 0.5, "b": 0.1})  # consistent: no warning

@@ -15,9 +15,13 @@ ideal ``d_l * N_l``.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import Callable, Mapping, Sequence, Union
 
 import torch
+
+from .errors import InputError, InputTypeError, InputWarning
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -65,7 +69,7 @@ def _scaled(scores: list[float], sizes: list[int], density: float, pinned: set[i
     dense = set(pinned)
     pinned_size = sum(sizes[i] for i in dense)
     if pinned_size > budget + 1e-9:
-        raise ValueError(
+        raise InputError(
             f"the layers pinned dense hold {pinned_size} of {total} prunable weights, more than the "
             f"global density {density} allows ({budget:.0f}); raise the density or pin fewer layers"
         )
@@ -111,7 +115,7 @@ def layer_densities(
     if isinstance(distribution, str):
         kind = distribution.lower()
         if kind not in DISTRIBUTIONS:
-            raise ValueError(
+            raise InputError(
                 f"unknown distribution {distribution!r}; valid names are {', '.join(DISTRIBUTIONS)}, "
                 "or pass a dict of parameter name -> density, or a callable"
             )
@@ -120,22 +124,42 @@ def layer_densities(
         scores = raw_scores(shapes, kind, power)
         return dict(zip(names, _scaled(scores, sizes, density, pinned)))
     if callable(distribution) and not isinstance(distribution, Mapping):
-        result = dict(distribution(list(names), list(shapes), density))
+        result = distribution(list(names), list(shapes), density)
+        if not isinstance(result, Mapping):
+            raise InputTypeError(f"a distribution callable must return a dict of parameter name -> density, "
+                                 f"got {type(result).__name__}: {result!r:.80}")
+        result = dict(result)
     elif isinstance(distribution, Mapping):
         result = dict(distribution)
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"distribution must be a name, a mapping or a callable, got {type(distribution).__name__}"
         )
+    shown = ", ".join(map(repr, names[:6])) + (", ..." if len(names) > 6 else "")
+    unknown = [str(n) for n in result if n not in set(names)]
+    if unknown:
+        raise InputError(f"the distribution gives densities for {', '.join(map(repr, unknown[:4]))}, which "
+                         f"{'is not a sparse parameter' if len(unknown) == 1 else 'are not sparse parameters'}; "
+                         f"the sparse parameters are {shown} (see sp.summary())")
     missing = [n for n in names if n not in result]
     if missing:
-        raise ValueError(f"custom distribution gives no density for: {', '.join(missing)}")
+        raise InputError(f"custom distribution gives no density for: {', '.join(missing)}; every sparse parameter "
+                         f"needs one ({shown})")
     for n in dense:
         result[n] = 1.0
     for n, d in result.items():
-        if not 0.0 < float(d) <= 1.0:
-            raise ValueError(f"custom density for {n!r} is {d}; densities must lie in (0, 1]")
-    return {n: float(result[n]) for n in names}
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0.0 < float(d) <= 1.0:
+            raise InputError(f"custom density for {n!r} is {d!r}; densities must lie in (0, 1]")
+    out = {n: float(result[n]) for n in names}
+    sizes = [math.prod(s) for s in shapes]
+    total = sum(sizes)
+    implied = sum(out[n] * k for n, k in zip(names, sizes))
+    if total and abs(implied - density * total) > max(1.0, 0.01 * density * total) + len(names):
+        warnings.warn(
+            f"the custom distribution's densities give a global density of {implied / total:.4f}, not the "
+            f"requested density={density:g}: the per-layer densities are used as given (scale them, or pass "
+            f"density={implied / total:.4f} to say so)", InputWarning, stacklevel=4)
+    return out
 
 
 def layer_counts(densities: Mapping[str, float], sizes: Mapping[str, int], total: int | None = None) -> dict[str, int]:
