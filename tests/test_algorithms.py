@@ -91,3 +91,17 @@ def test_preset_names_work_through_the_registry():
     assert isinstance(a, st.RigL) and a.update_schedule.end is None and a.update_schedule.interval == 500
     with pytest.raises(ValueError, match="rigl-itop"):
         make_algorithm("itop", density=0.1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: st.DSTEE(density=0.1, c=-1), lambda: st.DSTEE(density=0.1, bonus="x"),
+    lambda: st.MEST(density=0.1, lam=-1), lambda: st.SNFS(density=0.1, momentum=2),
+    lambda: st.GraNet(density=0.1, initial_density=0.05), lambda: st.SET(density=0.1, drop="x"),
+    lambda: st.RigL(density=0.1, drop_fraction=2.0), lambda: st.RigL(density=0.1, drop_schedule="cosin"),
+    lambda: st.RigL(density=0.1, end=-1), lambda: st.SNIP(density=0.1),
+    lambda: st.SNIP(density=0.1, batch=(torch.zeros(1), torch.zeros(1)), positions="x"),
+])
+def test_bad_hyper_parameters_are_input_errors(make):
+    # they were plain ValueErrors, which the command line reports as internal bugs with a traceback
+    with pytest.raises(st.InputError):
+        make()

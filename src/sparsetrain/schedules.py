@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .errors import InputError, InputTypeError
 from ._util import is_fraction, to_step
 
 __all__ = [
@@ -51,7 +52,7 @@ class Cosine(DropSchedule):
     def fraction(self, t, t_end, total):
         horizon = t_end if t_end is not None else total
         if horizon is None:
-            raise ValueError("the 'cosine' drop schedule needs total_steps (or an end) to know its horizon")
+            raise InputError("the 'cosine' drop schedule needs total_steps (or an end) to know its horizon")
         return self.alpha / 2.0 * (1.0 + math.cos(math.pi * min(t, horizon) / horizon))
 
 
@@ -65,7 +66,7 @@ class CosineAnnealing(DropSchedule):
 
     def fraction(self, t, t_end, total):
         if total is None:
-            raise ValueError("the 'cosine_annealing' drop schedule needs total_steps")
+            raise InputError("the 'cosine_annealing' drop schedule needs total_steps")
         return self.eta_min + (self.p0 - self.eta_min) * (1.0 + math.cos(math.pi * min(t, total) / total)) / 2.0
 
 
@@ -89,7 +90,7 @@ class Linear(DropSchedule):
     def fraction(self, t, t_end, total):
         horizon = t_end if t_end is not None else total
         if horizon is None:
-            raise ValueError("the 'linear' drop schedule needs total_steps (or an end) to know its horizon")
+            raise InputError("the 'linear' drop schedule needs total_steps (or an end) to know its horizon")
         s = min(t, horizon) / horizon
         return self.p0 + (self.p_end - self.p0) * s
 
@@ -105,10 +106,10 @@ def make_drop_schedule(drop_fraction: Union[float, DropSchedule], name: str) -> 
         return drop_fraction
     key = name.lower()
     if key not in DROP_SCHEDULES:
-        raise ValueError(f"unknown drop schedule {name!r}; valid names are {', '.join(DROP_SCHEDULES)}")
+        raise InputError(f"unknown drop schedule {name!r}; valid names are {', '.join(DROP_SCHEDULES)}")
     p = float(drop_fraction)
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"drop_fraction must lie in [0, 1], got {drop_fraction}")
+        raise InputError(f"drop_fraction must lie in [0, 1], got {drop_fraction}")
     return DROP_SCHEDULES[key](p)
 
 
@@ -127,10 +128,10 @@ class UpdateSchedule:
 
     def __post_init__(self):
         if int(self.interval) < 1:
-            raise ValueError(f"update_interval must be a positive number of steps, got {self.interval}")
+            raise InputError(f"update_interval must be a positive number of steps, got {self.interval}")
         if self.end is not None and (isinstance(self.end, bool) or not isinstance(self.end, (int, float))
                                      or not self.end > 0):
-            raise ValueError(f"end must be positive (a fraction of total_steps or a step count), got {self.end!r}")
+            raise InputError(f"end must be positive (a fraction of total_steps or a step count), got {self.end!r}")
         if self.end is not None and not is_fraction(self.end):
             to_step(self.end, None, "end")  # a fractional value above 1 is refused here
 

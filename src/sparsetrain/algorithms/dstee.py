@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import InputError, InputTypeError
 from ..bits import SparseCounts
 from .base import Algorithm
 
@@ -69,15 +70,15 @@ class DSTEE(Algorithm):
                  count: str = "steps", grad_norm: Optional[str] = None, **kwargs):
         super().__init__(density, **kwargs)
         if not (isinstance(c, (int, float)) and c >= 0 and math.isfinite(c)):
-            raise ValueError(f"c must be a finite number >= 0 (0 is RigL), got {c!r}")
+            raise InputError(f"c must be a finite number >= 0 (0 is RigL), got {c!r}")
         if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+            raise InputError(f"eps must be a finite number > 0, got {eps!r}")
         if bonus not in BONUSES:
-            raise ValueError(f"unknown bonus {bonus!r}; valid values are {', '.join(BONUSES)}")
+            raise InputError(f"unknown bonus {bonus!r}; valid values are {', '.join(BONUSES)}")
         if count not in COUNTS:
-            raise ValueError(f"unknown count {count!r}; valid values are {', '.join(COUNTS)}")
+            raise InputError(f"unknown count {count!r}; valid values are {', '.join(COUNTS)}")
         if grad_norm not in GRAD_NORMS:
-            raise ValueError(f"unknown grad_norm {grad_norm!r}; valid values are None, 'layer_max', 'layer_mean'")
+            raise InputError(f"unknown grad_norm {grad_norm!r}; valid values are None, 'layer_max', 'layer_mean'")
         self.c = float(c)
         self.eps = float(eps)
         self.bonus = bonus

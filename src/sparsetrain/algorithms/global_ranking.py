@@ -25,6 +25,7 @@ from typing import Type
 
 import torch
 
+from ..errors import InputError, InputTypeError
 from .._util import global_topk
 from .base import Algorithm
 from .dstee import DSTEE
@@ -47,9 +48,9 @@ class GlobalRanking:
         super().__init__(*args, **kwargs)
         ranking = self.default_ranking if ranking is None else ranking
         if ranking not in RANKINGS:
-            raise ValueError(f"unknown ranking {ranking!r}; valid values are {', '.join(RANKINGS)}")
+            raise InputError(f"unknown ranking {ranking!r}; valid values are {', '.join(RANKINGS)}")
         if ranking == "global" and getattr(self, "drop", None) == "signed":
-            raise ValueError("drop='signed' is a per-layer rule; it cannot be combined with ranking='global'")
+            raise InputError("drop='signed' is a per-layer rule; it cannot be combined with ranking='global'")
         self.ranking = ranking
         self._drop_sel: dict[str, torch.Tensor] = {}
         self._grow_sel: dict[str, torch.Tensor] = {}

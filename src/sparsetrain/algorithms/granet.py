@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..errors import InputError, InputTypeError
 from .. import scores
 from .._util import global_topk, to_step
 from .base import Algorithm
@@ -76,19 +77,19 @@ class GraNet(Algorithm):
         try:
             d_init = float(initial_density)
         except (TypeError, ValueError):
-            raise TypeError(f"initial_density must be a number in (0, 1], got {initial_density!r}") from None
+            raise InputTypeError(f"initial_density must be a number in (0, 1], got {initial_density!r}") from None
         if not (0.0 < d_init <= 1.0):
-            raise ValueError(f"initial_density must lie in (0, 1] (1.0 starts dense), got {initial_density}")
+            raise InputError(f"initial_density must lie in (0, 1] (1.0 starts dense), got {initial_density}")
         if d_init < self.density:
-            raise ValueError(
+            raise InputError(
                 f"initial_density={d_init} is below the final density={self.density}: GraNet prunes from "
                 "initial_density down to density, so initial_density must be >= density"
             )
         for what, x in (("prune_start", prune_start), ("prune_end", prune_end)):
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0 or not math.isfinite(x):
-                raise ValueError(f"{what} must be a fraction of total_steps (float <= 1) or a step count, got {x!r}")
+                raise InputError(f"{what} must be a fraction of total_steps (float <= 1) or a step count, got {x!r}")
         if type(prune_start) is type(prune_end) and prune_end <= prune_start:
-            raise ValueError(f"prune_end ({prune_end}) must come after prune_start ({prune_start})")
+            raise InputError(f"prune_end ({prune_end}) must come after prune_start ({prune_start})")
         self._d_init = d_init
         self.prune_start = prune_start
         self.prune_end = prune_end
@@ -117,7 +118,7 @@ class GraNet(Algorithm):
         sf = to_step(self.prune_end, total_steps, "prune_end")
         i0, i_f = s0 // dt, sf // dt
         if i_f <= i0:
-            raise ValueError(
+            raise InputError(
                 f"pruning ends (step {sf}) less than one update interval ({dt}) after it starts (step {s0}): "
                 "move prune_end later or use a smaller update_interval"
             )
@@ -133,7 +134,7 @@ class GraNet(Algorithm):
         try:
             self.prune_rounds(total_steps)
         except ValueError as exc:
-            raise ValueError(f"GraNet: {exc}. Pass total_steps=len(loader) * epochs to the Sparsifier.") from None
+            raise InputError(f"GraNet: {exc}. Pass total_steps=len(loader) * epochs to the Sparsifier.") from None
 
     def is_update_step(self, step, total_steps):
         if not super().is_update_step(step, total_steps):

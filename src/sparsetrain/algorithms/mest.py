@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Union
 
+from ..errors import InputError, InputTypeError
 from .. import scores
 from .._util import is_fraction, to_step
 from .base import Algorithm
@@ -32,13 +33,13 @@ def _as_tuple(x, what: str) -> tuple:
         try:
             return tuple(int(v) if v.strip().lstrip("+").isdigit() else float(v) for v in x.split(",") if v.strip())
         except ValueError:
-            raise ValueError(f"{what} must be numbers separated by commas, got {x!r}") from None
+            raise InputError(f"{what} must be numbers separated by commas, got {x!r}") from None
     if isinstance(x, (int, float)):
         return (x,)
     try:
         return tuple(x)
     except TypeError:
-        raise TypeError(f"{what} must be a number or a sequence of numbers, got {x!r}") from None
+        raise InputTypeError(f"{what} must be a number or a sequence of numbers, got {x!r}") from None
 
 
 def _join(values) -> str:
@@ -94,12 +95,12 @@ class MEST(Algorithm):
         **kwargs,
     ):
         if "drop_fraction" in kwargs or "drop_schedule" in kwargs:
-            raise TypeError("MEST's mutation schedule is set by lower=, upper= and milestones=, not drop_fraction")
+            raise InputTypeError("MEST's mutation schedule is set by lower=, upper= and milestones=, not drop_fraction")
         super().__init__(density, end=end, drop_fraction=0.0, drop_schedule="constant", **kwargs)
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0 (0 is pure magnitude), got {lam!r}")
+            raise InputError(f"lam must be a finite number >= 0 (0 is pure magnitude), got {lam!r}")
         if memory_bound not in MEMORY_BOUNDS:
-            raise ValueError(f"unknown memory_bound {memory_bound!r}; valid values are {', '.join(MEMORY_BOUNDS)}")
+            raise InputError(f"unknown memory_bound {memory_bound!r}; valid values are {', '.join(MEMORY_BOUNDS)}")
         milestones = _as_tuple(milestones, "milestones")
         n_phases = len(milestones) + 1
         defaults = dict(zip(("lower", "upper"), DEFAULT_BOUNDS[memory_bound]))
@@ -113,7 +114,7 @@ class MEST(Algorithm):
             elif len(set(default)) == 1:  # a constant default fits any number of phases
                 given[key] = default[:1]
             else:
-                raise ValueError(
+                raise InputError(
                     f"{len(milestones)} milestone(s) make {n_phases} phases but the default {key} bounds "
                     f"{default} have {len(default)}: pass {key}= with {n_phases} values"
                 )
@@ -124,33 +125,33 @@ class MEST(Algorithm):
         if len(upper) == 1:
             upper = upper * n_phases
         if len(lower) != n_phases or len(upper) != n_phases:
-            raise ValueError(
+            raise InputError(
                 f"{len(milestones)} milestone(s) make {n_phases} phases, so lower= and upper= need {n_phases} "
                 f"values each (got {len(lower)} and {len(upper)})"
             )
         for i, (lo, up) in enumerate(zip(lower, upper)):
             if lo > up:
-                raise ValueError(
+                raise InputError(
                     f"bounds inverted in phase {i}: lower={lo} > upper={up}; lower is the fraction of each "
                     "layer's budget it is pruned to, upper the fraction it is grown back to (lower <= 1 <= upper)"
                 )
             if not 0.0 < lo <= 1.0:
-                raise ValueError(f"lower bounds must lie in (0, 1] (fractions of each layer's budget), got {lo} in phase {i}")
+                raise InputError(f"lower bounds must lie in (0, 1] (fractions of each layer's budget), got {lo} in phase {i}")
             if up < 1.0:
-                raise ValueError(f"upper bounds must be >= 1 (layers grow back at least to their budget), got {up} in phase {i}")
+                raise InputError(f"upper bounds must be >= 1 (layers grow back at least to their budget), got {up} in phase {i}")
         if memory_bound == "hard" and any(up != 1.0 for up in upper):
-            raise ValueError(
+            raise InputError(
                 f"memory_bound='hard' never exceeds the budget, so every upper bound must be 1 (got {upper}); "
                 "use memory_bound='soft' to grow above it"
             )
         if upper[-1] != 1.0:
-            raise ValueError(f"the last phase must end within budget (upper[-1] == 1), got upper={upper}")
+            raise InputError(f"the last phase must end within budget (upper[-1] == 1), got upper={upper}")
         for m in milestones:
             if not isinstance(m, (int, float)) or isinstance(m, bool) or not m > 0:
-                raise ValueError(f"milestones must be positive (fractions of total_steps or steps), got {milestones}")
+                raise InputError(f"milestones must be positive (fractions of total_steps or steps), got {milestones}")
         kinds = {is_fraction(m) for m in milestones}
         if len(kinds) == 1 and list(milestones) != sorted(milestones):
-            raise ValueError(f"milestones must be increasing, got {milestones}")
+            raise InputError(f"milestones must be increasing, got {milestones}")
         self.lam = float(lam)
         self.memory_bound = memory_bound
         self.lower = tuple(float(x) for x in lower)
@@ -170,7 +171,7 @@ class MEST(Algorithm):
         """The milestones in optimizer steps."""
         out = [to_step(m, total_steps, f"milestone {m}") for m in self.milestones]
         if out != sorted(out):
-            raise ValueError(f"milestones {self.milestones} are not increasing in steps ({out})")
+            raise InputError(f"milestones {self.milestones} are not increasing in steps ({out})")
         return out
 
     def phase(self, step: int, total_steps: Optional[int]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import InputError, InputTypeError
 from .. import scores
 from .base import Algorithm
 
@@ -21,7 +22,7 @@ class SET(Algorithm):
     def __init__(self, density: float, *, drop: str = "magnitude", **kwargs):
         super().__init__(density, **kwargs)
         if drop not in ("magnitude", "signed"):
-            raise ValueError(f"unknown drop criterion {drop!r}; valid values are 'magnitude', 'signed'")
+            raise InputError(f"unknown drop criterion {drop!r}; valid values are 'magnitude', 'signed'")
         self.drop = drop
 
     def config(self):

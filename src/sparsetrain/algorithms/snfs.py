@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import InputError, InputTypeError
 from .base import Algorithm
 
 __all__ = ["SNFS", "REDISTRIBUTIONS", "apportion"]
@@ -114,9 +115,9 @@ class SNFS(Algorithm):
                  drop_fraction=0.5, drop_schedule: str = "cosine_annealing", end=None, **kwargs):
         super().__init__(density, drop_fraction=drop_fraction, drop_schedule=drop_schedule, end=end, **kwargs)
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"momentum must be a number in [0, 1) (0.9 in the paper), got {momentum!r}")
+            raise InputError(f"momentum must be a number in [0, 1) (0.9 in the paper), got {momentum!r}")
         if redistribution not in REDISTRIBUTIONS:
-            raise ValueError(f"unknown redistribution {redistribution!r}; valid values are {', '.join(REDISTRIBUTIONS)}")
+            raise InputError(f"unknown redistribution {redistribution!r}; valid values are {', '.join(REDISTRIBUTIONS)}")
         self.momentum = float(momentum)
         self.redistribution = redistribution
         #: name -> exponential moving average of the dense gradient (float32)

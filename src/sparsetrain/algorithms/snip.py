@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from .._util import global_topk
 from ..masks import random_mask
 from .static import Static
@@ -46,18 +47,18 @@ class _Saliency(Static):
         super().__init__(density, distribution=distribution, seed=seed, erk_power=erk_power)
         cls = type(self).__name__
         if batch is None:
-            raise ValueError(
+            raise InputError(
                 f"{cls} needs a batch: {cls}(density, batch=(x, y)), or an iterable of (x, y) batches "
                 "(a list, or a DataLoader with num_batches=)"
             )
         if not _is_single_batch(batch) and not isinstance(batch, Iterable):
-            raise TypeError(f"{cls}: batch must be (x, y) or an iterable of (x, y) batches, got {type(batch).__name__}")
+            raise InputTypeError(f"{cls}: batch must be (x, y) or an iterable of (x, y) batches, got {type(batch).__name__}")
         if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"{cls}: loss_fn must be callable as loss_fn(output, target), got {loss_fn!r}")
+            raise InputTypeError(f"{cls}: loss_fn must be callable as loss_fn(output, target), got {loss_fn!r}")
         if positions not in POSITIONS:
-            raise ValueError(f"unknown positions {positions!r}; valid values are {', '.join(POSITIONS)}")
+            raise InputError(f"unknown positions {positions!r}; valid values are {', '.join(POSITIONS)}")
         if num_batches is not None and (isinstance(num_batches, bool) or int(num_batches) < 1):
-            raise ValueError(f"num_batches must be a positive number of batches (or None for all), got {num_batches!r}")
+            raise InputError(f"num_batches must be a positive number of batches (or None for all), got {num_batches!r}")
         self.batch = batch
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
         self.positions = positions
@@ -78,11 +79,11 @@ class _Saliency(Static):
             if self.num_batches is not None and len(out) >= self.num_batches:
                 break
             if not (isinstance(b, (tuple, list)) and len(b) >= 2):
-                raise TypeError(f"{type(self).__name__}: every batch must be an (x, y) pair, got {type(b).__name__}")
+                raise InputTypeError(f"{type(self).__name__}: every batch must be an (x, y) pair, got {type(b).__name__}")
             x, y = b[0], b[1]
             out.append((x.to(device) if torch.is_tensor(x) else x, y.to(device) if torch.is_tensor(y) else y))
         if not out:
-            raise ValueError(f"{type(self).__name__}: the batch iterable gave no batch to score on")
+            raise InputError(f"{type(self).__name__}: the batch iterable gave no batch to score on")
         return out
 
     def loss(self, model, x, y) -> torch.Tensor:
@@ -193,7 +194,7 @@ class GraSP(_Saliency):
     def __init__(self, density: float, *, temperature: float = 200.0, **kwargs):
         super().__init__(density, **kwargs)
         if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be a number > 0 (200 in the reference code, 1 to disable), got {temperature!r}")
+            raise InputError(f"temperature must be a number > 0 (200 in the reference code, 1 to disable), got {temperature!r}")
         self.temperature = float(temperature)
 
     def config(self):
