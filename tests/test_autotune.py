@@ -74,10 +74,16 @@ def test_sparse_linear_follows_the_recorded_choice_per_operation(cache, monkeypa
     layer = SparseLinear.from_linear(torch.nn.Linear(24, 16), torch.rand(16, 24) < 0.3)
     x = torch.randn(8, 24, requires_grad=True)
     nnz = layer.nnz
+    layer(x).square().sum().backward()  # records the operand layouts this loop uses (and measures)
+    layer.values.grad = x.grad = None
+    autotune._fast.clear()
     table = autotune._table()
-    table[autotune.shape_class("spmm", 16, 24, 8, nnz)] = {"choice": "torch"}
-    table[autotune.shape_class("spmm_t", 24, 16, 8, nnz)] = {"choice": "native"}
-    table[autotune.shape_class("sddmm", 16, 24, 8, nnz)] = {"choice": "torch"}
+    lay = layer.kernel_layouts
+    assert sorted(lay) == ["sddmm", "spmm", "spmm_t"]
+    table[autotune.shape_class("spmm", 16, 24, 8, nnz, lay["spmm"])] = {"choice": "torch"}
+    table[autotune.shape_class("spmm_t", 24, 16, 8, nnz, lay["spmm_t"])] = {"choice": "native"}
+    table[autotune.shape_class("sddmm", 16, 24, 8, nnz, lay["sddmm"])] = {"choice": "torch"}
+    assert autotune.layer_kernels(layer, 8) == {"spmm": "torch", "spmm_t": "native", "sddmm": "torch"}
     used = []
     real = {name: getattr(kernels, name) for name in ("spmm", "sddmm", "spmm_packed", "sddmm_packed")}
     for name in ("spmm", "spmm_packed"):
@@ -89,3 +95,22 @@ def test_sparse_linear_follows_the_recorded_choice_per_operation(cache, monkeypa
     assert used == [True]  # only the input gradient (the transposed product) ran on the compiled kernels
     ref = torch.nn.functional.linear(x.detach().requires_grad_(), layer.dense_weight().detach(), layer.bias.detach())
     torch.testing.assert_close(y, ref)
+
+
+@pytest.mark.skipif(not kernels.native_available(), reason="the compiled kernels do not build here")
+def test_a_choice_measured_for_one_layout_is_not_reused_for_another(cache):
+    """A (B, T, D) input gets a row-major output (and torch's kernels a transposing copy): the
+    decision taken for the 2-d, transposed-output layout of the same shape class does not hold."""
+    torch.manual_seed(0)
+    layer = SparseLinear.from_linear(torch.nn.Linear(24, 16), torch.rand(16, 24) < 0.3)
+    with torch.no_grad():
+        y2 = layer(torch.randn(8, 24))  # spmm, batch 8, transposed output
+    first = set(autotune.decisions())
+    assert len(first) == 1 and layer.kernel_layouts["spmm"].endswith(">c")
+    x3 = torch.randn(2, 4, 24)  # also 8 rows: the same shape class but for the layout
+    with torch.no_grad():
+        y3 = layer(x3)
+    new = set(autotune.decisions()) - first
+    assert len(new) == 1 and next(iter(new)).startswith("spmm 16x24 b8") and layer.kernel_layouts["spmm"].endswith(">r")
+    assert y3.is_contiguous() and y2.shape == (8, 16)
+    torch.testing.assert_close(y3, torch.nn.functional.linear(x3, layer.dense_weight(), layer.bias.detach()))

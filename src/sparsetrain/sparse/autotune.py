@@ -12,8 +12,11 @@ remembered:
   shape, batch and density trains faster truly sparse (SparseLinear) than masked dense;
   ``execution="auto"`` asks it per layer (the break-even density is measured, not assumed).
 
-A *shape class* is the operation, the matrix shape, the batch rounded up to a power of two and
-the density rounded to half a binary order of magnitude. Decisions are kept per machine key (CPU
+A *shape class* is the operation, the matrix shape, the batch rounded up to a power of two, the
+density rounded to half a binary order of magnitude and, for the kernel operations, the operand
+layouts (``layout``: each operand contiguous ``c``, a transposed view ``t`` or strided ``s``, and
+``>r``/``>c`` for a row-major or transposed output): torch's kernels pay a transposing copy that
+the compiled ones do not, so a choice measured for one layout does not hold for another. Decisions are kept per machine key (CPU
 model, kernel build, torch version, thread count) in ``autotune.json`` under
 ``$SPARSETRAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparsetrain``, else ``~/.cache/sparsetrain``
 (written atomically; an unwritable directory keeps them in memory). Each new decision is logged
@@ -85,12 +88,14 @@ def machine_key() -> str:
            f"{torch.get_num_threads()} threads"
 
 
-def shape_class(op: str, rows: int, cols: int, batch: int, nnz: int) -> str:
-    """``"spmm 4096x4096 b256 d2^-5.5"``: the operation, the matrix shape, the batch rounded up to a
-    power of two and the density rounded to half a binary order of magnitude."""
+def shape_class(op: str, rows: int, cols: int, batch: int, nnz: int, layout: str = "") -> str:
+    """``"spmm 4096x4096 b256 d2^-5.5 t>r"``: the operation, the matrix shape, the batch rounded up to
+    a power of two, the density rounded to half a binary order of magnitude and the operands'
+    ``layout`` (if given; see the module docstring)."""
     b = 1 << max(0, math.ceil(math.log2(max(int(batch), 1))))
     density = max(int(nnz), 1) / max(int(rows) * int(cols), 1)
-    return f"{op} {int(rows)}x{int(cols)} b{b} d2^{round(2 * math.log2(density)) / 2:g}"
+    key = f"{op} {int(rows)}x{int(cols)} b{b} d2^{round(2 * math.log2(density)) / 2:g}"
+    return f"{key} {layout}" if layout else key
 
 
 def _table() -> dict[str, Any]:
@@ -164,33 +169,38 @@ def measured_choice(key: str, first: Callable[[], Any], second: Callable[[], Any
 
 
 def prefer_native(op: str, rows: int, cols: int, batch: int, nnz: int, native: Callable[[], Any],
-                  fallback: Callable[[], Any], reps: int = 5) -> bool:
+                  fallback: Callable[[], Any], reps: int = 5, layout: str = "") -> bool:
     """Whether the compiled kernels (``native()``) beat torch's (``fallback()``) for this operation's
-    shape class; measured once on the calls given, then read from the cache."""
+    shape class (with the operands' ``layout``); measured once on the calls given, then read from
+    the cache."""
     if not enabled():
         return True
-    fast = (op, rows, cols, batch, nnz, torch.get_num_threads(), os.environ.get("SPARSETRAIN_CACHE_DIR"))
+    fast = (op, rows, cols, batch, nnz, layout, torch.get_num_threads(), os.environ.get("SPARSETRAIN_CACHE_DIR"))
     hit = _fast.get(fast)
     if hit is None:
-        decision = measured_choice(shape_class(op, rows, cols, batch, nnz), native, fallback, ("native", "torch"), reps)
+        decision = measured_choice(shape_class(op, rows, cols, batch, nnz, layout), native, fallback,
+                                   ("native", "torch"), reps)
         hit = _fast[fast] = decision["choice"] == "native"
     return hit
 
 
-def recorded(op: str, rows: int, cols: int, batch: int, nnz: int) -> Optional[str]:
+def recorded(op: str, rows: int, cols: int, batch: int, nnz: int, layout: str = "") -> Optional[str]:
     """The choice recorded for this operation's shape class (``"native"``/``"torch"``), or ``None``
     if it was never measured on this machine (nothing is measured here)."""
     with _lock:
-        hit = _table().get(shape_class(op, rows, cols, batch, nnz))
+        hit = _table().get(shape_class(op, rows, cols, batch, nnz, layout))
     return hit["choice"] if hit else None
 
 
 def layer_kernels(module, batch: int) -> dict[str, Optional[str]]:
     """For a :class:`~sparsetrain.sparse.SparseLinear` trained with this batch: the recorded choice
-    of each of its operations (forward ``spmm``, input-gradient ``spmm_t``, value-gradient ``sddmm``)."""
+    of each of its operations (forward ``spmm``, input-gradient ``spmm_t``, value-gradient ``sddmm``),
+    for the operand layouts the layer last ran them with."""
     out_f, in_f, nnz = module.out_features, module.in_features, module.nnz
-    return {"spmm": recorded("spmm", out_f, in_f, batch, nnz), "spmm_t": recorded("spmm_t", in_f, out_f, batch, nnz),
-            "sddmm": recorded("sddmm", out_f, in_f, batch, nnz)}
+    layouts = getattr(module, "kernel_layouts", {})
+    return {"spmm": recorded("spmm", out_f, in_f, batch, nnz, layouts.get("spmm", "")),
+            "spmm_t": recorded("spmm_t", in_f, out_f, batch, nnz, layouts.get("spmm_t", "")),
+            "sddmm": recorded("sddmm", out_f, in_f, batch, nnz, layouts.get("sddmm", ""))}
 
 
 def decisions() -> dict[str, Any]:

@@ -58,10 +58,13 @@ _TRANSPOSE = ("t_crow_indices", "t_col_indices", "t_perm")
 
 def _compress(model_or_state, masks: Optional[Mapping[str, torch.Tensor]]) -> dict:
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else dict(model_or_state)
-    # SparseLinear: values (padding cut) + CSR are stored; the transpose is rebuilt at load
+    # SparseLinear: values (padding cut) + CSR are stored; the transpose is rebuilt at load. The dense
+    # shape is recorded (the CSR alone does not say the number of columns)
+    shapes = {}
     for key in [k for k in state if k.endswith(".col_indices") or k == "col_indices"]:
         prefix = key[: -len("col_indices")]
         if prefix + "t_perm" in state and prefix + "values" in state:
+            shapes[prefix] = [state[prefix + "crow_indices"].numel() - 1, state[prefix + "t_crow_indices"].numel() - 1]
             for t in _TRANSPOSE:
                 state.pop(prefix + t, None)
             state[prefix + "values"] = state[prefix + "values"][: state[key].numel()]
@@ -77,7 +80,7 @@ def _compress(model_or_state, masks: Optional[Mapping[str, torch.Tensor]]) -> di
             entries[key] = _entry(value, masks[key].to(torch.bool))
         else:
             entries[key] = value.detach().cpu().clone() if torch.is_tensor(value) else value
-    return {"format": FORMAT, "entries": entries}
+    return {"format": FORMAT, "entries": entries, "sparse_shapes": shapes}
 
 
 def save_compressed(model_or_state, path: str | os.PathLike,
@@ -98,8 +101,13 @@ def compressed_size(model_or_state, masks: Optional[Mapping[str, torch.Tensor]] 
     return buf.getbuffer().nbytes
 
 
-def load_compressed(path: str | os.PathLike, map_location=None) -> dict[str, torch.Tensor]:
-    """Read a :func:`save_compressed` file back into an ordinary ``state_dict``."""
+def load_compressed(path: str | os.PathLike, map_location=None, dense: bool = False) -> dict[str, torch.Tensor]:
+    """Read a :func:`save_compressed` file back into an ordinary ``state_dict``.
+
+    SparseLinear layers come back as their CSR entries (``values``, ``crow_indices``,
+    ``col_indices``), which load into a truly sparse model; with ``dense=True`` as a dense
+    ``weight`` (zeros off the pattern), which loads into the same model built of ``nn.Linear``
+    layers (and, the pattern then being the nonzeros, into a truly sparse one too)."""
     payload = torch.load(path, weights_only=True, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sparsetrain compressed checkpoint (format {FORMAT!r})")
@@ -107,12 +115,43 @@ def load_compressed(path: str | os.PathLike, map_location=None) -> dict[str, tor
     for key, e in payload["entries"].items():
         if isinstance(e, dict) and "values" in e and "shape" in e:
             shape = torch.Size(e["shape"])
-            dense = torch.zeros(shape.numel(), dtype=getattr(torch, e["dtype"]))
+            full = torch.zeros(shape.numel(), dtype=getattr(torch, e["dtype"]))
             if "index" in e:
-                dense[e["index"].to(torch.int64)] = e["values"]
+                full[e["index"].to(torch.int64)] = e["values"]
             else:
-                dense[unpack_bits(e["bits"], shape.numel())] = e["values"]
-            out[key] = dense.view(shape)
+                full[unpack_bits(e["bits"], shape.numel())] = e["values"]
+            out[key] = full.view(shape)
         else:
             out[key] = e
+    if dense:
+        _csr_to_dense(out, payload.get("sparse_shapes", {}), path)
     return out
+
+
+def _csr_to_dense(state: dict, shapes: dict, path) -> None:
+    """Replace each SparseLinear's CSR entries in ``state`` by its dense ``weight`` (in place)."""
+    for key in [k for k in state if k.endswith("col_indices") and not k.endswith("t_col_indices")]:
+        prefix = key[: -len("col_indices")]
+        if prefix + "values" not in state or prefix + "crow_indices" not in state:
+            continue
+        rows = state[prefix + "crow_indices"].numel() - 1
+        values, col = state[prefix + "values"], state[key].to(torch.int64)
+        if prefix in shapes:
+            cols = int(shapes[prefix][1])
+        elif col.numel() == 0 and rows > 0 and values.numel() % rows == 0:  # a dense pattern: values are the weight
+            cols = values.numel() // rows
+        else:
+            raise ValueError(f"{path} does not record the input width of {prefix[:-1] or 'the layer'} (written by an "
+                             "older save_compressed): load it with dense=False into a truly sparse model, then "
+                             "st.sparse.to_dense(model)")
+        crow = state.pop(prefix + "crow_indices").to(torch.int64)
+        state.pop(key), state.pop(prefix + "values")
+        for t in _TRANSPOSE:
+            state.pop(prefix + t, None)
+        if col.numel() == 0 and values.numel() == rows * cols:
+            state[prefix + "weight"] = values.reshape(rows, cols).clone()
+            continue
+        weight = torch.zeros(rows, cols, dtype=values.dtype)
+        row_of = torch.repeat_interleave(torch.arange(rows), crow[1:] - crow[:-1])
+        weight[row_of, col] = values[: col.numel()]
+        state[prefix + "weight"] = weight

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..errors import InputError
 from . import autotune, kernels
 
 __all__ = ["SparseLinear", "LowRankGrad", "to_sparse", "to_dense"]
@@ -47,13 +48,22 @@ def form_dense_grad(gyt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.mm(gyt, x)
 
 
-def _pick(op: str, allowed: bool, rows: int, cols: int, batch: int, nnz: int, native, fallback) -> bool:
+def _layout(t: torch.Tensor) -> str:
+    """``c`` (contiguous), ``t`` (the transposed view of a contiguous matrix) or ``s`` (other strides)."""
+    return "c" if t.is_contiguous() else ("t" if t.dim() == 2 and t.t().is_contiguous() else "s")
+
+
+def _pick(op: str, allowed: bool, rows: int, cols: int, batch: int, nnz: int, native, fallback, m=None,
+          layout: str = "") -> bool:
     """Whether to run ``op`` on the compiled kernels: only where they are ``allowed`` (CPU float32,
     backend not ``torch``); with the ``auto`` backend, where they were measured faster than torch's
-    kernels for this shape class (:mod:`sparsetrain.sparse.autotune`)."""
+    kernels for this shape class and operand ``layout`` (:mod:`sparsetrain.sparse.autotune`; the
+    layout is remembered on the layer ``m`` for :func:`~sparsetrain.sparse.autotune.layer_kernels`)."""
     if not allowed or kernels.backend() != "auto":
         return allowed
-    return autotune.prefer_native(op, rows, cols, batch, nnz, native, fallback)
+    if m is not None:
+        m.__dict__.setdefault("kernel_layouts", {})[op] = layout  # (layers pickled before it existed)
+    return autotune.prefer_native(op, rows, cols, batch, nnz, native, fallback, layout=layout)
 
 
 class _SparseLinearFn(torch.autograd.Function):
@@ -76,7 +86,8 @@ class _SparseLinearFn(torch.autograd.Function):
             yt = yt + bias[:, None] if bias is not None else yt
             return yt.t().contiguous() if row_major else yt
 
-        use = _pick("spmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
+        use = _pick("spmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback, m,
+                    f"{_layout(x.t())}>{'r' if row_major else 'c'}")
         out = native() if use else fallback()
         ctx.module, ctx.native, ctx.row_major = module, allowed, row_major
         ctx.save_for_backward(x, values)
@@ -84,6 +95,13 @@ class _SparseLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if torch.is_autocast_enabled(grad.device.type):  # a backward called inside an autocast region
+            with torch.autocast(grad.device.type, enabled=False):
+                return _SparseLinearFn._backward(ctx, grad)
+        return _SparseLinearFn._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         x, values = ctx.saved_tensors
         m, row_major = ctx.module, ctx.row_major
         gyt = grad.t() if row_major else grad  # out × B, contiguous or a transposed view
@@ -109,7 +127,7 @@ class _SparseLinearFn(torch.autograd.Function):
             # measured each with its own layout change (pack / contiguous copy) included; run on the
             # operands shared with the value gradient
             use = _pick("spmm_t", allowed, m.in_features, m.out_features, gyt.shape[1], values.numel(), native,
-                        fallback)
+                        fallback, m, f"{_layout(gyt)}>{'r' if row_major else 'c'}")
             gx = native(gp()) if use else fallback(rows())
             if not row_major:
                 gx = gx.t()
@@ -155,10 +173,45 @@ def _sampled_grad(m: "SparseLinear", values: torch.Tensor, gyt: torch.Tensor, x:
                                           beta=0.0).values()
 
     # measured each with its own layout change included (see the input gradient's)
-    use = _pick("sddmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback)
+    use = _pick("sddmm", allowed, m.out_features, m.in_features, x.shape[0], values.numel(), native, fallback, m,
+                f"{_layout(gyt)}{_layout(x)}")
     if use:
         return native(gp() if gp is not None else None)
     return fallback(rows() if rows is not None else None)
+
+
+def _forget_grad_accumulator(param: torch.Tensor) -> None:
+    """Make the next graph that uses ``param`` (just resized) create a fresh gradient accumulator.
+
+    Autograd keeps one accumulator node per leaf while any graph holds it, and that node checks
+    incoming gradients against the shape the leaf had when the node was made. A graph from before
+    a resize (the previous step's ``loss``, still referenced while the next forward runs) would
+    otherwise hand the new graph the old node, and its backward fails with "returned an invalid
+    gradient ... expected shape compatible with [old nnz]". Assigning ``.data`` of another dtype
+    drops the cached node (a resize alone does not); the parameter's hooks live on the tensor and
+    stay. Graphs from before the resize keep their old node and must not be backpropagated
+    through afterwards (their values are gone)."""
+    data = param.data
+    other = torch.float64 if data.dtype != torch.float64 else torch.float32
+    param.data = torch.empty(0, dtype=other, device=data.device)
+    param.data = data
+
+
+def _as_mask(mask, shape: torch.Size, name: str = "mask") -> torch.Tensor:
+    """``mask`` checked to be a mask of ``shape``: bool, or 0/1 values of another dtype (made bool)."""
+    if not torch.is_tensor(mask):
+        raise InputError(f"{name} must be a bool tensor of shape {tuple(shape)}, not {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(shape):
+        raise InputError(f"{name} of shape {tuple(mask.shape)} for a weight of shape {tuple(shape)}: give a bool "
+                         "mask of the weight's shape (out_features, in_features)")
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or mask.is_complex() or mask.dtype in (torch.int8, torch.int16, torch.int32,
+                                                                            torch.int64, torch.uint8):
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise InputError(f"{name} has values other than 0 and 1: give a bool mask (True where a weight is "
+                                 "kept), e.g. scores > threshold")
+        mask = mask != 0
+    return mask
 
 
 def _rows(crow: torch.Tensor) -> torch.Tensor:
@@ -221,6 +274,9 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = torch.Size((self.out_features, self.in_features))
+        if index_dtype not in (torch.int32, torch.int64):
+            raise InputError(f"index_dtype={index_dtype} is not supported: use torch.int32 (the default, half the index "
+                             "memory) or torch.int64")
         self.index_dtype = index_dtype
         self._deferred = bool(deferred)
         if init not in ("dense", "sparse"):
@@ -235,6 +291,8 @@ class SparseLinear(nn.Module):
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         if tuple(weight.shape) != tuple(self.weight_shape):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
+        if mask is not None:
+            mask = _as_mask(mask, self.weight_shape)
         home = torch.device(device) if self._deferred and device is not None else (
             torch.device("cpu") if self._deferred else weight.device)
         for name in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"):
@@ -264,6 +322,8 @@ class SparseLinear(nn.Module):
         # the dense product if it formed one
         self.dense_grad_request: Optional[Callable[[], bool]] = None
         self.dense_grad_sink: Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]] = form_dense_grad
+        #: operand layouts of the last call of each kernel operation (the autotune key's layout part)
+        self.kernel_layouts: dict[str, str] = {}
 
     # ------------------------------------------------------------------ structure
     def _set_indices(self, mask: Optional[torch.Tensor], flat: Optional[torch.Tensor] = None) -> None:
@@ -397,7 +457,10 @@ class SparseLinear(nn.Module):
     def _put_values(self, values: torch.Tensor, n: int, reallocate: bool) -> bool:
         values = values.detach().to(self.values.dtype).reshape(-1)
         if reallocate or n > self.values.numel():
+            resized = n != self.values.numel()
             self.values.data = values.clone()
+            if resized:
+                _forget_grad_accumulator(self.values)
             return True
         self.values.data[:n] = values
         self.values.data[n:] = 0
@@ -405,6 +468,8 @@ class SparseLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        if prefix + "weight" in state_dict and prefix + "values" not in state_dict:
+            self._adopt_dense_weight(state_dict, prefix)
         if prefix + "t_perm" not in state_dict and prefix + "col_indices" in state_dict:
             # a compressed checkpoint stores only the CSR; rebuild the transpose
             crow = state_dict[prefix + "crow_indices"].to(torch.int64)
@@ -422,6 +487,7 @@ class SparseLinear(nn.Module):
         key = prefix + "values"
         if key in state_dict and state_dict[key].shape != self.values.shape:
             self.values.data = torch.empty_like(state_dict[key], device=self.values.device)
+            _forget_grad_accumulator(self.values)
         for name in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"):
             k = prefix + name
             if k in state_dict:
@@ -434,6 +500,25 @@ class SparseLinear(nn.Module):
         self._dense_pattern = self.col_indices.numel() == 0 and self.values.numel() == n and n > 0
         self._nnz = n if self._dense_pattern else int(self.col_indices.numel())
 
+    def _adopt_dense_weight(self, state_dict, prefix: str) -> None:
+        """A dense ``weight`` entry (an ``nn.Linear`` / masked-dense checkpoint) as this layer's
+        entries: the pattern is the weight's nonzeros (all positions if it has no zeros); a
+        Sparsifier resumed from its saved state then restores its own masks."""
+        w = state_dict.pop(prefix + "weight")
+        if tuple(w.shape) != tuple(self.weight_shape):
+            raise InputError(f"{prefix}weight has shape {tuple(w.shape)} in the checkpoint, but this "
+                             f"{self._label()} is {tuple(self.weight_shape)}: load it into a model of the same shape")
+        w = w.detach().to(self.values.device, self.values.dtype)
+        mask = w != 0
+        if bool(mask.all()):  # a dense pattern: no index structure, as a freshly converted layer
+            empty = torch.empty(0, dtype=self.index_dtype)
+            parts = (w.reshape(-1),) + (empty,) * 5
+        else:
+            parts = (w[mask],) + _structure(mask, self.index_dtype)
+        for name, t in zip(("values", "crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "t_perm"),
+                           parts):
+            state_dict[prefix + name] = t
+
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._deferred:
@@ -441,8 +526,41 @@ class SparseLinear(nn.Module):
                                "(deferred initialisation): attach a sparsetrain.Sparsifier first, which draws them")
         if self._dense_pattern:  # before a mask is assigned: an ordinary dense layer
             return nn.functional.linear(x, self.values.view(self.weight_shape), self.bias)
+        if torch.compiler.is_compiling():  # the kernels and the autotuning are not traceable: a graph break
+            return _run_eagerly(self, x)
+        self._check_input(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # the sparse products have no low-precision kernels (torch's CSR product on CPU has no
+            # bfloat16/float16): computed in the layer's dtype, as autocast does for its float32 ops
+            with torch.autocast(x.device.type, enabled=False):
+                return self._sparse_forward(x.to(self.values.dtype) if x.is_floating_point() else x)
+        return self._sparse_forward(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.device != self.values.device:
+            raise InputError(f"{self._label()} is on {self.values.device} but got an input on {x.device}: move one of "
+                             f"them (model.to({str(x.device)!r}) or x.to({str(self.values.device)!r})), as nn.Linear "
+                             "requires")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise InputError(f"{self._label()} got an input of shape {tuple(x.shape)}: its last dimension must be "
+                             f"in_features={self.in_features}, not {x.shape[-1] if x.dim() else 'a scalar'}")
+        dtype = self.values.dtype
+        if self.values.device.type == "cpu" and dtype not in (torch.float32, torch.float64):
+            raise InputError(f"{self._label()} holds {str(dtype).replace('torch.', '')} values, but the sparse products "
+                             "on CPU exist in float32 and float64 only: keep the model in float32 "
+                             "(model.float()) and use torch.autocast for mixed precision (the sparse layers then "
+                             "compute in float32)")
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputError(f"{self._label()} got a {str(x.dtype).replace('torch.', '')} input but holds "
+                             f"{str(dtype).replace('torch.', '')} values: convert the input (x.to({dtype})) or the "
+                             f"model (model.to(...)), as nn.Linear requires")
+
+    def _label(self) -> str:
+        return f"{self.__class__.__name__}({self.in_features}, {self.out_features})"
+
+    def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
+        x2 = x.reshape(math.prod(lead), self.in_features)  # (not -1: in_features may be 0)
         if x.dim() == 2:
             # a view of the kernels' row-major yᵀ: a following SparseLinear reads it without a copy
             return _SparseLinearFn.apply(x2, self.active_values(), self.bias, self, False).t()
@@ -462,11 +580,25 @@ class SparseLinear(nn.Module):
                 lin.bias.copy_(self.bias)
         return lin
 
+    def __getstate__(self):
+        # a copy or a pickle of the layer is not attached to the Sparsifier of this one: its
+        # backward must not hand gradients to that Sparsifier (and its closures do not pickle)
+        state = dict(super().__getstate__())
+        state["dense_grad_request"] = None
+        state["dense_grad_sink"] = form_dense_grad
+        return state
+
     def extra_repr(self) -> str:
         n = self.weight_shape.numel()
         pad = f", capacity={self.capacity}" if self.capacity != self.nnz else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"nnz={self.nnz} ({self.nnz / max(n, 1):.4f}){pad}")
+
+
+@torch.compiler.disable
+def _run_eagerly(module: SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    """A SparseLinear's forward outside a compiled region (``torch.compile`` breaks the graph here)."""
+    return module.forward(x)
 
 
 class LowRankGrad:
@@ -536,8 +668,10 @@ class LowRankGrad:
 def _replace(model: nn.Module, pick, make) -> nn.Module:
     if pick(model):
         return make(model)
-    for name, child in list(model.named_children()):
-        setattr(model, name, _replace(child, pick, make))
+    # every slot, also a module's second place (named_children() lists a module once)
+    for name, child in list(model._modules.items()):
+        if child is not None:
+            setattr(model, name, _replace(child, pick, make))
     return model
 
 
@@ -564,6 +698,12 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
     """
     masks = dict(masks or {})
     names = {id(m): n for n, m in model.named_modules()}
+    known = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    unknown = sorted(k for k in masks if k not in known)
+    if unknown:
+        linears = [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise InputError(f"masks for {', '.join(map(repr, unknown))}: not a parameter of the model; the keys are "
+                         f"'<module>.weight' names, e.g. {', '.join(linears[:4]) or '(the model has no nn.Linear)'}")
     holders: dict[int, int] = {}  # id(parameter) -> number of modules holding it
     for m in model.modules():
         for p in m.parameters(recurse=False):
@@ -577,17 +717,46 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
         name = names.get(id(m), "")
         return include is None or include(name, m)
 
+    _refuse_held([(names.get(id(m), ""), m) for m in model.modules() if pick(m)])
+    made: dict[int, SparseLinear] = {}  # a Linear used at several places becomes one SparseLinear
+
     def make(m):
+        if id(m) in made:
+            return made[id(m)]
         name = names.get(id(m), "")
         key = f"{name}.weight" if name else "weight"
         mask = masks.get(key)
         if mask is None and not m.weight.is_meta and bool((m.weight == 0).any()):
             mask = m.weight != 0
-        return SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device, init=init)
+        made[id(m)] = SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device, init=init)
+        return made[id(m)]
 
     return _replace(model, pick, make)
 
 
+def _refuse_held(layers) -> None:
+    """Refuse to convert the ``(name, Linear)`` layers if a live Sparsifier holds one's weight: it (and
+    the optimizer) would keep training the replaced weight while the new layer never changes."""
+    from .. import sparsifier
+
+    owners = getattr(sparsifier, "_OWNERS", {})
+    for name, m in layers:
+        if not m.weight.is_meta:
+            entry = owners.get(id(m.weight))
+            if entry is not None and entry[0]() is m.weight and entry[1]() is not None:
+                raise InputError(f"{name + '.' if name else ''}weight is held by a Sparsifier ({entry[1]()!r}): convert with "
+                                 "st.sparse.to_sparse(model) before creating the optimizer and the Sparsifier (or "
+                                 "call .remove() on that Sparsifier first); converted layers have new parameters "
+                                 "that neither of them would train")
+
+
 def to_dense(model: nn.Module) -> nn.Module:
     """Replace every :class:`SparseLinear` by an equivalent ``nn.Linear`` (in place; returns the model)."""
-    return _replace(model, lambda m: isinstance(m, SparseLinear), lambda m: m.to_linear())
+    made: dict[int, nn.Linear] = {}  # a layer used at several places stays one layer
+
+    def make(m: SparseLinear) -> nn.Linear:
+        if id(m) not in made:
+            made[id(m)] = m.to_linear()
+        return made[id(m)]
+
+    return _replace(model, lambda m: isinstance(m, SparseLinear), make)

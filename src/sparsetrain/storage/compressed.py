@@ -134,7 +134,7 @@ class CompressedStorage(Storage):
         or ``-1`` where it had none, if the caller knows it (else it is searched for)."""
         module = self.module
         values = module.values
-        old_flat, old_nnz = module.flat_index(), module.nnz
+        old_flat, old_nnz, old_capacity = module.flat_index(), module.nnz, module.capacity
         state = optimizer.state.get(values) or {}
         moved = {}
         if any(torch.is_tensor(v) and v.shape == values.shape for v in state.values()):
@@ -153,8 +153,10 @@ class CompressedStorage(Storage):
         resized = (module.set_structure_at(new_flat, new_values) if new is None
                    else module.set_structure(new, new_values))
         if resized:
-            log.warning("sparsetrain: %s outgrew its compressed capacity; its values were reallocated (safe only "
-                        "when no autograd graph that used them is still alive)", layer.name)
+            # safe in an ordinary loop: the next graph gets a fresh gradient accumulator even while the
+            # previous step's graph is alive (SparseLinear._put_values)
+            log.info("sparsetrain: %s outgrew its compressed capacity (%d -> %d entries); values and their "
+                     "optimizer state were reallocated", layer.name, old_capacity, module.capacity)
         for key, v in moved.items():
             if resized:
                 state[key] = v
