@@ -962,3 +962,36 @@ def test_model_cast_to_another_dtype_after_attaching_keeps_training(dtype):
         opt.zero_grad()
         assert check_invariants(sp, opt, counts) > 0
     assert sp.updates == 3 and all(l.param.dtype == dtype for l in sp.layers.values())
+
+
+@pytest.mark.parametrize("make, key, value", [
+    (lambda p: torch.optim.Rprop(p, lr=0.01, step_sizes=(0.0, 50.0)), "step_size", 0.01),
+    (lambda p: torch.optim.Adagrad(p, lr=0.05, initial_accumulator_value=0.1), "sum", 0.1),
+])
+def test_regrown_weights_get_the_state_a_new_parameter_starts_from(make, key, value):
+    # Rprop's step sizes and Adagrad's accumulator do not start at 0: zeroing them for regrown
+    # weights froze them (Rprop with step_size_min=0 never moves them again) or gave them an
+    # outsized first step (Adagrad)
+    model = mlp(0)
+    opt = make(model.parameters())
+    sp = st.Sparsifier(model, opt, st.SET(density=0.3, update_interval=3, end=None, drop_schedule="constant"),
+                       total_steps=10)
+    seen = spy_updates(sp)
+
+    def train(steps):
+        for step in steps:
+            x, y = mlp_batch(step)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            assert_invariants(sp, opt)
+
+    train(range(3))
+    assert sp.updates == 1
+    newly = {n: l.mask & ~seen[0]["masks"][n] for n, l in sp.layers.items()}
+    for name, layer in sp.layers.items():
+        assert newly[name].any()
+        assert torch.all(opt.state[layer.param][key][newly[name]] == value), f"{key} of regrown {name} is not fresh"
+    train(range(3, 5))
+    moved = sum(int((l.param.detach()[newly[n] & l.mask] != 0).sum()) for n, l in sp.layers.items())
+    assert moved > 0  # the step after the update trained the regrown weights

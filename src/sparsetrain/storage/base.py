@@ -152,5 +152,21 @@ class Storage:
             return ()
         return [v for v in state.values() if torch.is_tensor(v) and v.shape == param.shape]
 
+    @staticmethod
+    def fresh_state_values(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, float]:
+        """The nonzero values a *new* parameter's weight-shaped state starts from, by state key, for
+        the optimizers that start one away from zero: Rprop's ``step_size`` (the group's ``lr``) and
+        Adagrad's ``sum`` (``initial_accumulator_value``). Regrown weights get these, not zero
+        (a zero Rprop step size would leave them at ``step_size_min`` for good)."""
+        group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
+        if group is None:
+            return {}
+        out: dict[str, float] = {}
+        if isinstance(optimizer, torch.optim.Rprop):
+            out["step_size"] = float(group["lr"])
+        elif isinstance(optimizer, torch.optim.Adagrad):
+            out["sum"] = float(group.get("initial_accumulator_value", 0.0))
+        return {k: v for k, v in out.items() if v != 0.0}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.shape)})"

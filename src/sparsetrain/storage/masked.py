@@ -83,3 +83,11 @@ class MaskedStorage(Storage):
         # fresh optimizer state for grown weights, zero state for dropped ones
         for t in self.state_tensors(optimizer, self.param):
             t.mul_(kept)
+        state = optimizer.state.get(self.param)
+        if state:
+            fresh = self.fresh_state_values(optimizer, self.param)
+            grown = new & ~kept if fresh else None
+            for key, value in fresh.items():
+                t = state.get(key)
+                if torch.is_tensor(t) and t.shape == self.param.shape:
+                    t.masked_fill_(grown.to(t.device), value)
