@@ -489,3 +489,19 @@ def test_wrong_kinds_of_model_algorithm_and_argument_order_are_named():
     with pytest.raises(InputTypeError) as info:
         st.Sparsifier(model, opt, 3, total_steps=100)
     _says(info.value, "algorithm must be an Algorithm", "'rigl'")
+
+
+def test_a_weight_left_dense_by_default_says_how_to_opt_in():
+    # ConvTranspose2d, MultiheadAttention's in_proj_weight, RNN weights: the reason used to be
+    # "not a Linear/Conv weight" (a ConvTranspose2d is a conv), with no way to make it sparse
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 2, 2))
+    sp = st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), "static", density=0.5)
+    reason = dict((n, r) for n, _, r in sp.selection.left)["1.weight"]
+    _says(reason, "ConvTranspose2d", r"include=\['1\.weight'\]")
+    assert "include=['1.weight']" in sp.summary()
+
+
+def test_a_seed_beyond_64_bits_is_an_input_error():
+    with pytest.raises(InputError) as info:  # was "Overflow when unpacking long long" from the generator
+        st.Sparsifier(*_mlp(), "rigl", density=0.1, total_steps=1000, seed=2**70)
+    _says(info.value, "seed", "64 bits")

@@ -218,7 +218,8 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
         if not found:
             why = ("1-D" if _dims(param, aliases) < 2 else
                    "embedding (opt in with include=)" if pid in embedded else
-                   "not a Linear/Conv weight" if not include else "not matched by include=")
+                   f"{type(aliases[0].module).__name__} weight, not sparse by default (opt in: include=[{name!r}])"
+                   if not include else "not matched by include=")
             out.left.append((name, shape, why))
             continue
         if pid in embedded and not explicit:

@@ -117,6 +117,8 @@ class Algorithm:
         update_interval = _whole("update_interval", update_interval, 1, "a number of optimizer steps >= 1, e.g. 100")
         start = _whole("start", start, 0, "the first optimizer step at which updates may happen (>= 0)")
         seed = _whole("seed", seed, None, "an integer")
+        if not -2**63 <= seed < 2**64:
+            raise InputError(f"seed must fit in 64 bits (torch.Generator's range), got {seed}")
         if not isinstance(drop_fraction, DropSchedule):
             drop_fraction = _number("drop_fraction", drop_fraction, "a fraction in [0, 1] or a DropSchedule")
         erk_power = _number("erk_power", erk_power, "a number >= 0 (0 gives uniform densities)")
