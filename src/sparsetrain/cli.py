@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -143,7 +144,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         except ImportError as e:
             raise ImportError("reading YAML config files needs PyYAML: pip install pyyaml (or use TOML)") from e
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = _yaml_numbers(yaml.safe_load(p.read_text()) or {})
         except yaml.YAMLError as e:
             raise InputError(f"config file {p} is not valid YAML: {e}") from None
     elif suffix == ".json":
@@ -159,6 +160,36 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if table in data and not isinstance(data[table], dict):
             raise InputError(f"config file {p}: [{table}] must be a table of key = value, got {data[table]!r}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# PyYAML reads YAML 1.1, where 1e-3 (no dot) and 1.0e3 (no sign) are strings; YAML 1.2, TOML and JSON say numbers
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_numbers(value: Any) -> Any:
+    """``value`` with every string written as a number in scientific notation (``1e-3``) made a float."""
+    if isinstance(value, dict):
+        return {k: _yaml_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_numbers(v) for v in value]
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _check_out(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as an output directory: an :class:`InputError` if it, or a folder above it, is a
+    file, or if it cannot be created or written to (checked before anything is written)."""
+    out = Path(path)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == out else f" (it would be inside {probe}, a file)"
+        raise InputError(f"{flag} {out}: {probe} is a file, not a directory{where}; choose a directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out}: {probe} is not writable (permissions); choose a directory you can write to")
+    return out
 
 
 def _resolve(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -209,6 +240,14 @@ def _compare(methods, densities, seeds, base: dict[str, Any], out: Path, quiet: 
     return results
 
 
+def _methods(text: str) -> list[str]:
+    """The comma-separated ``--methods``; an :class:`InputError` if there are none."""
+    methods = [m.strip() for m in str(text).split(",") if m.strip()]
+    if not methods:
+        raise InputError(f"--methods takes comma-separated methods, e.g. --methods dense,set,rigl, got {text!r}")
+    return methods
+
+
 def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -235,6 +274,12 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
 def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: float,
                   commit: Optional[str] = None) -> tuple[str, list[Path]]:
     table = write_report(out, results, command, title, protocol, wall, commit)
+    try:
+        import matplotlib  # noqa: F401 - only to say why there are no plots
+    except ImportError:
+        print(f"sparsetrain: no plots in {out}: they need matplotlib (pip install matplotlib, or the plot extra)",
+              file=sys.stderr)
+        return table, []
     return table, make_plots(results, out, title)
 
 
@@ -356,6 +401,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--command-note", default="", help="the command(s) that produced the runs, for results.md")
     rep.add_argument("--methods", default=None, help="only these methods (comma-separated table labels; default: all)")
     rep.add_argument("--densities", default=None, help="only these densities (comma-separated; dense is always kept)")
+    rep.add_argument("--dataset", default=None, help="only the runs on this dataset (runs of different datasets or "
+                     "models are never averaged together)")
+    rep.add_argument("--model", default=None, help="only the runs of this model")
     return parser
 
 
@@ -392,10 +440,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.verbose:
                 traceback.print_exc()
             return 2
+        except KeyboardInterrupt:
+            again = {"train": "the same command with --resume continues it exactly from its last checkpoint",
+                     "sweep": "the same command continues it (finished runs are skipped, the interrupted one resumes)",
+                     "compare": "the same command with --resume skips the finished runs"}.get(args.command, "")
+            print(f"\nsparsetrain {args.command}: interrupted" + (f"; {again}" if again else ""), file=sys.stderr)
+            return 130
         except Exception:
             print(f"sparsetrain {args.command}: internal error (a bug in sparsetrain, not in your input; "
                   "please report it with this traceback):", file=sys.stderr)
             raise
+
+
+def _one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> list:
+    """The results of one dataset and model (``dataset``/``model`` select them); an :class:`InputError`
+    naming the setups if they mix several: their accuracies are not comparable, let alone averageable."""
+    from .experiments.data import dataset_name
+
+    def ds(r):
+        name = r["config"].get("dataset")
+        try:
+            return dataset_name(name) if name is not None else None
+        except ValueError:
+            return str(name)
+
+    if dataset is not None:
+        try:
+            want = dataset_name(dataset)
+        except ValueError:
+            want = dataset
+        results = [r for r in results if ds(r) == want]
+    if model is not None:
+        results = [r for r in results if str(r["config"].get("model", "")).lower() == model.lower()]
+    setups: dict[tuple, int] = {}
+    for r in results:
+        key = (ds(r), r["config"].get("model"))
+        setups[key] = setups.get(key, 0) + 1
+    if len(setups) > 1:
+        listed = ", ".join(f"{d}/{m} ({n} run{'s' if n > 1 else ''})" for (d, m), n in setups.items())
+        raise InputError(f"the runs are of {len(setups)} different setups (dataset/model: {listed}), whose accuracies "
+                         "must not be averaged together: report them one at a time, with --dataset and --model, or "
+                         "from separate directories")
+    return results
 
 
 def _launch(nproc: int, argv: list[str]) -> int:
@@ -421,7 +507,7 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 def _dispatch(args, command: str, start: float, commit: str) -> int:
     if args.command == "demo":
-        out = Path(args.out)
+        out = _check_out(args.out)
         out.mkdir(parents=True, exist_ok=True)
         sparsity = 100 * (1 - args.density)
         print(f"sparsetrain demo: {args.model} on Fashion-MNIST, {args.epochs} epochs, {sparsity:.0f}% sparsity, "
@@ -440,10 +526,17 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         from .experiments.grid import result_line
         from .experiments.runner import run
 
+        for other in ("resume", "extend"):
+            if args.overwrite and getattr(args, other):
+                raise InputError(f"--overwrite starts the run in --out over, --{other} continues it: give one of them")
+        out = _check_out(args.out)
         file_cfg = load_config(args.config) if args.config else {}
         values = _resolve(args, file_cfg)
         cfg = RunConfig.from_settings(values)
         cfg.validate()
+        if "grid" in file_cfg:
+            warnings.warn(f"the [grid] table of {args.config} has no effect with train (it is read by sweep)",
+                          InputWarning)
         typed = {k for k in file_cfg if k not in ("algorithm", "grid")} | set(vars(args)) | \
             ({"algorithm_kwargs"} if values.get("algorithm_kwargs") else set())
         for why in cfg.ignored(typed):
@@ -453,16 +546,20 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
         if launched:  # a torchrun worker
             dist.init_process_group("nccl" if str(cfg.device).startswith("cuda") else "gloo")
+        finished = args.resume and not args.extend and (out / "summary.json").exists()
         try:
-            r = run(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+            r = run(cfg, out, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress, tensorboard=args.tensorboard, extend=args.extend)
         finally:
             if launched:
                 dist.barrier()
                 dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"{cfg.label} at density {cfg.density:g}: " + result_line(r))
-            print(f"run directory: {Path(args.out).resolve()}")
+            at = "" if cfg.method == "dense" else f" at density {cfg.density:g}"
+            note = " (already finished: nothing trained; --extend with more --epochs trains it longer)" \
+                if finished else ""
+            print(f"{cfg.label}{at}: " + result_line(r) + note)
+            print(f"run directory: {out.resolve()}")
         return 0
     if args.command == "sweep":
         file_cfg = load_config(args.config) if args.config else {}
@@ -472,10 +569,10 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         for key in ("method", "density", "seed"):
             if key in grid:
                 raise InputError(f"vary {key} with --{key}s, not --grid")
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        methods = _methods(args.methods)
         densities = _numbers("--densities", args.densities, float)
         seeds = _numbers("--seeds", args.seeds, int)
-        out = Path(args.out)
+        out = _check_out(args.out)
         if args.jobs < 1:
             raise InputError(f"--jobs must be >= 1 (runs trained at once), got {args.jobs}")
         results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
@@ -491,7 +588,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             return 1
         return 0
     if args.command == "compare":
-        out = Path(args.out)
+        out = _check_out(args.out)
         out.mkdir(parents=True, exist_ok=True)
         lo, hi = _numbers("--ticket-lr", args.ticket_lr, float, count=2)
         base = dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
@@ -500,7 +597,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
                     ticket_lr=(lo, hi))
         if args.update_interval is not None:
             base["algorithm_kwargs"] = {"update_interval": args.update_interval}
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        methods = _methods(args.methods)
         if args.sup_tickets:
             methods = [m if m == "dense" or m.endswith(SUP_SUFFIX) else m + SUP_SUFFIX for m in methods]
         densities = _numbers("--densities", args.densities, float)
@@ -511,8 +608,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         _print_table(_mark_slow(table, out, results), out, plots)
         return 0
     if args.command == "report":
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = _check_out(args.out)
         missing = [d for d in args.dirs if not Path(d).is_dir()]
         if missing:
             raise InputError(f"no such directory: {', '.join(missing)} (report reads the run results below "
@@ -528,9 +624,11 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             ds = _numbers("--densities", args.densities, float)
             results = [r for r in results if r["config"]["method"] == "dense"
                        or any(abs(r["config"]["density"] - d) < 1e-9 for d in ds)]
+        results = _one_setup(results, args.dataset, args.model)
         if not results:
             print(f"no run results found under {', '.join(args.dirs)}", file=sys.stderr)
             return 1
+        out.mkdir(parents=True, exist_ok=True)
         wall = sum(r["wall_time_s"] for r in results)
         note = args.command_note or command
         table, plots = _report_files(out, results, note, args.title, args.protocol, wall)

@@ -7,12 +7,13 @@ Each function builds one piece, the way a user of the library would; the order i
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from .. import registry
 from ..distributions import layer_densities
 from .config import RunConfig
@@ -41,8 +42,14 @@ def build_loaders(cfg: RunConfig) -> tuple[Loader, Loader, dict[str, Any], Optio
     if context is not None:  # a stream: an epoch is train_subset (default EPOCH_CONTEXTS) random contexts
         train = ContextLoader(train_set, cfg.batch_size, context, cfg.train_subset, shuffle=True, seed=cfg.seed)
         return train, ContextLoader(test_set, 64, context, shuffle=False, seed=cfg.seed), info, None
+    if cfg.train_subset and cfg.train_subset > len(train_set):
+        warnings.warn(f"--train-subset {cfg.train_subset} has no effect: {cfg.dataset} has only {len(train_set)} "
+                      "training examples, all of which are used", InputWarning)
     if cfg.train_subset:
         train_set = train_set.head(int(cfg.train_subset))
+    if cfg.batch_size > len(train_set):
+        warnings.warn(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training examples: every "
+                      "epoch is one batch of all of them", InputWarning)
     pad_to = 32 if cfg.model.lower().startswith(_CIFAR_STYLE) and info["image_size"] < 32 else None
     augment = cfg.augment
     if augment is None:

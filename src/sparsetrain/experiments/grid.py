@@ -104,6 +104,13 @@ def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequenc
         elif label:
             values["name"] = label
         plan.append(PlannedRun(run_tag({**values, "method": label or method}, keys), values))
+    first: dict[str, str] = {}
+    for (arm, _, _, _), run in zip(order, plan):
+        if run.tag in first:
+            same = "the same method" if first[run.tag] == arm else f"methods {first[run.tag]!r} and {arm!r}"
+            raise InputError(f"the grid has the run {run.tag} twice ({same}): list each method, density and seed "
+                             "once, and give method arms different labels (LABEL=SPEC)")
+        first[run.tag] = arm
     return plan
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import warnings
 from dataclasses import asdict
@@ -63,8 +64,11 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     if it is truncated, not a run checkpoint, or damaged (checksum)."""
     try:
         ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:  # torch's message is about weights_only, which is not the problem
+        raise InputError(f"{path} cannot be read (not a torch checkpoint: overwritten or damaged)") from None
     except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, ...: all mean "damaged"
-        raise InputError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise InputError(f"{path} cannot be read (not a torch checkpoint: {type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise _Foreign(f"{path} is not a sparsetrain run checkpoint (it was replaced by another file): "
                        "point --out at the run's own directory, or start over with --overwrite")
@@ -94,6 +98,19 @@ class RunDirectory:
         return f"RunDirectory({str(self.path)!r})"
 
     # ------------------------------------------------------------------ before the run
+
+    def _meta(self) -> dict[str, Any]:
+        """``config.json`` of the run in this directory; an :class:`~sparsetrain.errors.InputError` if it
+        is damaged (not JSON, or without the run's settings)."""
+        path = self.path / "config.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            meta = e
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise InputError(f"{path} is damaged or not a run's config.json ({'not JSON' if isinstance(meta, Exception) else 'no settings in it'}), "
+                             "so the run cannot be continued: start over with --overwrite, or choose another --out")
+        return meta
 
     def finished(self) -> Optional[dict[str, Any]]:
         """The summary of a finished run in this directory, or ``None``."""
@@ -127,7 +144,7 @@ class RunDirectory:
         (``threads`` aside), finished or not."""
         if not (self.path / "config.json").exists():
             return
-        saved = json.loads((self.path / "config.json").read_text())["config"]
+        saved = self._meta()["config"]
         ours = json_safe(asdict(cfg))
         diff = sorted(k for k in set(saved) | set(ours) if k != "threads" and saved.get(k) != ours.get(k))
         if diff:
@@ -146,7 +163,7 @@ class RunDirectory:
         return the checkpoint to continue from."""
         if not (self.path / "config.json").exists():
             raise InputError(f"--extend: {self.path} holds no run to extend; train it first (without --extend)")
-        meta = json.loads((self.path / "config.json").read_text())
+        meta = self._meta()
         saved, ours = meta["config"], json_safe(asdict(cfg))
         diff = sorted(k for k in set(saved) | set(ours) if k not in ("threads", "epochs") and saved.get(k) != ours.get(k))
         if diff:
