@@ -124,6 +124,22 @@ def test_resume_without_sparsifier_state_or_with_a_stale_one_is_an_error(tmp_pat
         _trainer(tmp_path / "run", 8, Tiny(), _callback()).train(resume_from_checkpoint=str(ck4))
 
 
+def test_a_damaged_state_file_is_named_and_the_next_candidate_tried(tmp_path):
+    _trainer(tmp_path / "run", 8, Tiny(), _callback(), save_steps=4).train()
+    ck4 = tmp_path / "run" / "checkpoint-4"
+    good = (ck4 / STATE_FILE).read_bytes()
+    (ck4 / STATE_FILE).write_bytes(b"garbage")
+    with pytest.raises(RuntimeError) as e:
+        _trainer(tmp_path / "run", 8, Tiny(), _callback()).train(resume_from_checkpoint=str(ck4))
+    assert "sparsetrain.pt (unreadable" in str(e.value) and "weights_only" not in str(e.value)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / STATE_FILE).write_bytes(good)  # a readable copy given with resume_from is used first
+    cb = SparsetrainTrainerCallback(st.RigL(density=0.25, update_interval=4, end=None), resume_from=str(moved))
+    _trainer(tmp_path / "run", 8, Tiny(), cb).train(resume_from_checkpoint=str(ck4))
+    assert cb.resumed_from == str(moved / STATE_FILE)
+
+
 def test_few_topology_updates_warn():
     import warnings
 

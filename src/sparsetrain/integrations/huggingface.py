@@ -98,8 +98,12 @@ class SparsetrainTrainerCallback(TrainerCallback):
             if not os.path.isfile(path):
                 tried.append(f"{path} (missing)")
                 continue
-            saved = torch.load(path, weights_only=True)
-            problem = _mismatch(saved, step, model)
+            try:
+                saved = torch.load(path, weights_only=True)
+            except Exception as e:  # noqa: BLE001 - truncated, overwritten, not a state: try the next one
+                tried.append(f"{path} (unreadable: damaged or not a sparsifier state; {type(e).__name__})")
+                continue
+            problem = _mismatch(saved, step, model) if isinstance(saved, Mapping) else "not a sparsifier state"
             if problem:
                 tried.append(f"{path} ({problem})")
                 continue
