@@ -81,3 +81,20 @@ def test_lightning_callback_trains_sparse_logs_and_resumes_exactly(tmp_path):
     assert all(torch.equal(sp2.masks[n], spf.masks[n]) for n in spf.masks)
     for (n, a), (_, b) in zip(full_cb_model.state_dict().items(), m2.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
+
+
+@pytest.mark.parametrize("index, stepping, words", [
+    (1, 10, ["optimizer_index=1", "1 optimizer"]),
+    (0, float("inf"), ["max_steps", "length"]),
+])
+def test_an_unusable_trainer_is_one_clear_error(index, stepping, words):
+    from types import SimpleNamespace
+
+    model = nn.Linear(4, 3)
+    trainer = SimpleNamespace(optimizers=[torch.optim.SGD(model.parameters(), lr=0.1)],
+                              estimated_stepping_batches=stepping)
+    cb = SparsetrainCallback(st.RigL(density=0.5), optimizer_index=index)
+    with pytest.raises(ValueError) as e:
+        cb.on_fit_start(trainer, model)
+    for w in words:
+        assert w in str(e.value), str(e.value)

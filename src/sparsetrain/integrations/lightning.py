@@ -14,6 +14,8 @@ the trainer's logger after each topology update.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Optional, Union
 
 try:
@@ -61,8 +63,17 @@ class SparsetrainCallback(pl.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.sparsifier is not None:
             self.sparsifier.remove()
+        n = len(trainer.optimizers)
+        if not 0 <= self.optimizer_index < n:
+            raise ValueError(f"SparsetrainCallback(optimizer_index={self.optimizer_index}): the trainer has {n} "
+                             f"optimizer(s) (configure_optimizers); give the index, 0 to {n - 1}, of the one that "
+                             "holds the sparse parameters")
         optimizer = trainer.optimizers[self.optimizer_index]
-        total = int(trainer.estimated_stepping_batches)
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("SparsetrainCallback needs the run's length to plan its topology updates: set "
+                             "Trainer(max_steps=...) or max_epochs with a dataloader of known length")
+        total = int(total)
         # on resume Lightning restored the weights and optimizer state before this hook: attach
         # with the saved masks rather than a fresh draw
         self.sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, total_steps=total, state=self._pending,
