@@ -198,3 +198,13 @@ def test_ctrl_c_is_one_line_saying_how_to_continue(tmp_path, capsys, monkeypatch
     assert cli.main([command, *extra, "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and words in err and "Traceback" not in err, err
+
+
+def test_more_jobs_than_cores_is_warned_about(tmp_path, capsys):
+    import os
+
+    jobs = (os.cpu_count() or 1) + 1
+    assert cli.main(["sweep", "--dataset", "synthetic", "--methods", "rigl:foo=1", "--jobs", str(jobs),
+                     "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert f"warning: --jobs {jobs} is more than the" in err and "'foo'" in err

@@ -575,6 +575,11 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         out = _check_out(args.out)
         if args.jobs < 1:
             raise InputError(f"--jobs must be >= 1 (runs trained at once), got {args.jobs}")
+        cores = os.cpu_count() or 1
+        if args.jobs > cores:
+            warnings.warn(f"--jobs {args.jobs} is more than the {cores} CPU cores here: the runs share them and each "
+                          "is slower (no faster overall); --jobs "
+                          f"{cores} --threads 1 uses every core once", InputWarning)
         results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
                                   jobs=args.jobs, seed_major=args.seed_major)
         if results:
