@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 import torch
 
 from .masks import LayerState
-from .sparse.linear import LowRankGrad
+from .sparse.lowrank import LowRankGrad
 
 __all__ = ["accumulate", "record_signature", "match_optimizer_scale", "first_nonfinite", "clear"]
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from .masks import LayerState
-from .sparse.linear import LowRankGrad
+from .sparse.lowrank import LowRankGrad
 
 __all__ = ["process_group", "all_reduce_dense_grads", "verify_masks"]
 

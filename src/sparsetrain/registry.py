@@ -85,8 +85,8 @@ def accepted_kwargs(cls: type) -> set:
 def make_algorithm(name: str, **kwargs) -> Any:
     """Build a registered algorithm or preset by name, e.g. ``make_algorithm("rigl", density=0.1)``.
 
-    A missing ``density`` and (for a class) a keyword the algorithm does not take are
-    :class:`~sparsetrain.errors.InputError`\ s naming the nearest valid keyword.
+    A missing ``density`` and (for a class) a keyword the algorithm does not take raise
+    :class:`~sparsetrain.errors.InputError`, naming the nearest valid keyword.
     """
     factory = lookup(name)
     accepted = accepted_kwargs(factory) if isinstance(factory, type) else None

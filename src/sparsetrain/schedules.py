@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from .errors import InputError, InputTypeError
+from .errors import InputError
 from ._util import is_fraction, to_step
 
 __all__ = [

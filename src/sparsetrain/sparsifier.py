@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import capture, checkpoint, distributed as dist_mod, metrics as metrics_mod
+from . import capture, checkpoint, distributed as dist_mod, metrics as metrics_mod, ownership
 from .algorithms import Algorithm
 from .bits import SparseCounts
 from .checkpoint import STATE_FORMAT
@@ -51,11 +51,6 @@ log = logging.getLogger(__name__)
 
 # optimizer -> the Sparsifier attached to it (two sparsifiers on one optimizer would fight)
 _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weakref.WeakKeyDictionary()
-
-
-# id(parameter) -> (weak parameter, weak Sparsifier): whose hooks act on a parameter (a second
-# Sparsifier on the same weights, e.g. from a re-run notebook cell, would fight the first)
-_OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
 
 
 def _whole_steps(total_steps: Any) -> Optional[int]:
@@ -80,10 +75,10 @@ def _whole_steps(total_steps: Any) -> Optional[int]:
 def _check_not_attached(selected) -> None:
     """Refuse parameters whose hooks belong to another (not removed) Sparsifier."""
     for s in selected:
-        entry = _OWNERS.get(id(s.param))
-        if entry is not None and entry[0]() is s.param and entry[1]() is not None:
+        holder = ownership.held_by(s.param)
+        if holder is not None:
             raise RuntimeError(
-                f"{s.name} is already sparsified by another Sparsifier ({entry[1]()!r}), whose hooks would keep "
+                f"{s.name} is already sparsified by another Sparsifier ({holder!r}), whose hooks would keep "
                 "acting on it; call .remove() on that Sparsifier first (e.g. sp.remove() before re-running the "
                 "cell), or keep using it"
             )
@@ -237,9 +232,7 @@ class Sparsifier:
         if heavy is not None:
             warnings.warn(heavy, stacklevel=2)
         self._attach()
-        self._claimed = [id(s.param) for s in selected]
-        for s in selected:
-            _OWNERS[id(s.param)] = (weakref.ref(s.param), weakref.ref(self))
+        self._claimed = ownership.claim((s.param for s in selected), self)
         if state is not None:
             self.load_state_dict(state)  # ends by enforcing the saved masks
         else:
@@ -272,10 +265,7 @@ class Sparsifier:
             layer.storage.detach()
         if _ATTACHED.get(self.optimizer) is self:
             del _ATTACHED[self.optimizer]
-        for key in self._claimed:
-            entry = _OWNERS.get(key)
-            if entry is not None and entry[1]() is self:
-                del _OWNERS[key]
+        ownership.release(self._claimed, self)
         self._claimed = []
 
     @contextlib.contextmanager

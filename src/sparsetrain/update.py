@@ -31,7 +31,7 @@ import torch
 from . import capture, scores
 from .algorithms.base import UpdateContext
 from .masks import LayerState
-from .sparse.linear import LowRankGrad
+from .sparse.lowrank import LowRankGrad
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sparsifier import Sparsifier

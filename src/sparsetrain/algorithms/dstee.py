@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import InputError, InputTypeError
+from ..errors import InputError
 from ..bits import SparseCounts
 from .base import Algorithm
 

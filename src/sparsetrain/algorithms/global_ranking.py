@@ -25,7 +25,7 @@ from typing import Type
 
 import torch
 
-from ..errors import InputError, InputTypeError
+from ..errors import InputError
 from .._util import global_topk
 from .base import Algorithm
 from .dstee import DSTEE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InputError, InputTypeError
+from ..errors import InputError
 from .. import scores
 from .base import Algorithm
 

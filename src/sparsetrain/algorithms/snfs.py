@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InputError, InputTypeError
+from ..errors import InputError
 from .base import Algorithm
 
 __all__ = ["SNFS", "REDISTRIBUTIONS", "apportion"]

@@ -13,6 +13,8 @@ A :class:`~sparsetrain.Sparsifier` drives SparseLinear layers exactly like maske
 """
 
 from .export import compressed_size, load_compressed, save_compressed
-from .linear import LowRankGrad, SparseLinear, to_dense, to_sparse
+from .convert import to_dense, to_sparse
+from .linear import SparseLinear
+from .lowrank import LowRankGrad
 
 __all__ = ["SparseLinear", "LowRankGrad", "to_sparse", "to_dense", "save_compressed", "load_compressed", "compressed_size"]

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ..sparse.linear import LowRankGrad, SparseLinear, form_dense_grad
+from ..sparse.linear import SparseLinear, form_dense_grad
+from ..sparse.lowrank import LowRankGrad
 from .base import Hooks, Storage
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -39,7 +39,7 @@ import torch
 
 from .. import scores
 from ..masks import in_sorted, sample_free_positions
-from ..sparse.linear import LowRankGrad
+from ..sparse.lowrank import LowRankGrad
 from ..update import layer_record
 from .compressed import CompressedStorage
 
