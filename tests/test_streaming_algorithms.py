@@ -540,3 +540,45 @@ def test_dstee_block_scores_equal_the_dense_acquisition(monkeypatch, kwargs):
         torch.testing.assert_close(blocks, dense, rtol=3e-7, atol=0)
     else:
         assert torch.equal(blocks, dense)
+
+
+@pytest.mark.parametrize("make_opt, key, value", [
+    (lambda p: torch.optim.Rprop(p, lr=0.01, step_sizes=(0.0, 50.0)), "step_size", 0.01),
+    (lambda p: torch.optim.Adagrad(p, lr=0.05, initial_accumulator_value=0.1), "sum", 0.1),
+])
+def test_regrown_weights_get_a_new_parameters_state_on_every_storage(monkeypatch, make_opt, key, value):
+    # Rprop's step sizes and Adagrad's accumulator start away from zero; a regrown weight's state
+    # is a new parameter's on compressed and streaming layers as on masked ones, and the three agree.
+    # Adagrad creates its state in its constructor, before the Sparsifier shrinks a compressed
+    # layer's values: that state must follow the positions (it crashed the first step otherwise)
+    states = {}
+    for kind in ("masked", "compressed", "streaming"):
+        _thresholds(monkeypatch, LIMIT if kind == "streaming" else 1 << 40, block=64)
+        model = _mlp()
+        if kind != "masked":
+            to_sparse(model)
+        optimizer = make_opt(model.parameters())
+        sp = st.Sparsifier(model, optimizer, st.SET(density=0.3, update_interval=3, end=None, drop_schedule="constant"),
+                           total_steps=10)
+        data = _data()
+        before = None
+        for i in range(3):  # the update follows the third step
+            if i == 2:
+                before = {n: m.clone() for n, m in sp.masks.items()}
+            x, y = data[i % len(data)]
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            assert_invariants(sp, optimizer)
+        assert sp.updates == 1
+        states[kind] = {n: _momentum(sp, optimizer, n, key) for n in sp.layers}
+        sparse = [(n, l) for n, l in sp.layers.items() if not l.is_dense]  # ERK leaves the last layer dense
+        assert len(sparse) == 2
+        for name, layer in sparse:
+            assert layer.index_backed == (kind == "streaming")
+            grown = sp.masks[name] & ~before[name]
+            assert grown.any()
+            assert torch.all(states[kind][name][grown] == value), f"{kind}: {key} of regrown {name} is not fresh"
+    for name in states["masked"]:  # equal up to the kernels' rounding of the gradients
+        torch.testing.assert_close(states["compressed"][name], states["masked"][name])
+        torch.testing.assert_close(states["streaming"][name], states["masked"][name])

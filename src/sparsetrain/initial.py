@@ -96,7 +96,7 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
             storage=storage,
         )
         if indexed:
-            storage.realise_at(positions, values)
+            storage.realise_at(positions, values, optimizer)
             layer.set_mask(None)  # the storage now holds the pattern
         else:
             storage.realise(layer, optimizer, values)

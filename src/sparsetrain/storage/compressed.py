@@ -81,8 +81,33 @@ class CompressedStorage(Storage):
         if values is None:
             dense = self.module.dense_weight()
             values = dense[layer.mask.to(dense.device)]
+        old = self._pattern()
         # keep only the chosen weights: memory ∝ nnz from here on
         self.module.set_structure(layer.mask, values.to(self.param.device), reallocate=True)
+        self._carry_state(optimizer, old)
+
+    def _pattern(self) -> tuple[torch.Tensor, int, int]:
+        """The stored pattern's flat positions, its nnz and the length of ``values`` (before a reallocation)."""
+        module = self.module
+        flat = torch.empty(0, dtype=torch.int64, device=self.param.device) if module.deferred else module.flat_index()
+        return flat, (0 if module.deferred else module.nnz), self.param.numel()
+
+    @torch.no_grad()
+    def _carry_state(self, optimizer: Optional[torch.optim.Optimizer], old: tuple[torch.Tensor, int, int]) -> None:
+        """After the layer was set up on a new pattern: optimizer state that already existed for the
+        old ``values`` (an optimizer that creates it eagerly, as Adagrad does, or steps taken before
+        the Sparsifier) follows its positions; positions not stored before start at zero. O(nnz)."""
+        state = optimizer.state.get(self.param) if optimizer is not None else None
+        if not state:
+            return
+        old_flat, old_nnz, old_len = old
+        new_flat = self.module.flat_index()
+        at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
+        found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
+        for key, v in list(state.items()):
+            if torch.is_tensor(v) and v.dim() == 1 and v.numel() == old_len:
+                kept = v[:old_nnz].index_select(0, at) if old_nnz else v.new_zeros(new_flat.numel())
+                state[key] = torch.where(found, kept, torch.zeros((), dtype=v.dtype, device=v.device)).to(v.dtype)
 
     # -- the dense view of an update ------------------------------------------------------
     def begin_update(self) -> None:
@@ -130,8 +155,9 @@ class CompressedStorage(Storage):
                     source: Optional[torch.Tensor] = None) -> None:
         """Rebuild the CSR for mask ``new`` with ``new_values`` (row-major; ``new_flat``: their flat
         positions, if known; ``new=None``: the pattern is ``new_flat``, no dense mask) and move the
-        optimizer state along: kept positions take theirs, grown ones start at zero; O(nnz), no
-        dense temporaries. ``source``: for each new entry the index of its entry in the old pattern,
+        optimizer state along: kept positions take theirs, grown ones start as a new parameter's
+        would (zero, but Rprop's step size and Adagrad's initial accumulator); O(nnz), no dense
+        temporaries. ``source``: for each new entry the index of its entry in the old pattern,
         or ``-1`` where it had none, if the caller knows it (else it is searched for)."""
         module = self.module
         values = module.values
@@ -148,9 +174,12 @@ class CompressedStorage(Storage):
                     new_flat = new.reshape(-1).nonzero().squeeze(1)
                 at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
                 found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
+            fresh = self.fresh_state_values(optimizer, values)  # Rprop's step size, Adagrad's sum: not 0
             for key, v in state.items():
                 if torch.is_tensor(v) and v.shape == values.shape:
-                    moved[key] = torch.where(found, v[:old_nnz].index_select(0, at) if old_nnz else 0, 0).to(v.dtype)
+                    start = fresh.get(key, 0.0)
+                    moved[key] = torch.where(found, v[:old_nnz].index_select(0, at) if old_nnz else start,
+                                             start).to(v.dtype)
         resized = (module.set_structure_at(new_flat, new_values) if new is None
                    else module.set_structure(new, new_values))
         if resized:

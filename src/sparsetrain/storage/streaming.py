@@ -99,14 +99,18 @@ class StreamingStorage(CompressedStorage):
         return self.module.mask()
 
     @torch.no_grad()
-    def realise_at(self, positions: torch.Tensor, values: Optional[torch.Tensor] = None) -> None:
+    def realise_at(self, positions: torch.Tensor, values: Optional[torch.Tensor] = None,
+                   optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """:meth:`realise` from sorted flat ``positions`` (no dense mask): ``values`` for a deferred
-        layer, else the module's weights at those positions."""
+        layer, else the module's weights at those positions; ``optimizer``: state it already holds for
+        ``values`` follows the positions."""
         module = self.module
         if values is None:
             values = module.dense_weight().reshape(-1)[positions] if module.dense_pattern else \
                 module.active_values().detach()[torch.searchsorted(module.flat_index(), positions)]
+        old = self._pattern()
         module.set_structure_at(positions, values.to(self.param.device), reallocate=True)
+        self._carry_state(optimizer, old)
 
     def stream_growth(self, layer: "LayerState", rule: Any) -> Optional[str]:
         if layer.is_dense or 4 * layer.n_active >= layer.numel:  # the dense path ranks differently there
