@@ -54,10 +54,27 @@ def test_report_aggregates_hand_made_run_directories(tmp_path):
     assert cli.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
     text = (out / "results.md").read_text()
     assert "| rigl | 95% | 82.00 ± 2.83 | 2 |" in text and "| dense | 0% | 90.00 | 1 |" in text
+    assert "Protocol: not stated (name it with --protocol)" in text  # never a protocol the runs did not follow
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
     assert cli.main(["report", str(tmp_path / "missing"), "--out", str(out)]) == 2  # a typo'd directory
     (tmp_path / "empty").mkdir()
     assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1  # no results in it
+
+
+def test_report_reads_the_protocol_line_from_the_runs_unless_named(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in (0, 1):
+        r = _result("rigl", 0.1, seed, 0.4)
+        r["config"].update(model="gpt-mini", dataset="text:stdlib", epochs=10, batch_size=32, optimizer="adamw",
+                           lr=1e-3, schedule="cosine")
+        (runs / f"r{seed}.json").write_text(json.dumps(r))
+    out = tmp_path / "rep"
+    assert cli.main(["report", str(runs), "--out", str(out)]) == 0
+    assert ("Protocol: gpt-mini on text:stdlib 10 epochs batch 32 adamw lr 0.001 cosine schedule (read from the "
+            "runs' settings; name it with --protocol)") in (out / "results.md").read_text()
+    assert cli.main(["report", str(runs), "--out", str(out), "--protocol", "text-gpt"]) == 0
+    assert "Protocol: text-gpt\n" in (out / "results.md").read_text()
 
 
 def test_compare_resume_skips_finished_runs(tmp_path, capsys):

@@ -271,6 +271,19 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
 
 
 # ---------------------------------------------------------------------------- main
+def _describe_runs(results) -> str:
+    """A protocol line read from the runs' own settings (for ``report`` without ``--protocol``)."""
+    def values(key):
+        seen = sorted({str(r["config"][key]) for r in results if r["config"].get(key) is not None})
+        return "/".join(seen) if seen else None
+
+    parts = [(values("model"), "{}"), (values("dataset"), "on {}"), (values("epochs"), "{} epochs"),
+             (values("batch_size"), "batch {}"), (values("optimizer"), "{}"), (values("lr"), "lr {}"),
+             (values("schedule"), "{} schedule")]
+    said = " ".join(form.format(v) for v, form in parts if v is not None)
+    return (f"{said} (read from the runs' settings; " if said else "not stated (") + "name it with --protocol)"
+
+
 def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: float,
                   commit: Optional[str] = None) -> tuple[str, list[Path]]:
     table = write_report(out, results, command, title, protocol, wall, commit)
@@ -397,7 +410,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dirs", nargs="+", help="directories searched recursively for run results (JSON, summary.json)")
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--title", default="Accuracy comparison", help="title of results.md and the plots")
-    rep.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line")
+    rep.add_argument("--protocol", default=None,
+                     help="protocol line (default: the runs' model, dataset, epochs, batch and optimizer)")
     rep.add_argument("--command-note", default="", help="the command(s) that produced the runs, for results.md")
     rep.add_argument("--methods", default=None, help="only these methods (comma-separated table labels; default: all)")
     rep.add_argument("--densities", default=None, help="only these densities (comma-separated; dense is always kept)")
@@ -636,7 +650,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         out.mkdir(parents=True, exist_ok=True)
         wall = sum(r["wall_time_s"] for r in results)
         note = args.command_note or command
-        table, plots = _report_files(out, results, note, args.title, args.protocol, wall)
+        table, plots = _report_files(out, results, note, args.title, args.protocol or _describe_runs(results), wall)
         print(table)
         print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {len(plots)} plots" if plots else ""))
         return 0
