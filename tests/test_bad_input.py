@@ -505,3 +505,22 @@ def test_a_seed_beyond_64_bits_is_an_input_error():
     with pytest.raises(InputError) as info:  # was "Overflow when unpacking long long" from the generator
         st.Sparsifier(*_mlp(), "rigl", density=0.1, total_steps=1000, seed=2**70)
     _says(info.value, "seed", "64 bits")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_weight_replaced_after_attaching_is_refused_at_the_next_update(compressed):
+    # the replacement would train dense and unseen by the Sparsifier (and its optimizer)
+    model, _ = _mlp()
+    if compressed:
+        st.sparse.to_sparse(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sp = st.Sparsifier(model, opt, st.SET(density=0.3, update_interval=2), total_steps=20)
+    _train(model, opt, 2)
+    assert sp.updates == 1  # untouched: updates run
+    if compressed:
+        model[0] = nn.Linear(model[0].in_features, model[0].out_features)
+    else:
+        model[0].weight = nn.Parameter(torch.randn_like(model[0].weight))
+    with pytest.raises(InputError) as err:
+        _train(model, opt, 2)
+    _says(str(err.value), "0.weight", "replaced", "before creating the optimizer")

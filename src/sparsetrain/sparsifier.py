@@ -380,9 +380,28 @@ class Sparsifier:
         :meth:`request_update`, which is how to get a dense gradient for it) every sparse layer
         drops that fraction of its active weights by ``drop`` and regrows as many by ``grow``.
         """
+        self._check_parameters_current()
         if drop_fraction is None:
             return run_update(self, self.algorithm)
         return run_update(self, ForcedUpdate(self.algorithm, drop_fraction, grow or "gradient", drop))
+
+    def _check_parameters_current(self) -> None:
+        """Refuse to go on if a sparse weight was replaced in the model after attaching
+        (``model.fc.weight = nn.Parameter(...)``): the new one would train dense, unseen."""
+        for layer in self.layers.values():
+            module_name, _, attr = layer.name.rpartition(".")
+            try:
+                module = self.model.get_submodule(module_name)
+            except AttributeError:
+                module = None
+            held = layer.sparse_module if layer.sparse_module is not None else layer.param
+            now = module if layer.sparse_module is not None else getattr(module, attr, None)
+            if now is not held:
+                raise InputError(
+                    f"{layer.name} is no longer the {'layer' if layer.sparse_module is not None else 'parameter'} "
+                    "this Sparsifier was built on: it was replaced in the model after attaching, so the new one "
+                    "would train dense and unseen; replace weights before creating the optimizer and the Sparsifier "
+                    "(or call .remove() and build a new Sparsifier and optimizer)")
 
     # ------------------------------------------------------------------ metrics
     @property
