@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
-    SUP_SUFFIX, aggregate, format_table, git_commit, load_runs, make_plots, write_report,
+    SUP_SUFFIX, aggregate, describe_runs, format_table, git_commit, load_runs, make_plots, one_setup, write_report,
 )
 
 __all__ = ["main", "format_table", "aggregate", "load_config", "sweep"]
@@ -271,19 +271,6 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
 
 
 # ---------------------------------------------------------------------------- main
-def _describe_runs(results) -> str:
-    """A protocol line read from the runs' own settings (for ``report`` without ``--protocol``)."""
-    def values(key):
-        seen = sorted({str(r["config"][key]) for r in results if r["config"].get(key) is not None})
-        return "/".join(seen) if seen else None
-
-    parts = [(values("model"), "{}"), (values("dataset"), "on {}"), (values("epochs"), "{} epochs"),
-             (values("batch_size"), "batch {}"), (values("optimizer"), "{}"), (values("lr"), "lr {}"),
-             (values("schedule"), "{} schedule")]
-    said = " ".join(form.format(v) for v, form in parts if v is not None)
-    return (f"{said} (read from the runs' settings; " if said else "not stated (") + "name it with --protocol)"
-
-
 def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: float,
                   commit: Optional[str] = None) -> tuple[str, list[Path]]:
     table = write_report(out, results, command, title, protocol, wall, commit)
@@ -466,38 +453,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
 
 
-def _one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> list:
-    """The results of one dataset and model (``dataset``/``model`` select them); an :class:`InputError`
-    naming the setups if they mix several: their accuracies are not comparable, let alone averageable."""
-    from .experiments.data import dataset_name
-
-    def ds(r):
-        name = r["config"].get("dataset")
-        try:
-            return dataset_name(name) if name is not None else None
-        except ValueError:
-            return str(name)
-
-    if dataset is not None:
-        try:
-            want = dataset_name(dataset)
-        except ValueError:
-            want = dataset
-        results = [r for r in results if ds(r) == want]
-    if model is not None:
-        results = [r for r in results if str(r["config"].get("model", "")).lower() == model.lower()]
-    setups: dict[tuple, int] = {}
-    for r in results:
-        key = (ds(r), r["config"].get("model"))
-        setups[key] = setups.get(key, 0) + 1
-    if len(setups) > 1:
-        listed = ", ".join(f"{d}/{m} ({n} run{'s' if n > 1 else ''})" for (d, m), n in setups.items())
-        raise InputError(f"the runs are of {len(setups)} different setups (dataset/model: {listed}), whose accuracies "
-                         "must not be averaged together: report them one at a time, with --dataset and --model, or "
-                         "from separate directories")
-    return results
-
-
 def _launch(nproc: int, argv: list[str]) -> int:
     """Re-run this command under torchrun (PyTorch's own launcher) with ``nproc`` processes."""
     import subprocess
@@ -643,14 +598,14 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             ds = _numbers("--densities", args.densities, float)
             results = [r for r in results if r["config"]["method"] == "dense"
                        or any(abs(r["config"]["density"] - d) < 1e-9 for d in ds)]
-        results = _one_setup(results, args.dataset, args.model)
+        results = one_setup(results, args.dataset, args.model)
         if not results:
             print(f"no run results found under {', '.join(args.dirs)}", file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
         wall = sum(r["wall_time_s"] for r in results)
         note = args.command_note or command
-        table, plots = _report_files(out, results, note, args.title, args.protocol or _describe_runs(results), wall)
+        table, plots = _report_files(out, results, note, args.title, args.protocol or describe_runs(results), wall)
         print(table)
         print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {len(plots)} plots" if plots else ""))
         return 0

@@ -15,12 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..errors import InputError
 from .paired import SUP_SUFFIX, report_sections  # SUP_SUFFIX is re-exported (config and grid read it here)
 
 __all__ = [
     "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
     "plot_learning_curves", "plot_itop", "plot_accuracy_vs_itop", "plot_turnover", "plot_layer_density", "make_plots",
-    "git_commit",
+    "git_commit", "one_setup", "describe_runs",
 ]
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -410,3 +411,48 @@ def make_plots(results, out: Path, title: str) -> list[Path]:
         plot_accuracy_vs_itop(results, out / "accuracy_vs_itop_rate.png", title),
     ]
     return [p for p in made if p is not None]
+
+
+def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> list:
+    """The results of one dataset and model (``dataset``/``model`` select them); an :class:`InputError`
+    naming the setups if they mix several: their accuracies are not comparable, let alone averageable."""
+    from .data import dataset_name
+
+    def ds(r):
+        name = r["config"].get("dataset")
+        try:
+            return dataset_name(name) if name is not None else None
+        except ValueError:
+            return str(name)
+
+    if dataset is not None:
+        try:
+            want = dataset_name(dataset)
+        except ValueError:
+            want = dataset
+        results = [r for r in results if ds(r) == want]
+    if model is not None:
+        results = [r for r in results if str(r["config"].get("model", "")).lower() == model.lower()]
+    setups: dict[tuple, int] = {}
+    for r in results:
+        key = (ds(r), r["config"].get("model"))
+        setups[key] = setups.get(key, 0) + 1
+    if len(setups) > 1:
+        listed = ", ".join(f"{d}/{m} ({n} run{'s' if n > 1 else ''})" for (d, m), n in setups.items())
+        raise InputError(f"the runs are of {len(setups)} different setups (dataset/model: {listed}), whose accuracies "
+                         "must not be averaged together: report them one at a time, with --dataset and --model, or "
+                         "from separate directories")
+    return results
+
+
+def describe_runs(results) -> str:
+    """A protocol line read from the runs' own settings (for ``report`` without ``--protocol``)."""
+    def values(key):
+        seen = sorted({str(r["config"][key]) for r in results if r["config"].get(key) is not None})
+        return "/".join(seen) if seen else None
+
+    parts = [(values("model"), "{}"), (values("dataset"), "on {}"), (values("epochs"), "{} epochs"),
+             (values("batch_size"), "batch {}"), (values("optimizer"), "{}"), (values("lr"), "lr {}"),
+             (values("schedule"), "{} schedule")]
+    said = " ".join(form.format(v) for v, form in parts if v is not None)
+    return (f"{said} (read from the runs' settings; " if said else "not stated (") + "name it with --protocol)"
