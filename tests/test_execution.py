@@ -27,3 +27,26 @@ def test_dense_layers_never_convert_and_measuring_can_be_off(cache, monkeypatch)
     assert sparse_layer_faster(64, 64, 8, autotune.DEFAULT_BREAK_EVEN / 2)
     assert not sparse_layer_faster(64, 64, 8, autotune.DEFAULT_BREAK_EVEN * 2)
     assert autotune.decisions() == {}
+
+
+@pytest.mark.skipif(not kernels.native_available(), reason="the compiled kernels do not build here")
+def test_token_shaped_layers_are_measured_in_their_own_layout(cache, monkeypatch):
+    # a transformer's projection sees (batch, seq, width) and returns row-major outputs: it is
+    # measured that way and cached apart from a 2-D layer with as many rows
+    shapes = []
+    measured = autotune.measured_choice
+
+    def spy(key, a, b, names, reps):
+        if key.startswith("layer "):  # not the kernels' own choices made inside the layer
+            # the input the sparse step multiplies (a free variable of its closure)
+            free = dict(zip(a.__code__.co_freevars, (c.cell_contents for c in a.__closure__)))
+            shapes.append((key, tuple(free["x"].shape)))
+        return measured(key, a, b, names, reps)
+
+    monkeypatch.setattr(autotune, "measured_choice", spy)
+    sparse_layer_faster(64, 64, 4, 0.05, reps=1, seq=16)
+    sparse_layer_faster(64, 64, 64, 0.05, reps=1)
+    (k3, s3), (k2, s2) = shapes
+    assert s3 == (4, 16, 64) and s2 == (64, 64)
+    assert k3 != k2 and k3.endswith("btd16")
+    assert {k for k in autotune.decisions() if k.startswith("layer ")} == {k3, k2}

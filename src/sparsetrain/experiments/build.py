@@ -131,8 +131,10 @@ def convert_execution(cfg: RunConfig, model: nn.Module, algorithm) -> list[str]:
             from ..sparse import kernels
 
             kernels.set_backend(cfg.kernels)  # measure the kernels the run will use
+        seq = getattr(model, "context", None)  # a language model's layers see (batch, context, width)
         chosen = {n for n, m in linears.items() if dens.get(n, 1.0) < 1.0
-                  and sparse_layer_faster(m.in_features, m.out_features, cfg.batch_size, dens[n])}
+                  and sparse_layer_faster(m.in_features, m.out_features, cfg.batch_size, dens[n],
+                                          seq=seq if isinstance(seq, int) else None)}
     if chosen:
         from ..sparse import kernels, to_sparse
 
