@@ -98,3 +98,46 @@ def test_an_unusable_trainer_is_one_clear_error(index, stepping, words):
         cb.on_fit_start(trainer, model)
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+class TwoOptimizers(pl.LightningModule):
+    """A GAN-like module: a generator and a discriminator, each with its own optimizer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.g = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.d = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        og, od = self.optimizers()
+        x = batch[0]
+        fake = self.g(torch.randn_like(x))
+        og.zero_grad()
+        self.manual_backward(-self.d(fake).mean())
+        og.step()
+        od.zero_grad()
+        self.manual_backward(self.d(fake.detach()).mean() - self.d(x).mean())
+        od.step()
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.g.parameters(), lr=0.01, momentum=0.9),
+                torch.optim.SGD(self.d.parameters(), lr=0.01, momentum=0.9)]
+
+
+def test_with_several_optimizers_only_the_chosen_ones_weights_are_sparse(tmp_path):
+    # the other optimizer's weights used to be selected too, and the Sparsifier refused them
+    cb = SparsetrainCallback(st.RigL(density=0.25, update_interval=4, end=None), optimizer_index=0)
+    model = TwoOptimizers()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path), enable_checkpointing=False,
+                         callbacks=[cb])
+    trainer.fit(model, _loader())
+    sp = cb.sparsifier
+    assert set(sp.masks) == {"g.0.weight", "g.2.weight"}
+    assert sp.step == 12 and sp.updates == 3
+    for n in sp.masks:
+        p = model.get_parameter(n)
+        assert bool((p[~sp.masks[n]] == 0).all()) and int(sp.masks[n].sum()) == sp.layers[n].n_active
+    assert bool((model.d[0].weight != 0).all())  # the discriminator trained dense

@@ -14,6 +14,7 @@ the trainer's logger after each topology update.
 
 from __future__ import annotations
 
+import logging
 import math
 
 from typing import Any, Optional, Union
@@ -31,6 +32,8 @@ from ..sparsifier import Sparsifier
 
 __all__ = ["SparsetrainCallback"]
 
+log = logging.getLogger(__name__)
+
 
 class SparsetrainCallback(pl.Callback):
     """Keep the LightningModule sparse with ``algorithm`` while the trainer fits it.
@@ -38,7 +41,8 @@ class SparsetrainCallback(pl.Callback):
     Args:
         algorithm: an :class:`~sparsetrain.Algorithm` or a registered name (then
             ``sparsifier_kwargs`` may hold the algorithm's arguments, e.g. ``density``).
-        optimizer_index: which of the trainer's optimizers holds the sparse parameters.
+        optimizer_index: which of the trainer's optimizers holds the sparse parameters. With several
+            optimizers and no ``include=``, the weights the others hold stay dense.
         **sparsifier_kwargs: passed to :class:`~sparsetrain.Sparsifier` (``include``, ``exclude``,
             ``dense``, ``track_usage``, ...).
 
@@ -74,10 +78,21 @@ class SparsetrainCallback(pl.Callback):
             raise ValueError("SparsetrainCallback needs the run's length to plan its topology updates: set "
                              "Trainer(max_steps=...) or max_epochs with a dataloader of known length")
         total = int(total)
+        kwargs = dict(self.sparsifier_kwargs)
+        if n > 1 and "include" not in kwargs:
+            # several optimizers (a GAN's generator and discriminator): by default only the weights of
+            # the chosen one are sparse; the others' optimizers would not keep their masks
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            others = [name for name, p in pl_module.named_parameters() if id(p) not in held and p.dim() >= 2]
+            if others:
+                log.info("sparsetrain: %d weights belong to other optimizers than #%d and stay dense: %s",
+                         len(others), self.optimizer_index, others)
+                exclude = kwargs.get("exclude") or []
+                kwargs["exclude"] = (list(exclude) if isinstance(exclude, (list, tuple)) else [exclude]) + others
         # on resume Lightning restored the weights and optimizer state before this hook: attach
         # with the saved masks rather than a fresh draw
         self.sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, total_steps=total, state=self._pending,
-                                     **self.sparsifier_kwargs)
+                                     **kwargs)
         self._pending = None
         self._logged = len(self.sparsifier.history)
 
