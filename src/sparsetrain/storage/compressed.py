@@ -96,7 +96,8 @@ class CompressedStorage(Storage):
     def _carry_state(self, optimizer: Optional[torch.optim.Optimizer], old: tuple[torch.Tensor, int, int]) -> None:
         """After the layer was set up on a new pattern: optimizer state that already existed for the
         old ``values`` (an optimizer that creates it eagerly, as Adagrad does, or steps taken before
-        the Sparsifier) follows its positions; positions not stored before start at zero. O(nnz)."""
+        the Sparsifier) follows its positions; positions not stored before start as a new
+        parameter's would (see :meth:`fresh_state_values`). O(nnz)."""
         state = optimizer.state.get(self.param) if optimizer is not None else None
         if not state:
             return
@@ -104,10 +105,12 @@ class CompressedStorage(Storage):
         new_flat = self.module.flat_index()
         at = torch.searchsorted(old_flat, new_flat).clamp_(max=max(old_nnz - 1, 0))
         found = (old_flat[at] == new_flat) if old_nnz else torch.zeros_like(new_flat, dtype=torch.bool)
+        fresh = self.fresh_state_values(optimizer, self.param)
         for key, v in list(state.items()):
             if torch.is_tensor(v) and v.dim() == 1 and v.numel() == old_len:
-                kept = v[:old_nnz].index_select(0, at) if old_nnz else v.new_zeros(new_flat.numel())
-                state[key] = torch.where(found, kept, torch.zeros((), dtype=v.dtype, device=v.device)).to(v.dtype)
+                start = torch.full((), fresh.get(key, 0.0), dtype=v.dtype, device=v.device)
+                kept = v[:old_nnz].index_select(0, at) if old_nnz else start.expand(new_flat.numel())
+                state[key] = torch.where(found, kept, start)
 
     # -- the dense view of an update ------------------------------------------------------
     def begin_update(self) -> None:
