@@ -126,10 +126,14 @@ class TwoOptimizers(pl.LightningModule):
                 torch.optim.SGD(self.d.parameters(), lr=0.01, momentum=0.9)]
 
 
-def test_with_several_optimizers_only_the_chosen_ones_weights_are_sparse(tmp_path):
-    # the other optimizer's weights used to be selected too, and the Sparsifier refused them
+@pytest.mark.parametrize("truly_sparse_d", [False, True])
+def test_with_several_optimizers_only_the_chosen_ones_weights_are_sparse(tmp_path, truly_sparse_d):
+    # the other optimizer's weights used to be selected too, and the Sparsifier refused them (also
+    # when they are truly sparse layers, whose 1-D values are selected as "<layer>.weight")
     cb = SparsetrainCallback(st.RigL(density=0.25, update_interval=4, end=None), optimizer_index=0)
     model = TwoOptimizers()
+    if truly_sparse_d:
+        st.sparse.to_sparse(model.d)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(tmp_path), enable_checkpointing=False,
                          callbacks=[cb])
@@ -140,4 +144,5 @@ def test_with_several_optimizers_only_the_chosen_ones_weights_are_sparse(tmp_pat
     for n in sp.masks:
         p = model.get_parameter(n)
         assert bool((p[~sp.masks[n]] == 0).all()) and int(sp.masks[n].sum()) == sp.layers[n].n_active
-    assert bool((model.d[0].weight != 0).all())  # the discriminator trained dense
+    d0 = model.d[0].dense_weight() if truly_sparse_d else model.d[0].weight
+    assert bool((d0 != 0).all())  # the discriminator trained dense

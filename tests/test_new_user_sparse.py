@@ -293,6 +293,24 @@ def test_a_compressed_checkpoint_loads_into_a_dense_model(tmp_path):
     assert again[0].nnz == model[0].nnz or again[0].nnz == int((model[0].dense_weight() != 0).sum())
 
 
+def test_a_converted_model_never_given_a_mask_loads_into_a_dense_model(tmp_path):
+    # its layers hold every position and no CSR yet: the saved shape used to read as [-1, -1]
+    torch.manual_seed(0)
+    model = to_sparse(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
+    path = tmp_path / "fresh.pt"
+    st.sparse.save_compressed(model, path)
+    dense = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    dense.load_state_dict(st.sparse.load_compressed(path, dense=True))
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(dense(x), model(x))
+    again = to_sparse(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
+    again.load_state_dict(st.sparse.load_compressed(path))  # the weights were cut to nothing before
+    torch.testing.assert_close(again(x), model(x))
+    st.sparse.save_compressed(model.state_dict(), path)  # from a state dict: the bias gives the rows
+    dense.load_state_dict(st.sparse.load_compressed(path, dense=True))
+    torch.testing.assert_close(dense(x), model(x))
+
+
 def test_a_compiled_model_trains_like_the_eager_one():
     """torch.compile breaks the graph at each SparseLinear (its kernels and autotuning run eagerly)."""
     runs = []

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 # optimizer -> the Sparsifier attached to it (two sparsifiers on one optimizer would fight)
 _ATTACHED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsifier]" = weakref.WeakKeyDictionary()
+_OWNERS = ownership._OWNERS  # the registry moved to ownership.py (ownership.held_by); kept for old readers
 
 
 def _whole_steps(total_steps: Any) -> Optional[int]:

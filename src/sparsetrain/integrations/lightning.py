@@ -83,7 +83,12 @@ class SparsetrainCallback(pl.Callback):
             # several optimizers (a GAN's generator and discriminator): by default only the weights of
             # the chosen one are sparse; the others' optimizers would not keep their masks
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            others = [name for name, p in pl_module.named_parameters() if id(p) not in held and p.dim() >= 2]
+            theirs = {id(p) for i, other in enumerate(trainer.optimizers) if i != self.optimizer_index
+                      for group in other.param_groups for p in group["params"] if id(p) not in held}
+            # by the name a weight is selected under: a truly sparse layer's 1-D ``values`` as "<layer>.weight"
+            others = [f"{name}.weight" if name else "weight" for name, m in pl_module.named_modules()
+                      if id(getattr(m, "values", None)) in theirs and hasattr(m, "weight_shape")]
+            others += [name for name, p in pl_module.named_parameters() if id(p) in theirs and p.dim() >= 2]
             if others:
                 log.info("sparsetrain: %d weights belong to other optimizers than #%d and stay dense: %s",
                          len(others), self.optimizer_index, others)

@@ -61,13 +61,21 @@ def _compress(model_or_state, masks: Optional[Mapping[str, torch.Tensor]]) -> di
     # SparseLinear: values (padding cut) + CSR are stored; the transpose is rebuilt at load. The dense
     # shape is recorded (the CSR alone does not say the number of columns)
     shapes = {}
+    if isinstance(model_or_state, nn.Module):  # the layers know their shape, even before any mask
+        from .linear import SparseLinear
+
+        shapes = {(f"{n}." if n else ""): list(m.weight_shape) for n, m in model_or_state.named_modules()
+                  if isinstance(m, SparseLinear)}
     for key in [k for k in state if k.endswith(".col_indices") or k == "col_indices"]:
         prefix = key[: -len("col_indices")]
         if prefix + "t_perm" in state and prefix + "values" in state:
-            shapes[prefix] = [state[prefix + "crow_indices"].numel() - 1, state[prefix + "t_crow_indices"].numel() - 1]
+            rows, cols = state[prefix + "crow_indices"].numel() - 1, state[prefix + "t_crow_indices"].numel() - 1
+            if prefix not in shapes and rows >= 0 and cols >= 0:  # (no CSR yet: a layer never given a mask)
+                shapes[prefix] = [rows, cols]
             for t in _TRANSPOSE:
                 state.pop(prefix + t, None)
-            state[prefix + "values"] = state[prefix + "values"][: state[key].numel()]
+            if state[prefix + "crow_indices"].numel():  # (a dense pattern has no CSR: all its values count)
+                state[prefix + "values"] = state[prefix + "values"][: state[key].numel()]
     masks = dict(masks or {})
     unknown = sorted(set(masks) - set(state))
     if unknown:
@@ -136,8 +144,10 @@ def _csr_to_dense(state: dict, shapes: dict, path) -> None:
             continue
         rows = state[prefix + "crow_indices"].numel() - 1
         values, col = state[prefix + "values"], state[key].to(torch.int64)
-        if prefix in shapes:
-            cols = int(shapes[prefix][1])
+        if rows < 0 and prefix + "bias" in state:  # no CSR (a dense pattern): the bias gives the rows
+            rows = state[prefix + "bias"].numel()
+        if prefix in shapes and int(shapes[prefix][0]) >= 0 and int(shapes[prefix][1]) >= 0:
+            rows, cols = int(shapes[prefix][0]), int(shapes[prefix][1])
         elif col.numel() == 0 and rows > 0 and values.numel() % rows == 0:  # a dense pattern: values are the weight
             cols = values.numel() // rows
         else:
@@ -151,7 +161,7 @@ def _csr_to_dense(state: dict, shapes: dict, path) -> None:
         if col.numel() == 0 and values.numel() == rows * cols:
             state[prefix + "weight"] = values.reshape(rows, cols).clone()
             continue
-        weight = torch.zeros(rows, cols, dtype=values.dtype)
-        row_of = torch.repeat_interleave(torch.arange(rows), crow[1:] - crow[:-1])
+        weight = torch.zeros(rows, cols, dtype=values.dtype, device=values.device)
+        row_of = torch.repeat_interleave(torch.arange(rows, device=crow.device), crow[1:] - crow[:-1])
         weight[row_of, col] = values[: col.numel()]
         state[prefix + "weight"] = weight

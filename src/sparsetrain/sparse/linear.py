@@ -190,7 +190,10 @@ def _forget_grad_accumulator(param: torch.Tensor) -> None:
     gradient ... expected shape compatible with [old nnz]". Assigning ``.data`` of another dtype
     drops the cached node (a resize alone does not); the parameter's hooks live on the tensor and
     stay. Graphs from before the resize keep their old node and must not be backpropagated
-    through afterwards (their values are gone)."""
+    through afterwards (their values are gone). This relies on autograd's behaviour, not a
+    documented contract (tests/test_new_user_sparse.py catches a change), and anything that holds
+    the old node, such as DDP's reducer hooks, is disconnected: a compressed layer that changes
+    size is not supported under DDP."""
     data = param.data
     other = torch.float64 if data.dtype != torch.float64 else torch.float32
     param.data = torch.empty(0, dtype=other, device=data.device)
@@ -599,3 +602,16 @@ class SparseLinear(nn.Module):
 def _run_eagerly(module: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     """A SparseLinear's forward outside a compiled region (``torch.compile`` breaks the graph here)."""
     return module.forward(x)
+
+
+def __getattr__(name: str):
+    # to_sparse/to_dense moved to sparse/convert.py and LowRankGrad to sparse/lowrank.py; the old
+    # import paths keep working (with a DeprecationWarning)
+    moved = {"to_sparse": "convert", "to_dense": "convert", "LowRankGrad": "lowrank"}
+    if name in moved:
+        import importlib
+
+        warnings.warn(f"sparsetrain.sparse.linear.{name} moved: import it from sparsetrain.sparse", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(f".{moved[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
