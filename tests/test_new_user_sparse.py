@@ -122,17 +122,24 @@ def test_a_linear_used_twice_stays_one_layer():
     assert model[0] is model[2] and model[0].nnz == sp.layers["0.weight"].n_active
 
 
-def _trained_sparse_mlp(seed=0):
+def _trained_mlp(algorithm, sparse=True, rows=3, total=20, momentum=0.9, seed=0):
+    """An 8-16-4 MLP (truly sparse if ``sparse``) trained 3 steps with ``algorithm`` on one batch."""
     torch.manual_seed(seed)
-    model = to_sparse(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=2), total_steps=20)
-    x = torch.randn(3, 8)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    if sparse:
+        to_sparse(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    sp = st.Sparsifier(model, opt, algorithm, total_steps=total)
+    x = torch.randn(rows, 8)
     for _ in range(3):
         model(x).square().sum().backward()
         opt.step()
         opt.zero_grad()
     return model, sp, opt, x
+
+
+def _trained_sparse_mlp():
+    return _trained_mlp(st.RigL(density=0.3, update_interval=2))
 
 
 def test_copies_and_pickles_of_an_attached_model_do_not_carry_the_sparsifiers_hooks():
@@ -157,15 +164,7 @@ def test_copies_and_pickles_of_an_attached_model_do_not_carry_the_sparsifiers_ho
 
 
 def test_a_masked_checkpoint_loads_into_a_sparse_model():
-    torch.manual_seed(0)
-    dense = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    opt = torch.optim.SGD(dense.parameters(), lr=0.1)
-    sp = st.Sparsifier(dense, opt, st.SET(density=0.3, update_interval=2), total_steps=10)
-    x = torch.randn(5, 8)
-    for _ in range(3):
-        dense(x).square().sum().backward()
-        opt.step()
-        opt.zero_grad()
+    dense, _, _, x = _trained_mlp(st.SET(density=0.3, update_interval=2), sparse=False, rows=5, total=10, momentum=0.0)
     target = to_sparse(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
     target.load_state_dict(dense.state_dict())
     torch.testing.assert_close(target(x), dense(x))
