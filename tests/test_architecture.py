@@ -98,3 +98,15 @@ def test_the_library_never_imports_the_experiments_or_the_cli():
             continue
         bad = {e for e in edges if e.startswith(("sparsetrain.experiments", "sparsetrain.cli"))}
         assert not bad, f"{name} imports {sorted(bad)}"
+
+
+def test_importing_the_library_does_not_load_the_compiler_stack():
+    # torch._dynamo takes seconds to import: `import sparsetrain` (and so every CLI call) must not
+    # pay for it unless the user compiles
+    import subprocess
+    import sys
+
+    code = ("import sys, sparsetrain, sparsetrain.sparse, sparsetrain.cli; "
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

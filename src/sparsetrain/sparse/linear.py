@@ -530,7 +530,7 @@ class SparseLinear(nn.Module):
         if self._dense_pattern:  # before a mask is assigned: an ordinary dense layer
             return nn.functional.linear(x, self.values.view(self.weight_shape), self.bias)
         if torch.compiler.is_compiling():  # the kernels and the autotuning are not traceable: a graph break
-            return _run_eagerly(self, x)
+            return _eager_runner()(self, x)
         self._check_input(x)
         if torch.is_autocast_enabled(x.device.type):
             # the sparse products have no low-precision kernels (torch's CSR product on CPU has no
@@ -598,10 +598,20 @@ class SparseLinear(nn.Module):
                 f"nnz={self.nnz} ({self.nnz / max(n, 1):.4f}){pad}")
 
 
-@torch.compiler.disable
 def _run_eagerly(module: SparseLinear, x: torch.Tensor) -> torch.Tensor:
     """A SparseLinear's forward outside a compiled region (``torch.compile`` breaks the graph here)."""
     return module.forward(x)
+
+
+_EAGER: list = []
+
+
+def _eager_runner():
+    # torch.compiler.disable imports torch._dynamo (seconds): wrapped on first use under
+    # torch.compile, where dynamo is loaded anyway, not when sparsetrain is imported
+    if not _EAGER:
+        _EAGER.append(torch.compiler.disable(_run_eagerly))
+    return _EAGER[0]
 
 
 def __getattr__(name: str):
