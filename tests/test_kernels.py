@@ -1,7 +1,9 @@
 """The compiled SparseLinear kernels: exact products against dense references, backend choice, fallback."""
 
 import logging
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -32,6 +34,55 @@ def restore_backend():
 def test_the_kernels_build_on_a_machine_with_a_compiler():
     # CI has a compiler: a build failure must show up as a failure, not as a silent fallback
     assert kernels.native_available(), kernels.native_error()
+
+
+@needs_compiler
+def test_a_lock_left_by_a_killed_load_does_not_hang_the_next_process():
+    # torch's cpp_extension waits forever on the `lock` file of a process killed while loading the
+    # kernels (a Ctrl-C at start-up): the next process must remove it and load
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert kernels.native_available(), kernels.native_error()  # built (cached) before timing anything
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    lock = (Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_cpu"
+            / f"sparsetrain_kernels_{kernels.build_key()}" / "lock")
+    lock.touch()
+    try:
+        code = "from sparsetrain.sparse import kernels; print(kernels.native_available(), kernels.native_error())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    finally:
+        lock.unlink(missing_ok=True)
+    assert out.stdout.split() == ["True", "None"], out.stdout + out.stderr
+    assert "left by a process that stopped" in out.stderr
+
+
+def test_the_build_lock_removes_only_stale_torch_locks(tmp_path, monkeypatch, caplog):
+    (tmp_path / "lock").touch()
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__), kernels._build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()  # holding the OS lock: any torch lock is a dead process's
+    assert "stale" not in caplog.text and "left by a process" in caplog.text
+    # without flock (Windows) a fresh lock may be another process building: only an old one goes
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_fcntl(name, *args, **kwargs):
+        if name == "fcntl":
+            raise ImportError("no fcntl")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fcntl)
+    (tmp_path / "lock").touch()
+    with kernels._build_lock(tmp_path):
+        assert (tmp_path / "lock").exists()
+    old = time.time() - 3600
+    os.utime(tmp_path / "lock", (old, old))
+    with kernels._build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
 
 
 def _isas():

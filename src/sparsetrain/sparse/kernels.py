@@ -45,6 +45,7 @@ computes on CPU in float32 (a C++ compiler and ``ninja`` are needed: ``pip insta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -53,6 +54,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -121,8 +123,48 @@ def _build() -> None:
         here = Path(sys.executable).parent
         if (here / "ninja").exists():
             os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
-    cpp_extension.load(name=f"sparsetrain_kernels_{build_key()}", sources=[str(_SOURCE)],
-                       extra_cflags=build_flags(), extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    name = f"sparsetrain_kernels_{build_key()}"
+    # torch's own place for it (TORCH_EXTENSIONS_DIR moves it), named here so its lock is known
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    build_dir = Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(build_dir):
+        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=build_flags(), extra_ldflags=["-fopenmp"],
+                           build_directory=str(build_dir), is_python_module=False, verbose=False)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Holds ``build_dir`` for this process's load of the kernels, and removes a lock torch left there.
+
+    ``cpp_extension.load`` takes a ``lock`` file in the build directory for every load (the build, or
+    ninja's check that nothing changed) and waits, forever and silently, while one exists: a process
+    killed meanwhile (Ctrl-C at start-up) leaves it behind and every later process hangs. Loads are
+    serialised here with an OS lock that dies with its process (``flock``), so a ``lock`` file found
+    while holding it is stale. Where there is no ``flock`` (Windows), one older than 10 minutes is.
+    """
+    stale = build_dir / "lock"
+    try:
+        import fcntl
+    except ImportError:  # no flock: only an old lock counts as stale
+        fcntl = None
+    handle = open(build_dir / "sparsetrain.lock", "a+") if fcntl is not None else None
+    try:
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            age = time.time() - stale.stat().st_mtime
+        except FileNotFoundError:
+            age = None
+        if age is not None and (handle is not None or age > 600):
+            log.warning("sparsetrain: removing %s, left by a process that stopped while loading the compiled "
+                        "kernels (torch would wait for it forever)", stale)
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
 
 
 def native_available() -> bool:
