@@ -1,10 +1,12 @@
 #!/bin/sh
 # The long sweeps of issues 13 and 15, one after the other (each resumable; rerunning this continues
-# where it stopped). Log: results/science-queue.log. Never time a benchmark while this runs (it keeps
-# both cores busy).
+# where it stopped, finished runs are skipped). Log: results/science-queue.log. Never time a benchmark
+# while this runs (it keeps both cores busy). Order: the issue's first densities, Sup-tickets in the
+# reference regime, then the second densities (dstee-power 0.01, itop-time 0.05).
 cd "$(dirname "$0")/.."
 for s in results/text-gpt/command.sh results/fmnist-mlp-dstee-power/command.sh \
-         results/fmnist-mlp-itop-time/command.sh results/fmnist-mlp-suptickets-ref/command.sh; do
+         results/fmnist-mlp-itop-time/command.sh results/fmnist-mlp-suptickets-ref/command.sh \
+         results/fmnist-mlp-dstee-power/command-then.sh results/fmnist-mlp-itop-time/command-then.sh; do
   echo "=== $(date -u +%FT%TZ) $s"
   sh "$s"
 done
