@@ -271,7 +271,7 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
 
 
 # ---------------------------------------------------------------------------- main
-def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: float,
+def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: Optional[float],
                   commit: Optional[str] = None) -> tuple[str, list[Path]]:
     table = write_report(out, results, command, title, protocol, wall, commit)
     try:
@@ -603,9 +603,8 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             print(f"no run results found under {', '.join(args.dirs)}", file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
-        wall = sum(r["wall_time_s"] for r in results)
         note = args.command_note or command
-        table, plots = _report_files(out, results, note, args.title, args.protocol or describe_runs(results), wall)
+        table, plots = _report_files(out, results, note, args.title, args.protocol or describe_runs(results), None)
         print(table)
         print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {len(plots)} plots" if plots else ""))
         return 0

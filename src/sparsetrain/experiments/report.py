@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,7 +20,7 @@ from .paired import SUP_SUFFIX, report_sections  # SUP_SUFFIX is re-exported (co
 __all__ = [
     "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
     "plot_learning_curves", "plot_itop", "plot_accuracy_vs_itop", "plot_turnover", "plot_layer_density", "make_plots",
-    "git_commit", "one_setup", "describe_runs",
+    "git_commit", "provenance", "one_setup", "describe_runs",
 ]
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -82,12 +81,47 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def git_commit() -> str:
-    """The short hash of the checked-out commit of this package, or ``"unknown"``."""
+    """The short hash of the checked-out commit of this package, with ``+modified`` when the
+    package's sources differ from it, or ``"unknown"`` (not a git checkout)."""
+    here = Path(__file__).resolve().parents[1]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:  # noqa: BLE001 - not a git checkout
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, cwd=here)
+    except Exception:  # noqa: BLE001 - not a git checkout, no git
         return "unknown"
+    return head + ("+modified" if dirty.returncode == 1 else "")
+
+
+def provenance(results, wall: Optional[float] = None, commit: Optional[str] = None) -> str:
+    """The line under a table saying what made its runs: the commits (each run records the one it
+    was trained at), torch, the CPU and threads, and the run time summed over the runs — true after a
+    sweep resumed across sessions, unlike the time of the command that wrote the report (``wall``,
+    shown beside it when given)."""
+    import torch
+
+    def counted(values, missing: str) -> str:
+        counts: dict = {}
+        for v in values:
+            counts[v] = counts.get(v, 0) + 1
+        parts = [f"{v} ({n} run{'s' if n != 1 else ''})" if len(counts) > 1 else str(v)
+                 for v, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, -kv[1])) if v is not None]
+        if None in counts and not parts:
+            return missing
+        if None in counts:
+            parts.append(f"{missing} ({counts[None]} run{'s' if counts[None] != 1 else ''})")
+        return ", ".join(parts)
+
+    versions = [r.get("versions") or {} for r in results]
+    runs_commit = counted([v.get("commit") for v in versions], "commits not recorded")
+    torch_v = counted([v.get("torch") for v in versions], "not recorded") or torch.__version__
+    cpu = counted([v.get("cpu") for v in versions], "CPU not recorded")
+    threads = counted([r["config"].get("threads") for r in results], "?")
+    summed = sum(float(r.get("wall_time_s") or 0.0) for r in results)
+    summed_s = f"{summed / 3600:.1f} h" if summed >= 5400 else f"{summed / 60:.1f} min"
+    this = f" (this command {wall / 60:.1f} min)" if wall is not None else ""
+    return (f"Commit: {'the runs’ ' + runs_commit if runs_commit == 'commits not recorded' else 'runs at ' + runs_commit}; report at {commit or git_commit()} · torch {torch_v} · {cpu}, "
+            f"{threads} thread(s) per run · run time {summed_s} summed over {len(results)} runs{this}")
 
 
 def ticket_table(results) -> str:
@@ -124,18 +158,16 @@ def ticket_table(results) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, results, command: str, title: str, protocol: str, wall: float,
+def write_report(out: Path, results, command: str, title: str, protocol: str, wall: Optional[float],
                   commit: Optional[str] = None) -> str:
-    """Write ``results.md`` (title, protocol, command, commit, machine, table, Sup-tickets table) and
-    ``results.csv`` into ``out``; return the markdown table."""
-    import torch
-
+    """Write ``results.md`` (title, protocol, command, :func:`provenance`, table, Sup-tickets table)
+    and ``results.csv`` into ``out``; return the markdown table. ``wall``: the seconds the writing
+    command ran (``None``: not shown)."""
     rows = aggregate(results)
     table = format_table(rows)
     meta = (
         f"# {title}\n\nProtocol: {protocol}\n\nCommand: `{command}`\n\n"
-        f"Commit: {commit or git_commit()} · torch {torch.__version__} · {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads · total wall time {wall / 60:.1f} min\n\n"
+        f"{provenance(results, wall, commit)}\n\n"
     )
     tickets = ticket_table(results)
     if tickets:

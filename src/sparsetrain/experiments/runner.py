@@ -35,7 +35,9 @@ from .build import (
 from .config import RunConfig
 from .loader import Loader
 from .models import build_model
+from .report import git_commit
 from .rundir import RUN_FILES, RunDirectory, RunExistsError, json_safe
+from ..sparse.kernels import cpu_model
 
 __all__ = ["RunConfig", "run", "evaluate", "lm_metrics", "RUN_FILES", "RunExistsError", "Trainer", "TrainState"]
 
@@ -358,7 +360,9 @@ class Trainer:
             "steps": self.total_steps,
             "inference_flops_fraction": report.fraction,
             "dense_flops_per_example": report.dense,
-            "versions": {"sparsetrain": st.__version__, "torch": torch.__version__},
+            # what made the run (a sweep resumed over sessions mixes commits: the report lists them)
+            "versions": {"sparsetrain": st.__version__, "torch": torch.__version__, "commit": git_commit(),
+                         "cpu": cpu_model()},
             "sparse_kernels": kernels_used(self.model, cfg.batch_size),
             "kernel_choices": kernel_choices(self.model, cfg.batch_size),  # per layer and operation
         }

@@ -1,0 +1,57 @@
+"""The report's provenance line: which commits, torch, CPU and threads made the runs, and their run
+time summed over runs (true after a sweep resumed over sessions, unlike the reporting command's time)."""
+
+import re
+import subprocess
+
+from sparsetrain.experiments.report import git_commit, provenance, write_report
+from sparsetrain.experiments.runner import RunConfig, run
+
+
+def _result(seed, acc, commit=None, cpu=None, wall=600.0):
+    versions = {"sparsetrain": "0.1.0", "torch": "2.13.0+cpu"}
+    if commit:
+        versions["commit"] = commit
+    if cpu:
+        versions["cpu"] = cpu
+    return {"config": {"method": "rigl", "density": 0.1, "seed": seed, "threads": 1, "model": "mlp",
+                       "dataset": "synthetic", "epochs": 1},
+            "label": "rigl", "test_acc": acc, "wall_time_s": wall, "versions": versions, "density": 0.1,
+            "itop_rate": 0.2, "train_flops_fraction": 0.1, "inference_flops_fraction": 0.1}
+
+
+def test_the_runs_commits_are_counted_not_replaced_by_the_reporters():
+    rs = [_result(0, 0.8, "aaa1111", "EPYC"), _result(1, 0.8, "aaa1111", "EPYC"), _result(2, 0.8, "bbb2222", "EPYC")]
+    line = provenance(rs, commit="ccc3333")
+    assert "runs at aaa1111 (2 runs), bbb2222 (1 run); report at ccc3333" in line
+    assert "EPYC, 1 thread(s) per run" in line and "torch 2.13.0+cpu" in line
+    assert "run time 30.0 min summed over 3 runs" in line and "this command" not in line
+    # one commit for all: no counts; runs from before commits were recorded say so
+    assert "runs at aaa1111; report" in provenance(rs[:2], commit="c")
+    mixed = provenance(rs + [_result(3, 0.8)], commit="c")
+    assert "commits not recorded (1 run)" in mixed and "CPU not recorded (1 run)" in mixed
+    assert provenance([_result(0, 0.8)], commit="c").startswith("Commit: the runs’ commits not recorded; report at c")
+
+
+def test_a_resumed_sweep_reports_the_runs_time_and_the_commands_time_beside_it(tmp_path):
+    rs = [_result(s, 0.8, "aaa1111", wall=3600.0) for s in range(3)]
+    write_report(tmp_path, rs, "sparsetrain sweep ...", "t", "p", wall=2.0, commit="ccc3333")
+    text = (tmp_path / "results.md").read_text()
+    assert "run time 3.0 h summed over 3 runs (this command 0.0 min)" in text
+
+
+def test_git_commit_names_the_checkout_and_marks_modified_sources():
+    commit = git_commit()
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=__file__.rsplit("/", 2)[0]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        assert commit == "unknown"
+        return
+    assert re.fullmatch(re.escape(head) + r"(\+modified)?", commit)
+
+
+def test_a_run_records_its_commit_and_cpu(tmp_path):
+    r = run(RunConfig(model="mlp", dataset="synthetic", method="rigl", density=0.2, epochs=1, batch_size=64,
+                      algorithm_kwargs={"update_interval": 3}, threads=1), tmp_path / "run")
+    assert r["versions"]["commit"] == git_commit() and r["versions"]["cpu"]
