@@ -166,6 +166,29 @@ def test_report_refuses_to_average_runs_of_different_setups_and_filters_them(tmp
     assert "| rigl | 90% | 80.00 | 1 |" in (tmp_path / "rep2" / "results.md").read_text()
 
 
+def test_report_filters_match_arms_of_grid_sweeps_and_say_what_there_is_when_nothing_matches(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, epochs in enumerate((30, 60)):  # a --grid sweep labels its runs "rigl epochs=30"
+        r = _summary("fashion-mnist", "lenet300-100", "rigl", 0, 0.8 + i / 100)
+        r["label"] = f"rigl epochs={epochs}"
+        (runs / f"r{i}.json").write_text(json.dumps(r))
+    (runs / "dense.json").write_text(json.dumps(
+        {**_summary("fashion-mnist", "lenet300-100", "dense", 0, 0.9), "density": 1.0,
+         "config": {"dataset": "fashion-mnist", "model": "lenet300-100", "method": "dense", "density": 1.0,
+                    "seed": 0}}))
+    assert cli.main(["report", str(runs), "--out", str(tmp_path / "a"), "--methods", "rigl"]) == 0
+    assert "rigl epochs=60" in (tmp_path / "a" / "results.md").read_text()
+    assert cli.main(["report", str(runs), "--out", str(tmp_path / "b"), "--methods", "rigl epochs=60"]) == 0
+    assert "rigl epochs=30" not in (tmp_path / "b" / "results.md").read_text()
+    for flags in (["--methods", "set"], ["--densities", "0.05"]):  # dense alone is not a match for 0.05
+        capsys.readouterr()
+        assert cli.main(["report", str(runs), "--out", str(tmp_path / "c"), *flags]) == 1
+        err = capsys.readouterr().err
+        assert "none of the 3 runs" in err and "methods dense, rigl; densities 0.1" in err, err
+        assert "fashion-mnist/lenet300-100" in err
+
+
 def test_report_without_matplotlib_says_the_plots_were_skipped(tmp_path, capsys, monkeypatch):
     import builtins
 

@@ -33,7 +33,8 @@ from typing import Any, Optional, Sequence
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
-    SUP_SUFFIX, aggregate, describe_runs, format_table, git_commit, load_runs, make_plots, one_setup, write_report,
+    SUP_SUFFIX, aggregate, describe_found, describe_runs, format_table, git_commit, load_runs, make_plots, one_setup,
+    write_report,
 )
 
 __all__ = ["main", "format_table", "aggregate", "load_config", "sweep"]
@@ -588,19 +589,24 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             raise InputError(f"no such directory: {', '.join(missing)} (report reads the run results below "
                              "the directories it is given)")
         skipped: list = []
-        results = load_runs(args.dirs, skipped=skipped)
+        results = found = load_runs(args.dirs, skipped=skipped)
         for path, why in skipped:
             print(f"sparsetrain report: skipped {path}: {why}", file=sys.stderr)
-        if args.methods:
+        if args.methods:  # an arm's name, or its full label with a grid variant ("rigl epochs=60")
             keep = {m.strip() for m in args.methods.split(",") if m.strip()}
-            results = [r for r in results if r.get("label", r["config"]["method"]) in keep]
+            results = [r for r in results if (lab := r.get("label", r["config"]["method"])) in keep
+                       or lab.partition(" ")[0] in keep]
         if args.densities:
             ds = _numbers("--densities", args.densities, float)
             results = [r for r in results if r["config"]["method"] == "dense"
                        or any(abs(r["config"]["density"] - d) < 1e-9 for d in ds)]
+            if all(r["config"]["method"] == "dense" for r in results) and 1.0 not in ds:
+                results = []  # the dense reference alone is not what was asked for
         results = one_setup(results, args.dataset, args.model)
         if not results:
-            print(f"no run results found under {', '.join(args.dirs)}", file=sys.stderr)
+            print(f"no run results found under {', '.join(args.dirs)}" if not found else
+                  f"none of the {len(found)} runs under {', '.join(args.dirs)} matches the filters; there are: "
+                  + describe_found(found), file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
         note = args.command_note or command

@@ -20,7 +20,7 @@ from .paired import SUP_SUFFIX, report_sections  # SUP_SUFFIX is re-exported (co
 __all__ = [
     "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
     "plot_learning_curves", "plot_itop", "plot_accuracy_vs_itop", "plot_turnover", "plot_layer_density", "make_plots",
-    "git_commit", "provenance", "one_setup", "describe_runs",
+    "git_commit", "provenance", "describe_found", "one_setup", "describe_runs",
 ]
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -443,6 +443,16 @@ def make_plots(results, out: Path, title: str) -> list[Path]:
         plot_accuracy_vs_itop(results, out / "accuracy_vs_itop_rate.png", title),
     ]
     return [p for p in made if p is not None]
+
+
+def describe_found(results) -> str:
+    """What a set of runs holds, for a filter that matched none of them: methods (arms), densities,
+    dataset/model."""
+    arms = sorted({str(r.get("label", r["config"]["method"])).partition(" ")[0] for r in results})
+    dens = sorted({float(r["config"]["density"]) for r in results if r["config"]["method"] != "dense"}, reverse=True)
+    setups = sorted({f"{r['config'].get('dataset')}/{r['config'].get('model')}" for r in results})
+    return (f"methods {', '.join(arms)}; densities {', '.join(f'{d:g}' for d in dens) or '(dense only)'}; "
+            f"dataset/model {', '.join(setups)}")
 
 
 def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> list:
