@@ -98,7 +98,6 @@ def provenance(results, wall: Optional[float] = None, commit: Optional[str] = No
     was trained at), torch, the CPU and threads, and the run time summed over the runs — true after a
     sweep resumed across sessions, unlike the time of the command that wrote the report (``wall``,
     shown beside it when given)."""
-    import torch
 
     def counted(values, missing: str) -> str:
         counts: dict = {}
@@ -114,14 +113,15 @@ def provenance(results, wall: Optional[float] = None, commit: Optional[str] = No
 
     versions = [r.get("versions") or {} for r in results]
     runs_commit = counted([v.get("commit") for v in versions], "commits not recorded")
-    torch_v = counted([v.get("torch") for v in versions], "not recorded") or torch.__version__
+    torch_v = counted([v.get("torch") for v in versions], "not recorded")
     cpu = counted([v.get("cpu") for v in versions], "CPU not recorded")
     threads = counted([r["config"].get("threads") for r in results], "?")
     summed = sum(float(r.get("wall_time_s") or 0.0) for r in results)
     summed_s = f"{summed / 3600:.1f} h" if summed >= 5400 else f"{summed / 60:.1f} min"
     this = f" (this command {wall / 60:.1f} min)" if wall is not None else ""
-    return (f"Commit: {'the runs’ ' + runs_commit if runs_commit == 'commits not recorded' else 'runs at ' + runs_commit}; report at {commit or git_commit()} · torch {torch_v} · {cpu}, "
-            f"{threads} thread(s) per run · run time {summed_s} summed over {len(results)} runs{this}")
+    made = "the runs’ commits not recorded" if runs_commit == "commits not recorded" else f"runs at {runs_commit}"
+    return (f"Commit: {made}; report at {commit or git_commit()} · torch {torch_v} · {cpu}, {threads} thread(s) per "
+            f"run · run time {summed_s} summed over {len(results)} runs{this}")
 
 
 def ticket_table(results) -> str:
