@@ -85,3 +85,14 @@ def test_language_models_are_paired_in_bits_per_byte_lower_is_better():
     assert "| set | 98% | 3 | 3.2600 | 3.3100 | -0.0500 [-0.0500, -0.0500] | 3 / 0 |" in text
     # image classifiers (no bits per byte) keep the accuracy table only
     assert "bits per byte" not in report_sections([run("rigl", 0, 0.8), run("set", 0, 0.81)])
+
+
+def test_the_baseline_has_its_own_row_and_lengths_sort_as_numbers():
+    hist = [{"step": 1, "exploration": 0.2}, {"step": 2, "exploration": 0.4, "survival": 0.5}]
+    results = [run(f"rigl epochs={e}", s, 0.8, update_history=hist) for e in (30, 120) for s in (0, 1)]
+    results += [run(f"set-itop epochs={e}", s, 0.81) for e in (30, 120) for s in (0, 1)]
+    lines = paired_table(results, "rigl").splitlines()[2:]
+    assert [line.split(" | ")[0] for line in lines] == [
+        "| rigl epochs=30 (baseline)", "| set-itop epochs=30", "| rigl epochs=120 (baseline)", "| set-itop epochs=120"]
+    # the baseline's level, its run count and its mechanism numbers; no difference from itself
+    assert lines[0] == "| rigl epochs=30 (baseline) | 98% | 2 | 80.00 | | — | | 0.100 | 0.500 | 0.300 |"

@@ -19,6 +19,7 @@ The tables never use ``best_test_acc`` (selected on the test set): only final ac
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Optional, Sequence
 
 __all__ = ["LOWER_IS_BETTER", "t975", "mean_ci", "pair_key", "paired_rows", "paired_table", "ticket_rows", "ticket_paired_table",
@@ -95,6 +96,12 @@ def _run_stats(r: dict[str, Any]) -> dict[str, float]:
             "survival": _mean(surv), "exploration": _mean(expl)}
 
 
+def _natural(text: str) -> tuple:
+    """Sort key putting "epochs=30" before "epochs=120" (numbers compared as numbers)."""
+    return tuple((0, float(p), "") if p.replace(".", "", 1).isdigit() else (1, 0.0, p)
+                 for p in re.split(r"(\d+(?:\.\d+)?)", text) if p)
+
+
 def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = "test_acc") -> list[dict[str, Any]]:
     """One row per (arm, variant, density) other than ``baseline``: the runs paired by seed with the
     baseline arm's runs of the same variant and density, the mean ``metric`` of each, and the mean
@@ -128,7 +135,7 @@ def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = 
             "losses": sum((d > 0) if lower else (d < 0) for d in diffs),
             **{k: _mean([s[k] for s in stats if not math.isnan(s[k])]) for k in ("itop_rate", "survival", "exploration")},
         })
-    rows.sort(key=lambda x: (-x["density"], x["variant"], x["arm"]))
+    rows.sort(key=lambda x: (-x["density"], _natural(x["variant"]), x["arm"]))
     return rows
 
 
@@ -142,10 +149,27 @@ def paired_table(results: Sequence[dict[str, Any]], baseline: str, metric: str =
     lines = [f"| method | sparsity | pairs | {metric}{unit} | {baseline}{unit} | Δ vs {baseline}{dunit} [95% CI] | "
              "better / worse | R_s | survival | fresh share of growth |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, d=3: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
+    base_runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for key, r in {pair_key(x): x for x in results}.items():
+        if key[0] == baseline:
+            base_runs.setdefault((key[1], key[2]), []).append(r)
+    shown = set()
     for r in rows:
+        group = (r["variant"], r["density"])
+        if group not in shown and (group in base_runs or ("", r["density"]) in base_runs):
+            # the baseline's own row: its level and mechanism numbers, to read the others against
+            shown.add(group)
+            runs = base_runs.get(group) or base_runs[("", r["density"])]
+            st = [_run_stats(x) for x in runs]
+            avg = {k: _mean([x[k] for x in st if not math.isnan(x[k])]) for k in ("itop_rate", "survival",
+                                                                                 "exploration")}
+            level = _mean([float(x[metric]) for x in runs])
+            lines.append(f"| {baseline} {r['variant']}".rstrip() + f" (baseline) | {100 * (1 - r['density']):.0f}% | "
+                         f"{len(runs)} | {f'{100 * level:.2f}' if pct else f'{level:.4f}'} | | — | | "
+                         f"{fmt(avg['itop_rate'])} | {fmt(avg['survival'])} | {fmt(avg['exploration'])} |")
         name = f"{r['arm']} {r['variant']}".strip()
         sparsity = "dense" if r["arm"] == "dense" else f"{100 * (1 - r['density']):.0f}%"
-        fmt = lambda v, d=3: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"  # noqa: E731
         mean, base = (f"{100 * r['mean']:.2f}", f"{100 * r['baseline_mean']:.2f}") if pct else \
             (f"{r['mean']:.4f}", f"{r['baseline_mean']:.4f}")
         ci = _fmt_ci(r['diff'], r['low'], r['high']) if pct else _fmt_ci(r['diff'], r['low'], r['high'], 1.0, 4)
