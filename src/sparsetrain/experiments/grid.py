@@ -248,6 +248,26 @@ def _record_failure(layout, failures: list, tag: str, e: BaseException, tb: str)
         f.write(json.dumps(failures[-1]) + "\n")
 
 
+class _TimeLeft:
+    """A rough time left for a grid, for its progress lines: the epochs still to train times the
+    seconds per epoch of the runs finished so far in this invocation, over the runs trained at once
+    (runs in progress count whole, so it errs long)."""
+
+    def __init__(self, todo: Sequence[tuple[int, PlannedRun]], jobs: int):
+        self.left = {i: float(item.settings.get("epochs") or 1) for i, item in todo}
+        self.jobs, self.spent, self.trained = jobs, 0.0, 0.0
+
+    def finished(self, i: int, result: Optional[dict[str, Any]]) -> str:
+        epochs = self.left.pop(i, 0.0)
+        if result is not None and result.get("wall_time_s") and epochs:
+            self.spent += float(result["wall_time_s"])
+            self.trained += epochs
+        if not self.left or not self.trained:
+            return ""
+        s = sum(self.left.values()) * self.spent / self.trained / min(self.jobs, len(self.left))
+        return f"  [≈ {s / 3600:.1f} h left]" if s >= 5400 else f"  [≈ {max(1, round(s / 60))} min left]"
+
+
 def _run_parallel(todo: list[tuple[int, PlannedRun]], n: int, layout, jobs: int, keep_going: bool,
                   echo: Echo) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -256,6 +276,7 @@ def _run_parallel(todo: list[tuple[int, PlannedRun]], n: int, layout, jobs: int,
     # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang
     ctx = multiprocessing.get_context("spawn")
     queue = list(todo)
+    eta = _TimeLeft(todo, jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         running = {}
 
@@ -280,9 +301,9 @@ def _run_parallel(todo: list[tuple[int, PlannedRun]], n: int, layout, jobs: int,
                         raise
                     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
                     _record_failure(layout, failures, item.tag, e, tb)
-                    echo(f"[{i}/{n}] {item.tag} FAILED: {type(e).__name__}: {e}")
+                    echo(f"[{i}/{n}] {item.tag} FAILED: {type(e).__name__}: {e}" + eta.finished(i, None))
                     continue
-                echo(f"[{i}/{n}] {item.tag} " + result_line(done[i]))
+                echo(f"[{i}/{n}] {item.tag} " + result_line(done[i]) + eta.finished(i, done[i]))
             submit()
     return done, failures
 
@@ -320,6 +341,8 @@ def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *
         return [known[i] for i in sorted(known)], failures
     results: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    eta = _TimeLeft([(i, item) for i, item in enumerate(plan, 1)
+                     if not (skip_finished and layout.finished(item.tag) is not None)], 1)
     for i, item in enumerate(plan, 1):
         head = f"[{i}/{len(plan)}] {item.tag}"
         done = layout.finished(item.tag) if skip_finished else None
@@ -342,8 +365,8 @@ def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *
             if not keep_going:
                 raise
             _record_failure(layout, failures, item.tag, e, traceback.format_exc())
-            echo(f"{head} FAILED: {type(e).__name__}: {e}")
+            echo(f"{head} FAILED: {type(e).__name__}: {e}" + eta.finished(i, None))
             continue
         results.append(result)
-        echo(f"{head} " + result_line(result))
+        echo(f"{head} " + result_line(result) + eta.finished(i, result))
     return results, failures
