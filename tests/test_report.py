@@ -54,4 +54,4 @@ def test_git_commit_names_the_checkout_and_marks_modified_sources():
 def test_a_run_records_its_commit_and_cpu(tmp_path):
     r = run(RunConfig(model="mlp", dataset="synthetic", method="rigl", density=0.2, epochs=1, batch_size=64,
                       algorithm_kwargs={"update_interval": 3}, threads=1), tmp_path / "run")
-    assert r["versions"]["commit"] == git_commit() and r["versions"]["cpu"]
+    assert r["versions"]["commit"] == git_commit() and r["versions"]["cpu"] and r["versions"]["threads"] == 1

@@ -115,7 +115,8 @@ def provenance(results, wall: Optional[float] = None, commit: Optional[str] = No
     runs_commit = counted([v.get("commit") for v in versions], "commits not recorded")
     torch_v = counted([v.get("torch") for v in versions], "not recorded")
     cpu = counted([v.get("cpu") for v in versions], "CPU not recorded")
-    threads = counted([r["config"].get("threads") for r in results], "?")
+    threads = counted([(r.get("versions") or {}).get("threads") or r["config"].get("threads") for r in results],
+                      "default")
     summed = sum(float(r.get("wall_time_s") or 0.0) for r in results)
     summed_s = f"{summed / 3600:.1f} h" if summed >= 5400 else f"{summed / 60:.1f} min"
     this = f" (this command {wall / 60:.1f} min)" if wall is not None else ""

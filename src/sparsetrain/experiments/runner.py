@@ -362,7 +362,7 @@ class Trainer:
             "dense_flops_per_example": report.dense,
             # what made the run (a sweep resumed over sessions mixes commits: the report lists them)
             "versions": {"sparsetrain": st.__version__, "torch": torch.__version__, "commit": git_commit(),
-                         "cpu": cpu_model()},
+                         "cpu": cpu_model(), "threads": torch.get_num_threads()},
             "sparse_kernels": kernels_used(self.model, cfg.batch_size),
             "kernel_choices": kernel_choices(self.model, cfg.batch_size),  # per layer and operation
         }
