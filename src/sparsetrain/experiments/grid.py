@@ -341,11 +341,11 @@ def run_grid(plan: Sequence[PlannedRun], layout: ResultFiles | RunDirectories, *
         return [known[i] for i in sorted(known)], failures
     results: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    eta = _TimeLeft([(i, item) for i, item in enumerate(plan, 1)
-                     if not (skip_finished and layout.finished(item.tag) is not None)], 1)
+    finished = {i: layout.finished(item.tag) if skip_finished else None for i, item in enumerate(plan, 1)}
+    eta = _TimeLeft([(i, item) for i, item in enumerate(plan, 1) if finished[i] is None], 1)
     for i, item in enumerate(plan, 1):
         head = f"[{i}/{len(plan)}] {item.tag}"
-        done = layout.finished(item.tag) if skip_finished else None
+        done = finished[i]
         if done is not None:
             results.append(done)
             echo(f"{head}: {layout.skip_note}")

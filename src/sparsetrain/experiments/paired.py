@@ -102,6 +102,12 @@ def _natural(text: str) -> tuple:
                  for p in re.split(r"(\d+(?:\.\d+)?)", text) if p)
 
 
+def _mean_stats(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """R_s, survival and exploration of :func:`_run_stats`, averaged over runs (missing values skipped)."""
+    stats = [_run_stats(r) for r in runs]
+    return {k: _mean([x[k] for x in stats if not math.isnan(x[k])]) for k in ("itop_rate", "survival", "exploration")}
+
+
 def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = "test_acc") -> list[dict[str, Any]]:
     """One row per (arm, variant, density) other than ``baseline``: the runs paired by seed with the
     baseline arm's runs of the same variant and density, the mean ``metric`` of each, and the mean
@@ -123,7 +129,6 @@ def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = 
             continue
         diffs = [float(r[metric]) - float(b[metric]) for r, b in pairs]
         m, lo, hi = mean_ci(diffs)
-        stats = [_run_stats(r) for r, _ in pairs]
         lower = metric in LOWER_IS_BETTER
         rows.append({
             "arm": arm, "variant": variant, "density": density, "pairs": len(pairs), "metric": metric,
@@ -133,7 +138,7 @@ def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = 
             "diff": m, "low": lo, "high": hi,
             "wins": sum((d < 0) if lower else (d > 0) for d in diffs),
             "losses": sum((d > 0) if lower else (d < 0) for d in diffs),
-            **{k: _mean([s[k] for s in stats if not math.isnan(s[k])]) for k in ("itop_rate", "survival", "exploration")},
+            **_mean_stats([r for r, _ in pairs]),
         })
     rows.sort(key=lambda x: (-x["density"], _natural(x["variant"]), x["arm"]))
     return rows
@@ -161,9 +166,7 @@ def paired_table(results: Sequence[dict[str, Any]], baseline: str, metric: str =
             # the baseline's own row: its level and mechanism numbers, to read the others against
             shown.add(group)
             runs = base_runs.get(group) or base_runs[("", r["density"])]
-            st = [_run_stats(x) for x in runs]
-            avg = {k: _mean([x[k] for x in st if not math.isnan(x[k])]) for k in ("itop_rate", "survival",
-                                                                                 "exploration")}
+            avg = _mean_stats(runs)
             level = _mean([float(x[metric]) for x in runs])
             lines.append(f"| {baseline} {r['variant']}".rstrip() + f" (baseline) | {100 * (1 - r['density']):.0f}% | "
                          f"{len(runs)} | {f'{100 * level:.2f}' if pct else f'{level:.4f}'} | | — | | "
