@@ -159,8 +159,16 @@ def test_sweep_grid_skips_finished_runs_and_survives_a_failed_one(tmp_path, caps
     assert lrs == {0.1, 0.05}
     assert len((out / "failures.jsonl").read_text().splitlines()) == 2
     assert (out / "results.md").exists() and (out / "accuracy_vs_sparsity.png").exists()
+    assert "(this command trained 2 of the 2 in " in (out / "results.md").read_text()
     assert cli.main(argv) == 1
     assert capsys.readouterr().out.count("done, skipped") == 2
+    # a resume that trained nothing says so, not "this command 0.0 min"
+    assert "this command trained none of them: all 2 were finished before it" in (out / "results.md").read_text()
+    # a narrower sweep into the same directory says its report leaves the other runs out, and how to report all
+    narrower = [a if a != "lr=0.1,0.05" else "lr=0.1" for a in argv]
+    assert cli.main([a if a != "set,rigl" else "set" for a in narrower]) == 0
+    err = capsys.readouterr().err
+    assert "also holds 1 finished run(s) from another sweep" in err and f"sparsetrain report {out / 'runs'}" in err
 
 
 def test_every_command_documents_its_flags_with_defaults(capsys):

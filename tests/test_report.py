@@ -38,6 +38,10 @@ def test_a_resumed_sweep_reports_the_runs_time_and_the_commands_time_beside_it(t
     write_report(tmp_path, rs, "sparsetrain sweep ...", "t", "p", wall=2.0, commit="ccc3333")
     text = (tmp_path / "results.md").read_text()
     assert "run time 3.0 h summed over 3 runs (this command 0.0 min)" in text
+    write_report(tmp_path, rs, "sparsetrain sweep ...", "t", "p", wall=90.0, commit="c", trained=1)
+    assert "summed over 3 runs (this command trained 1 of the 3 in 1.5 min)" in (tmp_path / "results.md").read_text()
+    write_report(tmp_path, rs, "sparsetrain sweep ...", "t", "p", wall=2.0, commit="c", trained=0)
+    assert "(this command trained none of them: all 3 were finished before it)" in (tmp_path / "results.md").read_text()
 
 
 def test_git_commit_names_the_checkout_and_marks_modified_sources():

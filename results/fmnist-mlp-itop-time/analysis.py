@@ -6,7 +6,9 @@ accuracy rises with R_s. Separates the two effects of a longer run:
    dense's* (difference in differences: what longer training gives a sparse network beyond what it
    gives any network), with Student-t 95% intervals;
 3. each sparse arm against RigL at the same length (paired);
-4. within one length, the correlation over sparse runs of accuracy with R_s (Pearson r).
+4. within one length, the correlation over sparse runs of accuracy with R_s (Pearson r);
+5. ITOP's specific claim: does the arm that explores more gain *more* from longer training? Each
+   arm's gain from 30 epochs minus RigL's gain, paired by seed.
 
     .venv/bin/python results/fmnist-mlp-itop-time/analysis.py > results/fmnist-mlp-itop-time/analysis.txt
 """
@@ -78,4 +80,19 @@ for d in densities:
                if la != "dense" and dd == d and ee == e]
         if len(pts) > 2:
             print(f"  {e:>3} ep: r = {statistics.correlation(*zip(*pts)):+.2f} over {len(pts)} runs")
+    print()
+    print("5. gain from 30 epochs beyond RigL's gain (pt), paired by seed: does exploring more make longer"
+          " training pay more?")
+    for a in arms:
+        if a in ("rigl", "dense"):
+            continue
+        for e in lengths[1:]:
+            diff = []
+            for s in range(10):
+                lo, hi, rlo, rhi = get(a, d, lengths[0], s), get(a, d, e, s), get("rigl", d, lengths[0], s), \
+                    get("rigl", d, e, s)
+                if lo and hi and rlo and rhi:
+                    diff.append(100 * ((hi["test_acc"] - lo["test_acc"]) - (rhi["test_acc"] - rlo["test_acc"])))
+            if diff:
+                print(f"  {a:10} {lengths[0]}->{e:<3}: {ci(diff)}")
     print()

@@ -261,20 +261,30 @@ def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
 
 def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int],
           grid: dict[str, list[Any]], out: Path, progress: bool = False, jobs: int = 1,
-          seed_major: bool = False) -> tuple[list[dict], list[dict]]:
+          seed_major: bool = False) -> tuple[list[dict], list[dict], int]:
     """Run the grid into ``out/runs/<tag>/`` (``jobs`` runs at once, every arm of a seed before the
-    next seed with ``seed_major``); returns (results, failures). Never stops on a failed run."""
+    next seed with ``seed_major``); returns (results, failures, how many runs it trained, the rest
+    having been finished before). Never stops on a failed run. Says when ``out/runs`` holds finished
+    runs outside this grid (an earlier sweep's), which its report leaves out."""
     from .experiments.grid import RunDirectories, plan_runs, run_grid
 
     plan = plan_runs(methods, densities, seeds, base, grid, seed_major=seed_major)
-    return run_grid(plan, RunDirectories(out), keep_going=True, progress=progress and jobs == 1, jobs=jobs,
-                    echo=_echo)
+    layout = RunDirectories(out)
+    before = sum(layout.finished(item.tag) is not None for item in plan)
+    others = {p.parent.name for p in (out / "runs").glob("*/summary.json")} - {item.tag for item in plan}
+    if others:
+        print(f"sparsetrain sweep: {out / 'runs'} also holds {len(others)} finished run(s) from another sweep; "
+              f"this sweep's results.md covers only its own {len(plan)}. For one report of all: sparsetrain "
+              f"report {out / 'runs'} --out {out}", file=sys.stderr)
+    results, failures = run_grid(plan, layout, keep_going=True, progress=progress and jobs == 1, jobs=jobs,
+                                 echo=_echo)
+    return results, failures, len(results) - before
 
 
 # ---------------------------------------------------------------------------- main
 def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: Optional[float],
-                  commit: Optional[str] = None) -> tuple[str, list[Path]]:
-    table = write_report(out, results, command, title, protocol, wall, commit)
+                  commit: Optional[str] = None, trained: Optional[int] = None) -> tuple[str, list[Path]]:
+    table = write_report(out, results, command, title, protocol, wall, commit, trained)
     try:
         import matplotlib  # noqa: F401 - only to say why there are no plots
     except ImportError:
@@ -550,11 +560,11 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             warnings.warn(f"--jobs {args.jobs} is more than the {cores} CPU cores here: the runs share them and each "
                           "is slower (no faster overall); --jobs "
                           f"{cores} --threads 1 uses every core once", InputWarning)
-        results, failures = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
-                                  jobs=args.jobs, seed_major=args.seed_major)
+        results, failures, trained = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
+                                           jobs=args.jobs, seed_major=args.seed_major)
         if results:
             table, plots = _report_files(out, results, command, args.title, args.protocol,
-                                         time.perf_counter() - start, commit)
+                                         time.perf_counter() - start, commit, trained)
             _print_table(table, out, plots)
         if failures:
             print(f"\n{len(failures)} run(s) failed (details in {out / 'failures.jsonl'}):", file=sys.stderr)

@@ -93,11 +93,13 @@ def git_commit() -> str:
     return head + ("+modified" if dirty.returncode == 1 else "")
 
 
-def provenance(results, wall: Optional[float] = None, commit: Optional[str] = None) -> str:
+def provenance(results, wall: Optional[float] = None, commit: Optional[str] = None,
+               trained: Optional[int] = None) -> str:
     """The line under a table saying what made its runs: the commits (each run records the one it
     was trained at), torch, the CPU and threads, and the run time summed over the runs — true after a
     sweep resumed across sessions, unlike the time of the command that wrote the report (``wall``,
-    shown beside it when given)."""
+    shown beside it when given, with how many of the runs it trained when ``trained`` is given: a
+    resumed sweep that found every run finished says so instead of looking like a 0-minute sweep)."""
 
     def counted(values, missing: str) -> str:
         counts: dict = {}
@@ -120,6 +122,9 @@ def provenance(results, wall: Optional[float] = None, commit: Optional[str] = No
     summed = sum(float(r.get("wall_time_s") or 0.0) for r in results)
     summed_s = f"{summed / 3600:.1f} h" if summed >= 5400 else f"{summed / 60:.1f} min"
     this = f" (this command {wall / 60:.1f} min)" if wall is not None else ""
+    if wall is not None and trained is not None:
+        this = (f" (this command trained {trained} of the {len(results)} in {wall / 60:.1f} min)" if trained else
+                f" (this command trained none of them: all {len(results)} were finished before it)")
     made = "the runs’ commits not recorded" if runs_commit == "commits not recorded" else f"runs at {runs_commit}"
     return (f"Commit: {made}; report at {commit or git_commit()} · torch {torch_v} · {cpu}, {threads} thread(s) per "
             f"run · run time {summed_s} summed over {len(results)} runs{this}")
@@ -160,15 +165,15 @@ def ticket_table(results) -> str:
 
 
 def write_report(out: Path, results, command: str, title: str, protocol: str, wall: Optional[float],
-                  commit: Optional[str] = None) -> str:
+                 commit: Optional[str] = None, trained: Optional[int] = None) -> str:
     """Write ``results.md`` (title, protocol, command, :func:`provenance`, table, Sup-tickets table)
     and ``results.csv`` into ``out``; return the markdown table. ``wall``: the seconds the writing
-    command ran (``None``: not shown)."""
+    command ran (``None``: not shown); ``trained``: how many of ``results`` it trained."""
     rows = aggregate(results)
     table = format_table(rows)
     meta = (
         f"# {title}\n\nProtocol: {protocol}\n\nCommand: `{command}`\n\n"
-        f"{provenance(results, wall, commit)}\n\n"
+        f"{provenance(results, wall, commit, trained)}\n\n"
     )
     tickets = ticket_table(results)
     if tickets:
