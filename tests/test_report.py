@@ -1,10 +1,14 @@
 """The report's provenance line: which commits, torch, CPU and threads made the runs, and their run
-time summed over runs (true after a sweep resumed over sessions, unlike the reporting command's time)."""
+time summed over runs (true after a sweep resumed over sessions, unlike the reporting command's time);
+the plots' order and colours for a grid's variants."""
 
 import re
 import subprocess
 
-from sparsetrain.experiments.report import git_commit, provenance, write_report
+import pytest
+
+from sparsetrain.experiments import report, runner
+from sparsetrain.experiments.report import git_commit, loaded_commit, provenance, write_report
 from sparsetrain.experiments.runner import RunConfig, run
 
 
@@ -55,7 +59,32 @@ def test_git_commit_names_the_checkout_and_marks_modified_sources():
     assert re.fullmatch(re.escape(head) + r"(\+modified)?", commit)
 
 
-def test_a_run_records_its_commit_and_cpu(tmp_path):
+def test_a_run_records_the_commit_its_process_loaded_and_its_cpu(tmp_path, monkeypatch):
+    loaded = loaded_commit()
+    # the checkout moves on (a commit, an edit) while a long sweep's workers still run the code they loaded
+    monkeypatch.setattr(report, "git_commit", lambda: "later99+modified")
+    monkeypatch.setattr(runner, "git_commit", report.git_commit, raising=False)
     r = run(RunConfig(model="mlp", dataset="synthetic", method="rigl", density=0.2, epochs=1, batch_size=64,
                       algorithm_kwargs={"update_interval": 3}, threads=1), tmp_path / "run")
-    assert r["versions"]["commit"] == git_commit() and r["versions"]["cpu"] and r["versions"]["threads"] == 1
+    assert r["versions"]["commit"] == loaded == loaded_commit() != "later99+modified"
+    assert r["versions"]["cpu"] and r["versions"]["threads"] == 1
+
+
+def test_plots_order_a_grids_variants_as_numbers_and_shade_one_hue_per_arm():
+    import colorsys
+
+    pytest.importorskip("matplotlib")
+    from sparsetrain.experiments.report import _colors, _ordered
+
+    labels = ["rigl epochs=120", "set epochs=30", "rigl epochs=30", "rigl epochs=60", "set epochs=120"]
+    assert _ordered(labels) == ["rigl epochs=30", "rigl epochs=60", "rigl epochs=120", "set epochs=30",
+                                "set epochs=120"]
+    rs = [dict(_result(0, 0.8), label=lab) for lab in labels] + [dict(_result(0, 0.9), label="dense")]
+    rs[-1]["config"] = dict(rs[-1]["config"], method="dense")
+    colors = _colors(rs)
+    assert "dense" not in colors and set(colors) == set(labels)
+    hls = {lab: colorsys.rgb_to_hls(*colors[lab][:3]) for lab in labels}
+    # one hue per arm, two arms two hues; shorter runs lighter
+    assert abs(hls["rigl epochs=30"][0] - hls["rigl epochs=120"][0]) < 1e-6
+    assert abs(hls["rigl epochs=30"][0] - hls["set epochs=30"][0]) > 0.05
+    assert hls["rigl epochs=30"][1] > hls["rigl epochs=60"][1] > hls["rigl epochs=120"][1]

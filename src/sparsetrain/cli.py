@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
-    SUP_SUFFIX, aggregate, describe_found, describe_runs, format_table, git_commit, load_runs, make_plots, one_setup,
+    SUP_SUFFIX, aggregate, describe_found, describe_runs, format_table, load_runs, loaded_commit, make_plots, one_setup,
     write_report,
 )
 
@@ -434,7 +434,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    commit = git_commit()  # the code the runs use, even if the checkout moves on meanwhile
+    commit = loaded_commit()  # the code the runs use, even if the checkout moves on meanwhile
     with warnings.catch_warnings():
         # a library warning is one line; a run in which no topology update fits is refused
         warnings.showwarning = lambda message, category, *rest, **kw: print(

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import InputError
-from .paired import SUP_SUFFIX, report_sections  # SUP_SUFFIX is re-exported (config and grid read it here)
+from .paired import SUP_SUFFIX, _natural, report_sections  # SUP_SUFFIX is re-exported (config and grid read it here)
 
 __all__ = [
     "aggregate", "format_table", "ticket_table", "load_runs", "write_report", "plot_accuracy_vs_sparsity",
     "plot_learning_curves", "plot_itop", "plot_accuracy_vs_itop", "plot_turnover", "plot_layer_density", "make_plots",
-    "git_commit", "provenance", "describe_found", "one_setup", "describe_runs",
+    "git_commit", "loaded_commit", "provenance", "describe_found", "one_setup", "describe_runs",
 ]
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -91,6 +91,19 @@ def git_commit() -> str:
     except Exception:  # noqa: BLE001 - not a git checkout, no git
         return "unknown"
     return head + ("+modified" if dirty.returncode == 1 else "")
+
+
+_LOADED: list[str] = []
+
+
+def loaded_commit() -> str:
+    """:func:`git_commit` as it was when this process first asked (the experiment runner asks when
+    it is imported): the code the process actually runs. A long sweep's workers keep the code they
+    loaded while the checkout moves on, so asking at the end of a run would stamp it with a later
+    commit, or ``+modified`` for edits it never ran."""
+    if not _LOADED:
+        _LOADED.append(git_commit())
+    return _LOADED[0]
 
 
 def provenance(results, wall: Optional[float] = None, commit: Optional[str] = None,
@@ -288,13 +301,35 @@ def _panels(plt, n: int, title: str):
     return fig, axes[0]
 
 
+def _ordered(labels: Sequence[str]) -> list[str]:
+    """Labels in order: methods as first seen, a grid's variants of one method as numbers ("rigl
+    epochs=30" before "rigl epochs=120")."""
+    labels = list(dict.fromkeys(labels))
+    arms = list(dict.fromkeys(label.partition(" ")[0] for label in labels))
+    return sorted(labels, key=lambda lab: (arms.index(lab.partition(" ")[0]), _natural(lab.partition(" ")[2])))
+
+
+def _labels(results) -> list[str]:
+    """The runs' labels, :func:`_ordered`."""
+    return _ordered([_label(r) for r in results])
+
+
 def _colors(results) -> dict[str, Any]:
-    """One colour per method label, the same in every panel and plot."""
+    """One colour per method label, the same in every panel and plot. A grid's variants of one arm
+    ("rigl epochs=30/60/120") share the arm's hue, lighter to darker in variant order."""
     import matplotlib
 
-    labels = list(dict.fromkeys(_label(r) for r in results if r["config"]["method"] != "dense"))
-    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+    labels = _labels([r for r in results if r["config"]["method"] != "dense"])
+    arms = list(dict.fromkeys(label.partition(" ")[0] for label in labels))
+    cmap = matplotlib.colormaps["tab10" if len(arms) <= 10 else "tab20"]
+    colors = {}
+    for i, arm in enumerate(arms):
+        variants = [label for label in labels if label.partition(" ")[0] == arm]
+        base = matplotlib.colors.to_rgb(cmap(i % cmap.N))
+        for j, label in enumerate(variants):  # mixed with white: 55% of the hue for the first, all of it for the last
+            k = 1.0 if len(variants) == 1 else 0.55 + 0.45 * j / (len(variants) - 1)
+            colors[label] = tuple(k * c + (1 - k) for c in base)
+    return colors
 
 
 def _finish(fig, axes, path: Path, plt) -> Path:
@@ -304,7 +339,8 @@ def _finish(fig, axes, path: Path, plt) -> Path:
         for h, l in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(l, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        order = _ordered(list(seen))
+        fig.legend([seen[label] for label in order], order, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -324,7 +360,7 @@ def plot_learning_curves(results, path: Path, title: str) -> Optional[Path]:
         if dense:
             xs, ys = _mean_curve([[(c["epoch"], 100 * c["test_acc"]) for c in r["curve"]] for r in dense])
             ax.plot(xs, ys, color="black", ls="--", lw=1, label="dense")
-        for label in dict.fromkeys(_label(r) for r in rs):
+        for label in _labels(rs):
             runs = [r for r in rs if _label(r) == label and r.get("curve")]
             if runs:
                 xs, ys = _mean_curve([[(c["epoch"], 100 * c["test_acc"]) for c in r["curve"]] for r in runs])
@@ -427,10 +463,16 @@ def plot_accuracy_vs_itop(results, path: Path, title: str) -> Optional[Path]:
         return None
     fig, axes = _panels(plt, len(groups), title + ": accuracy against R_s (one point per run)")
     colors = _colors(results)
+    shapes: dict[str, str] = {}  # a grid's variants of one arm: a marker each (o, s, ^, ...) besides the shade
+    variants: dict[str, int] = {}
+    for label in colors:
+        arm = label.partition(" ")[0]
+        shapes[label] = "os^Dv<>pP*"[variants.get(arm, 0) % 10]
+        variants[arm] = variants.get(arm, 0) + 1
     for ax, (d, rs) in zip(axes, groups.items()):
-        for label in dict.fromkeys(_label(r) for r in rs):
+        for label in _labels(rs):
             pts = [(r["itop_rate"], 100 * r["test_acc"]) for r in rs if _label(r) == label]
-            ax.scatter(*zip(*pts), s=18, label=label, color=colors[label], alpha=0.8)
+            ax.scatter(*zip(*pts), s=20, label=label, color=colors[label], marker=shapes[label], alpha=0.85)
         ax.set_title(f"{100 * (1 - d):.0f}% sparsity", fontsize=9)
         ax.set_xlabel("R_s at the end of training")
         ax.set_ylabel("test accuracy (%)")

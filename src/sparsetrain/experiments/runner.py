@@ -35,13 +35,14 @@ from .build import (
 from .config import RunConfig
 from .loader import Loader
 from .models import build_model
-from .report import git_commit
+from .report import loaded_commit
 from .rundir import RUN_FILES, RunDirectory, RunExistsError, json_safe
 from ..sparse.kernels import cpu_model
 
 __all__ = ["RunConfig", "run", "evaluate", "lm_metrics", "RUN_FILES", "RunExistsError", "Trainer", "TrainState"]
 
 log = logging.getLogger(__name__)
+loaded_commit()  # the commit of the code this process loads now, recorded in every run's summary
 
 
 @torch.no_grad()
@@ -361,7 +362,7 @@ class Trainer:
             "inference_flops_fraction": report.fraction,
             "dense_flops_per_example": report.dense,
             # what made the run (a sweep resumed over sessions mixes commits: the report lists them)
-            "versions": {"sparsetrain": st.__version__, "torch": torch.__version__, "commit": git_commit(),
+            "versions": {"sparsetrain": st.__version__, "torch": torch.__version__, "commit": loaded_commit(),
                          "cpu": cpu_model(), "threads": torch.get_num_threads()},
             "sparse_kernels": kernels_used(self.model, cfg.batch_size),
             "kernel_choices": kernel_choices(self.model, cfg.batch_size),  # per layer and operation
