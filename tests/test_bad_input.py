@@ -290,11 +290,20 @@ def test_grid_commands_validate_every_run_before_the_first(tmp_path, capsys, arg
 def test_ignored_settings_are_warned(tmp_path, capsys):
     out = tmp_path / "r"
     argv = ["train", "--out", str(out), *_SYN, "--method", "dense", "--density", "0.05", "--optimizer", "adam",
-            "--momentum", "0.5", "--no-progress"]
+            "--momentum", "0.5", "--no-progress", "--hp", "update_interval=2"]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
-    _says(err, r"warning: --density has no effect with --method dense",
+    # the flags as the user typed them (--hp, not the internal algorithm_kwargs)
+    _says(err, r"warning: --density, --hp have no effect with --method dense",
           r"warning: --momentum has no effect with --optimizer adam")
+
+
+def test_help_states_each_default_once():
+    for command in ("train", "sweep", "compare", "report", "demo"):
+        text = cli._build_parser()._subparsers._group_actions[0].choices[command].format_help()
+        assert "(default: None)" not in text, command
+        for option in re.split(r"\n  (?=-)", text):  # one block per option
+            assert " ".join(option.split()).count("default:") <= 1, option
 
 
 def test_report_names_the_files_it_skipped(tmp_path, capsys):

@@ -747,6 +747,47 @@ def test_default_multiplicative_masking_lets_nan_at_a_masked_position_through():
     assert torch.all(model[0].weight.grad[mask] == model[0].weight.grad[mask])  # active entries finite
 
 
+def test_nan_safe_masking_after_a_step_clears_a_nan_that_reached_a_masked_weight():
+    """NaN·0 = NaN: the post-step masking must select, not multiply, under nan_safe; a NaN put into
+    the gradient after backward (past the gradient hook) is cleared from the weights and the state."""
+    for nan_safe in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sp = st.Sparsifier(model, opt, "set", density=0.25, update_interval=2, total_steps=20, nan_safe=nan_safe)
+        model(torch.randn(4, 10)).pow(2).mean().backward()
+        mask = sp.masks["0.weight"]
+        model[0].weight.grad[~mask] = float("nan")
+        opt.step()
+        nan_weights = int(torch.isnan(model[0].weight[~mask]).sum())
+        nan_state = int(torch.isnan(opt.state[model[0].weight]["momentum_buffer"][~mask]).sum())
+        if nan_safe:
+            assert nan_weights == nan_state == 0
+            assert torch.isfinite(model[0].weight).all()
+        else:  # the documented price of the fast default
+            assert nan_weights == int((~mask).sum())
+
+
+def test_a_topology_update_zeroes_the_last_gradient_at_the_weights_it_drops():
+    """.grad is zero off the mask after every step, update steps included (the dropped weights'
+    last gradient is not left behind for a loop that reads or accumulates .grad)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = st.Sparsifier(model, opt, "rigl", density=0.25, update_interval=2, total_steps=20)
+    updates = 0
+    for _ in range(6):
+        before = {n: m.clone() for n, m in sp.masks.items()}
+        model(torch.randn(8, 10)).pow(2).mean().backward()
+        opt.step()
+        for n, layer in sp.layers.items():
+            assert int((layer.param.grad[~layer.mask] != 0).sum()) == 0, n
+            updates += int(not torch.equal(before[n], layer.mask))
+        st.testing.assert_invariants(sp, opt)
+        opt.zero_grad()
+    assert updates > 0  # the masks did change
+
+
 # ----------------------------------------------------------------------------- 9. metrics
 
 

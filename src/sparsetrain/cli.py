@@ -67,8 +67,9 @@ FIELD_HELP = {
     "augment": "augmentation: none, crop-flip, crop, flip (default: crop-flip for CIFAR, none otherwise)",
     "seed": "random seed (model init, mask, data order)",
     "threads": "torch CPU threads (default: torch's choice)",
-    "data_root": "directory holding the dataset files (see the error message of a missing dataset)",
-    "train_subset": "use only the first N training examples",
+    "data_root": "directory holding the dataset files (see the error message of a missing dataset; default: the "
+                 "dataset's usual places)",
+    "train_subset": "use only the first N training examples (default: all)",
     "checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
     "execution": "Linear layers: masked (dense kernels), sparse (CSR, cost follows nnz), auto (sparse where "
                  "measured faster on this machine for the layer's shape, density and batch; cached)",
@@ -102,7 +103,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
-        help_ = f"{FIELD_HELP.get(f.name, f.name)} (default: {shown})"
+        help_ = FIELD_HELP.get(f.name, f.name)
+        help_ += "" if "default:" in help_ else f" (default: {shown})"  # a help text may say the default its own way
         if isinstance(default, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_)
@@ -326,8 +328,17 @@ def _print_table(table: str, out: Path, plots: Sequence[Path]) -> None:
         print("plots:  " + ", ".join(str(p.resolve()) for p in plots))
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     parser = argparse.ArgumentParser(prog="sparsetrain", description="Dynamic sparse training for PyTorch.",
                                      formatter_class=fmt)
     parser.add_argument("-v", "--verbose", action="store_true", help="log the library's messages (INFO level)")

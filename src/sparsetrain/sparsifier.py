@@ -131,7 +131,8 @@ class Sparsifier:
         nan_safe: mask gradients by selection (``torch.where``) so that a NaN/inf gradient at a
             masked position can never reach a masked weight. The default multiplies by the mask
             (3–10× cheaper on CPU), where NaN·0 = NaN: a non-finite gradient confined to masked
-            positions would then reach those weights (see ``docs/correctness.md``).
+            positions would then reach those weights (see ``docs/correctness.md``). The masking
+            of weights and optimizer state after each step then selects too.
         distributed: with ``torch.distributed`` initialised and more than one rank (``"auto"``) or
             ``True``: the captured dense gradients are averaged across ranks (as DDP averages
             ``.grad``) before growth, and every update verifies with a checksum that all ranks

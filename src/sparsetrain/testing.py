@@ -10,7 +10,7 @@ The invariants (``docs/correctness.md``), for every sparse layer whatever its st
 1. the mask is a bool tensor of the weight's dense shape with exactly ``n_active`` entries
    (and ``counts[name]`` of them when ``counts`` is given); the global count is
    ``round(density · total)`` when ``density`` is given;
-2. every masked weight is exactly zero;
+2. every masked weight is exactly zero, and so is its gradient (``.grad``, when there is one);
 3. every optimizer-state tensor shaped like the stored parameter is exactly zero at masked
    positions (a compressed layer: its state is nnz-sized, zero on the capacity padding);
 4. a compressed layer stores exactly its mask's pattern;
@@ -56,6 +56,9 @@ def assert_invariants(sp, optimizer: Optional[torch.optim.Optimizer] = None,
         module = layer.sparse_module
         if module is None:
             assert bool((layer.param.detach()[~mask] == 0).all()), f"masked weights of {name} are not exactly 0"
+            grad = layer.param.grad
+            assert grad is None or bool((grad[~mask.to(grad.device)] == 0).all()), \
+                f"the gradient (.grad) of {name} is not 0 at masked positions"
             for key, t in _state_tensors(optimizer, layer.param).items():
                 checked += 1
                 assert bool((t[~mask] == 0).all()), f"optimizer state {key!r} of {name} is not 0 at masked positions"

@@ -283,7 +283,8 @@ class RunConfig:
         def note(keys, why):
             typed = [k for k in keys if k in given]
             if typed:
-                out.append(f"{', '.join('--' + k.replace('_', '-') for k in typed)} {'has' if len(typed) == 1 else 'have'} "
+                flags = ", ".join("--hp" if k == "algorithm_kwargs" else "--" + k.replace("_", "-") for k in typed)
+                out.append(f"{flags} {'has' if len(typed) == 1 else 'have'} "
                            f"no effect {why}")
 
         if self.method == "dense":

@@ -20,8 +20,10 @@ class MaskedStorage(Storage):
     A tensor hook masks the gradient during ``backward()`` (so the optimizer, clipping and
     everything between backward and step see masked gradients) and hands the dense gradient over
     when it is wanted; after every step the masked weights and every optimizer-state tensor shaped
-    like the weight are multiplied by the mask. ``mask_mul`` is the mask in the weight's dtype
-    (multiplying by a float mask is ~10× faster than by a bool one).
+    like the weight are multiplied by the mask (with ``nan_safe``, set to zero by selection, so a
+    NaN there is cleared too). ``mask_mul`` is the mask in the weight's dtype (multiplying by a
+    float mask is ~10× faster than by a bool one). A topology update also zeroes the last gradient
+    at the weights it drops, so ``.grad`` is zero off the mask after every step.
     """
 
     kind = "masked"
@@ -30,6 +32,7 @@ class MaskedStorage(Storage):
         super().__init__(param, param.shape if shape is None else shape)
         self.mask_mul: Optional[torch.Tensor] = None
         self._mask: Optional[torch.Tensor] = None
+        self._nan_safe = False
 
     def mask_changed(self, mask: torch.Tensor) -> None:
         self._mask = mask
@@ -41,6 +44,8 @@ class MaskedStorage(Storage):
             layer.sync_device()
 
     def attach(self, layer: "LayerState", hooks: Hooks) -> None:
+        self._nan_safe = hooks.nan_safe
+
         def on_grad(grad: torch.Tensor):
             if not hooks.enabled():
                 return None
@@ -63,6 +68,12 @@ class MaskedStorage(Storage):
         if layer.is_dense:
             return
         self._sync(layer)
+        if self._nan_safe:  # selection: a NaN/inf that reached a masked weight or its state is cleared too
+            off = ~layer.mask
+            self.param.masked_fill_(off, 0.0)
+            for t in self.state_tensors(optimizer, self.param):
+                t.masked_fill_(off, 0)
+            return
         self.param.mul_(self.mask_mul)
         for t in self.state_tensors(optimizer, self.param):
             t.mul_(self.mask_mul)
@@ -82,7 +93,12 @@ class MaskedStorage(Storage):
                optimizer: torch.optim.Optimizer) -> None:
         # fresh optimizer state for grown weights, zero state for dropped ones
         for t in self.state_tensors(optimizer, self.param):
-            t.mul_(kept)
+            if self._nan_safe:
+                t.masked_fill_(~kept.to(t.device), 0)
+            else:
+                t.mul_(kept)
+        if self.param.grad is not None:  # the last gradient at dropped weights: masked like the weights
+            self.param.grad.masked_fill_(~new.to(self.param.grad.device), 0)
         state = optimizer.state.get(self.param)
         if state:
             fresh = self.fresh_state_values(optimizer, self.param)
