@@ -8,6 +8,7 @@ and density, averages over seeds (mean ± sample std) and writes ``results.md``,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -93,17 +94,13 @@ def git_commit() -> str:
     return head + ("+modified" if dirty.returncode == 1 else "")
 
 
-_LOADED: list[str] = []
-
-
+@functools.cache
 def loaded_commit() -> str:
     """:func:`git_commit` as it was when this process first asked (the experiment runner asks when
     it is imported): the code the process actually runs. A long sweep's workers keep the code they
     loaded while the checkout moves on, so asking at the end of a run would stamp it with a later
     commit, or ``+modified`` for edits it never ran."""
-    if not _LOADED:
-        _LOADED.append(git_commit())
-    return _LOADED[0]
+    return git_commit()
 
 
 def provenance(results, wall: Optional[float] = None, commit: Optional[str] = None,

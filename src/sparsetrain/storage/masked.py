@@ -91,12 +91,10 @@ class MaskedStorage(Storage):
     @torch.no_grad()
     def commit(self, layer: "LayerState", new: torch.Tensor, kept: torch.Tensor,
                optimizer: torch.optim.Optimizer) -> None:
-        # fresh optimizer state for grown weights, zero state for dropped ones
+        # fresh optimizer state for grown weights, zero state for dropped ones (by selection: an
+        # update is rare, and a NaN in a dropped weight's state must not survive as NaN·0)
         for t in self.state_tensors(optimizer, self.param):
-            if self._nan_safe:
-                t.masked_fill_(~kept.to(t.device), 0)
-            else:
-                t.mul_(kept)
+            t.masked_fill_(~kept.to(t.device), 0)
         if self.param.grad is not None:  # the last gradient at dropped weights: masked like the weights
             self.param.grad.masked_fill_(~new.to(self.param.grad.device), 0)
         state = optimizer.state.get(self.param)
