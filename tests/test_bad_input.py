@@ -501,13 +501,19 @@ def test_wrong_kinds_of_model_algorithm_and_argument_order_are_named():
 
 
 def test_a_weight_left_dense_by_default_says_how_to_opt_in():
-    # ConvTranspose2d, MultiheadAttention's in_proj_weight, RNN weights: the reason used to be
-    # "not a Linear/Conv weight" (a ConvTranspose2d is a conv), with no way to make it sparse
+    # ConvTranspose2d: the reason used to be "not a Linear/Conv weight" (a ConvTranspose2d is a
+    # conv), with no way to make it sparse; then the hint was include=['1.weight'], which makes
+    # every *other* layer dense. The hint keeps the defaults.
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 2, 2))
     sp = st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), "static", density=0.5)
     reason = dict((n, r) for n, _, r in sp.selection.left)["1.weight"]
-    _says(reason, "ConvTranspose2d", r"include=\['1\.weight'\]")
-    assert "include=['1.weight']" in sp.summary()
+    _says(reason, "ConvTranspose2d", r"include=\[st\.DEFAULT_LAYERS, '1\.weight'\]")
+    assert "include=[st.DEFAULT_LAYERS, '1.weight']" in sp.summary()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 2, 2))  # following the hint: both sparse
+    sp = st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), "static", density=0.5,
+                       include=[st.DEFAULT_LAYERS, "1.weight"])
+    assert [s.name for s in sp.selection.selected] == ["0.weight", "1.weight"]
+    assert sp.selection.why == {"0.weight": "Conv2d", "1.weight": "include='1.weight'"}
 
 
 def test_a_seed_beyond_64_bits_is_an_input_error():

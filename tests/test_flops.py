@@ -176,3 +176,33 @@ def test_hf_gpt2_fraction_counts_conv1d_and_attention():
     assert r.dense == blocks + head + attention
     assert r.sparse == pytest.approx(16 * sum(int(k.sum()) for k in sp.masks.values()) + head + attention)
     assert r.fraction == pytest.approx(r.sparse / r.dense) and 0.3 < r.fraction < 0.4
+
+
+class Recurrent(nn.Module):
+    def __init__(self, rnn: nn.RNNBase):
+        super().__init__()
+        self.rnn, self.fc = rnn, nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), 3)
+
+    def forward(self, x):
+        out = self.rnn(x)[0]
+        if isinstance(out, nn.utils.rnn.PackedSequence):
+            out = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0]
+        return self.fc(out)
+
+
+def test_recurrent_weights_count_once_per_time_step_at_their_nonzeros():
+    torch.manual_seed(0)
+    m = Recurrent(nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True))
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), "static", density=0.3)
+    r = st.flops(m, torch.randn(2, 7, 4), sp.masks)
+    names = [f"rnn.weight_{k}_l{l}{d}" for l in range(2) for d in ("", "_reverse") for k in ("ih", "hh")]
+    assert set(names) <= set(r.layers) and "rnn.bias_ih_l0" not in r.layers
+    for n in names:  # 7 steps per example; the masked weights at their nonzeros
+        w = dict(m.named_parameters())[n]
+        assert r.layers[n].positions == 7 and r.layers[n].numel == w.numel()
+        assert r.layers[n].nnz == int(sp.masks[n].sum()) == int((w != 0).sum())
+    assert r.layers["fc.weight"].positions == 7
+    gru = Recurrent(nn.GRU(4, 5, batch_first=True))  # packed: the real lengths (7 + 3 steps, 2 examples)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 4), torch.tensor([7, 3]), batch_first=True)
+    r = st.flops(gru, packed)
+    assert r.layers["rnn.weight_hh_l0"].positions == 10 / 2 and r.layers["rnn.weight_hh_l0"].dense == 5 * 15 * 5

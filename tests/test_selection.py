@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from _hf_like import Conv1D
-from sparsetrain.selection import check_selected, is_conv1d_like, pinned_names, plan, select
+from sparsetrain.selection import DEFAULT_LAYERS, check_selected, is_conv1d_like, pinned_names, plan, select
 
 
 class Tied(nn.Module):
@@ -69,7 +69,8 @@ def test_tied_head_and_embedding_dense_by_default_with_reasons():
     sel = plan(CharLM())
     assert [s.name for s in sel.selected] == ["blocks.0.1.weight", "blocks.0.2.weight"]
     left = {n: r for n, _, r in sel.left}
-    assert left["tok.weight"].startswith("embedding, tied to head.weight") and "include=['tok.weight']" in left["tok.weight"]
+    assert left["tok.weight"].startswith("embedding, tied to head.weight") and \
+        "include=[st.DEFAULT_LAYERS, 'tok.weight']" in left["tok.weight"]
     assert left["blocks.0.0.weight"] == "1-D" and left["blocks.0.1.bias"] == "1-D"
     assert "head.weight" not in left  # one parameter, reported under its first name
 
@@ -136,3 +137,75 @@ def test_summary_lists_sparse_and_dense_with_reasons():
     sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), "set", density=0.5, total_steps=1000,
                        include=["tok.weight"])
     assert "include='tok.weight', embedding, tied: head.weight" in sp.summary()
+
+
+# ---------------------------------------------------------------- attention and recurrent layers, DEFAULT_LAYERS
+
+class Block(nn.Module):
+    """A container type: an attention layer, an LSTM, a norm and an embedding inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=6, add_bias_kv=True)
+        self.rnn = nn.LSTM(8, 6, num_layers=2, bidirectional=True, proj_size=3)
+        self.norm = nn.LayerNorm(8)
+
+
+def test_multihead_attention_and_recurrent_weights_are_sparse_by_default():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32), 2, enable_nested_tensor=False)
+    sel = plan(enc)
+    assert [s.name for s in sel.selected] == [f"layers.{i}.{n}" for i in range(2) for n in (
+        "self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight")]
+    assert sel.why["layers.0.self_attn.in_proj_weight"] == "MultiheadAttention"
+    assert all(r == "1-D" for _, _, r in sel.left)  # biases and norm gains only
+    m = nn.ModuleDict({"rnn": nn.LSTM(8, 6, num_layers=2, bidirectional=True, proj_size=3), "gru": nn.GRU(4, 5)})
+    sel = plan(m)
+    lstm = [f"rnn.weight_{k}_l{l}{d}" for l in range(2) for d in ("", "_reverse") for k in ("ih", "hh", "hr")]
+    assert sorted(s.name for s in sel.selected) == sorted(lstm + ["gru.weight_ih_l0", "gru.weight_hh_l0"])
+    assert {sel.why[n] for n in lstm} == {"LSTM"} and sel.why["gru.weight_hh_l0"] == "GRU"
+    assert all(n.split(".")[1].startswith("bias") for n, _, _ in sel.left)
+
+
+def test_separate_qkv_projections_are_sparse_and_bias_kv_is_not():
+    sel = plan(Block())
+    names = [s.name for s in sel.selected]
+    assert {"attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight", "attn.out_proj.weight"} <= set(names)
+    assert not any("bias" in n or n.startswith(("emb", "norm")) for n in names)
+    assert {n for n, _, _ in sel.left} >= {"attn.bias_k", "attn.bias_v", "emb.weight", "norm.weight"}
+
+
+def test_a_module_type_selects_its_weight_matrices_and_those_inside_it():
+    assert [s.name for s in select(Block(), include=[nn.LSTM])] == \
+        [f"rnn.weight_{k}_l{l}{d}" for l in range(2) for d in ("", "_reverse") for k in ("ih", "hh", "hr")]
+    sel = plan(Block(), include=[nn.MultiheadAttention])  # its q/k/v and the out_proj Linear inside it
+    assert [s.name for s in sel.selected] == ["attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight",
+                                              "attn.out_proj.weight"]
+    assert "attn.bias_k" in {n for n, _, _ in sel.left}  # 3-D, but a bias
+    inside = select(Block(), include=[Block])  # a container's type: like a glob, no embedding, no 1-D gain
+    assert {s.name for s in inside} == {s.name for s in select(Block())}
+    kept = plan(nn.TransformerEncoderLayer(16, 2, 32), exclude=[nn.MultiheadAttention])
+    assert [s.name for s in kept.selected] == ["linear1.weight", "linear2.weight"]
+    assert dict((n, r) for n, _, r in kept.left)["self_attn.out_proj.weight"] == "excluded by MultiheadAttention"
+    with pytest.raises(ValueError, match="Dropout modules hold no weight matrix"):
+        plan(nn.TransformerEncoderLayer(16, 2, 32), include=[nn.Dropout])
+    with pytest.raises(ValueError, match="GRU matches no module"):
+        plan(Block(), exclude=[nn.GRU])
+
+
+@pytest.mark.parametrize("make", [Tied, CharLM, Block, lambda: nn.TransformerEncoderLayer(16, 2, 32),
+                                  lambda: nn.ModuleDict({"c": Conv1D(12, 4), "e": nn.Embedding(5, 4)})])
+def test_default_layers_is_the_default_selection_and_adds_to_it(make):
+    default, same = plan(make()), plan(make(), include=[DEFAULT_LAYERS])
+    assert [s.name for s in same.selected] == [s.name for s in default.selected] and same.why == default.why
+    left = [n for n, shape, r in default.left if len(shape) >= 2]  # an embedding, a bias_k: added by name
+    for name in left:
+        more = plan(make(), include=[DEFAULT_LAYERS, name])
+        assert [s.name for s in more.selected if s.name != name] == [s.name for s in default.selected]
+        assert name in more.why and more.why[name].startswith(f"include={name!r}")
+
+
+def test_pins_by_type_and_default_layers():
+    sel = plan(Block(), dense=[nn.MultiheadAttention])
+    assert sel.pinned == ["attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight", "attn.out_proj.weight"]
+    assert pinned_names(plan(Block()).selected, DEFAULT_LAYERS) == [s.name for s in plan(Block()).selected]

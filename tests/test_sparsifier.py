@@ -1036,3 +1036,38 @@ def test_regrown_weights_get_the_state_a_new_parameter_starts_from(make, key, va
     train(range(3, 5))
     moved = sum(int((l.param.detach()[newly[n] & l.mask] != 0).sum()) for n, l in sp.layers.items())
     assert moved > 0  # the step after the update trained the regrown weights
+
+
+class _Seq2Seq(nn.Module):
+    """Attention over an LSTM's outputs: the layers sparse by default besides Linear/Conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(30, 16)
+        self.rnn = nn.LSTM(16, 8, num_layers=2, bidirectional=True, batch_first=True)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 30)
+
+    def forward(self, x):
+        h = self.emb(x)
+        r = self.rnn(h)[0]
+        return self.fc(self.att(h, r, r)[0])
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.Adam, torch.optim.SGD])
+def test_recurrent_and_attention_weights_train_sparse_with_every_invariant(opt_cls):
+    torch.manual_seed(0)
+    m = _Seq2Seq()
+    opt = opt_cls(m.parameters(), lr=0.01, **({"momentum": 0.9} if opt_cls is torch.optim.SGD else {}))
+    sp = st.Sparsifier(m, opt, st.RigL(density=0.2, update_interval=4), total_steps=24)
+    assert {"rnn.weight_hh_l1_reverse", "att.in_proj_weight"} <= set(sp.masks)
+    before = {n: sp.masks[n].clone() for n in sp.masks}
+    for _ in range(24):
+        x = torch.randint(0, 30, (4, 10))
+        nn.functional.cross_entropy(m(x).reshape(-1, 30), x.reshape(-1)).backward()
+        opt.step()
+        opt.zero_grad()
+        assert_invariants(sp, opt)
+    assert sp.updates == 4  # steps 4, 8, 12, 16 (end=0.75: step 18)
+    assert all(not torch.equal(before[n], sp.masks[n]) for n in ("rnn.weight_ih_l0", "att.in_proj_weight"))
+    assert int(sp.masks["rnn.weight_ih_l0"].sum()) == int((m.rnn.weight_ih_l0 != 0).sum())  # the LSTM reads these

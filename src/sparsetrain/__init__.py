@@ -14,6 +14,7 @@ from .algorithms import (
 )
 from .errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from .flops import FlopsReport, flops, training_flops_per_step
+from .selection import DEFAULT_LAYERS
 from .sparsifier import Sparsifier
 from .tickets import SupTickets, TicketEnsemble
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sparsifier",
+    "DEFAULT_LAYERS",
     "SupTickets",
     "TicketEnsemble",
     "tickets",

@@ -20,7 +20,11 @@ Convention (as in the DST literature): one multiply-accumulate counts as one FLO
   products for the call, whole batch), see :data:`ATTENTION_METHOD` — and, without it, in
   ``nn.MultiheadAttention`` and in self-attention modules shaped like Hugging Face's
   (``GPT2Attention``: class name ending in ``Attention``, ``num_heads`` and ``head_dim``
-  attributes, output ``(B, T, d)``). A recognised module inside another one is not counted twice.
+  attributes, output ``(B, T, d)``). A recognised module inside another one is not counted twice;
+- **recurrent layers** ``nn.RNN``/``nn.LSTM``/``nn.GRU``: each weight matrix (``weight_ih_l*``,
+  ``weight_hh_l*``, ``weight_hr_l*``, both directions) is used once per time step, so
+  ``positions`` is the number of time steps per example (packed sequences: their total length
+  divided by the batch). The gate nonlinearities and products are not counted.
 
 Norms, activations, softmax, embeddings lookups and pooling are not counted. Numbers are per
 example (the example input's first dimension is the batch).
@@ -170,8 +174,12 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     masks = dict(masks or {})
     report = FlopsReport()
     handles = []
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    batch = int(args[0].shape[0]) if torch.is_tensor(args[0]) and args[0].dim() > 0 else 1
+    packed = isinstance(example_input, nn.utils.rnn.PackedSequence)  # a namedtuple, but one argument
+    args = example_input if isinstance(example_input, tuple) and not packed else (example_input,)
+    if isinstance(args[0], nn.utils.rnn.PackedSequence):  # a recurrent model's packed batch
+        batch = int(args[0].batch_sizes[0])
+    else:
+        batch = int(args[0].shape[0]) if torch.is_tensor(args[0]) and args[0].dim() > 0 else 1
 
     def make_hook(pname: str, module: nn.Module):
         def hook(mod, inputs, output):
@@ -202,8 +210,28 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
 
         return hook
 
+    def rnn_hook(name: str):
+        def hook(mod, inputs, output):
+            out = _first(output)
+            steps = out.data.shape[0] if isinstance(out, nn.utils.rnn.PackedSequence) else out.numel() / out.shape[-1]
+            prefix = f"{name}." if name else ""
+            for wname, w in mod.named_parameters(recurse=False):
+                if not wname.startswith("weight_"):
+                    continue
+                pname = prefix + wname
+                nnz = int(masks[pname].sum()) if pname in masks else w.numel()
+                prev = report.layers.get(pname)
+                if prev is None:
+                    report.layers[pname] = LayerFlops(pname, steps / batch, w.numel(), nnz)
+                else:
+                    prev.positions += steps / batch
+
+        return hook
+
     counted: list[str] = []
     for mod_name, module in model.named_modules():
+        if isinstance(module, nn.RNNBase):
+            handles.append(module.register_forward_hook(rnn_hook(mod_name)))
         if isinstance(module, SparseLinear) or is_conv1d_like(module) or (
                 isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None):
             pname = f"{mod_name}.weight" if mod_name else "weight"

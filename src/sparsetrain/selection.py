@@ -1,19 +1,32 @@
 """Which parameters are sparse: ``include`` / ``exclude`` selectors, ``dense`` pins, and the checks.
 
-A selector is a glob on the fully-qualified parameter name (``"features.*.weight"``), a module
-type (that module's ``weight``) or a predicate ``f(name, param, module) -> bool``.
+A selector is
 
-By default the weight matrices of Linear, Conv1d/2d/3d, compressed :class:`SparseLinear` layers
-and Hugging-Face-style ``Conv1D`` layers (GPT-2's projections) are sparse. ``Conv1D`` is
-recognised without importing transformers, by duck typing: a module whose class is named
-``Conv1D``, with an ``nf`` attribute (its output size) and a 2-D ``weight``.
+- a glob on the fully-qualified parameter name (``"features.*.weight"``);
+- a module type: the weight matrices of modules of that type — the parameters they hold
+  directly whose name is ``weight``, ``weight_*`` or ``*_weight`` (``nn.Linear``'s ``weight``,
+  ``nn.MultiheadAttention``'s ``in_proj_weight``, ``nn.LSTM``'s ``weight_ih_l0``...) — and those
+  of the modules inside them (``exclude=[nn.MultiheadAttention]`` also keeps its ``out_proj``
+  dense; ``include=[MyBlock]`` makes the block's weight matrices sparse);
+- a predicate ``f(name, param, module) -> bool``;
+- :data:`DEFAULT_LAYERS`: the default selection below, so that ``include=[DEFAULT_LAYERS,
+  "head.weight"]`` *adds* a layer to the defaults (``include=["head.weight"]`` alone makes only
+  that layer sparse).
+
+By default the weight matrices of Linear, Conv1d/2d/3d, compressed :class:`SparseLinear` layers,
+Hugging-Face-style ``Conv1D`` layers (GPT-2's projections), ``nn.MultiheadAttention`` (its
+``in_proj_weight``, or ``q/k/v_proj_weight``; ``out_proj`` is a Linear) and the recurrent layers
+``nn.RNN``/``nn.LSTM``/``nn.GRU`` (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``) are
+sparse. ``Conv1D`` is recognised without importing transformers, by duck typing: a module whose
+class is named ``Conv1D``, with an ``nf`` attribute (its output size) and a 2-D ``weight``.
 
 What stays dense unless asked for, and why (:meth:`Selection.table` lists it):
 
 - **embeddings** (``nn.Embedding``/``nn.EmbeddingBag`` weights) and parameters **tied** to one
   (an output head sharing the token embedding): sparse only when a selector names them
-  explicitly — an exact name (any alias of the tied parameter), a module type
-  (``include=[nn.Embedding]``) or a predicate; a wildcard glob does not opt them in;
+  explicitly — an exact name (any alias of the tied parameter), the module type holding them
+  (``include=[nn.Embedding]``) or a predicate; a wildcard glob, a container's type or
+  :data:`DEFAULT_LAYERS` does not opt them in;
 - **1-D parameters** (biases, norm gains): the same rule;
 - frozen parameters (``requires_grad=False``).
 
@@ -36,8 +49,9 @@ from torch import nn
 from .errors import InputError, InputTypeError
 from .sparse.linear import SparseLinear
 
-__all__ = ["DEFAULT_SPARSE_MODULES", "EMBEDDING_MODULES", "Selector", "Selected", "Selection", "as_list",
-           "matches", "is_conv1d_like", "weight_layer_kind", "plan", "select", "pinned_names", "check_selected"]
+__all__ = ["DEFAULT_SPARSE_MODULES", "EMBEDDING_MODULES", "DEFAULT_LAYERS", "Selector", "Selected", "Selection",
+           "as_list", "matches", "is_conv1d_like", "is_weight_name", "weight_layer_kind", "default_kind", "plan",
+           "select", "pinned_names", "check_selected"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +62,25 @@ DEFAULT_SPARSE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Module types whose ``weight`` (and every parameter tied to it) stays dense by default.
 EMBEDDING_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
-Selector = Union[str, type, Callable[[str, nn.Parameter, nn.Module], bool]]
+#: ``nn.MultiheadAttention``'s own weight matrices (packed, or separate when k/v dims differ).
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+class _DefaultLayers:
+    """The selector standing for the default selection (see :data:`DEFAULT_LAYERS`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "st.DEFAULT_LAYERS"
+
+
+#: A selector meaning "what is sparse by default" (the weight matrices of Linear, Conv, ``Conv1D``,
+#: ``nn.MultiheadAttention`` and recurrent layers): ``include=[DEFAULT_LAYERS, "lm_head.weight"]``
+#: keeps the defaults and adds a layer; ``include=["lm_head.weight"]`` alone makes only it sparse.
+DEFAULT_LAYERS = _DefaultLayers()
+
+Selector = Union[str, type, _DefaultLayers, Callable[[str, nn.Parameter, nn.Module], bool]]
 
 _GLOB = set("*?[")
 
@@ -99,23 +131,40 @@ def as_list(x) -> list:
     return [x]
 
 
+def is_weight_name(attr: str) -> bool:
+    """Whether a parameter's own name (``module.<attr>``) names a weight matrix to a module-type
+    selector: ``weight``, ``weight_*`` (an RNN's ``weight_ih_l0``) or ``*_weight`` (``in_proj_weight``)."""
+    return attr == "weight" or attr.startswith("weight_") or attr.endswith("_weight")
+
+
 def matches(selector: Selector, name: str, param: nn.Parameter, module: nn.Module, attr: str) -> bool:
-    """Whether a selector (glob on the parameter name, module type, or predicate) matches."""
+    """Whether a selector (glob on the parameter name, module type, :data:`DEFAULT_LAYERS` or
+    predicate) matches the parameter ``name`` held by ``module`` as ``attr``. A module type matches
+    here the weight matrices the module holds directly; :func:`plan` also matches those of the
+    modules inside it."""
     if isinstance(selector, str):
         return fnmatch.fnmatchcase(name, selector)
+    if isinstance(selector, _DefaultLayers):
+        return module is not None and default_kind(module, attr) is not None
     if isinstance(selector, type):
-        return isinstance(module, selector) and attr == "weight"
+        return isinstance(module, selector) and is_weight_name(attr)
     if callable(selector):
         return bool(selector(name, param, module))
     raise InputTypeError(f"a selector must be a name glob, a module type or a predicate, got {selector!r}")
 
 
 def _explicit(selector: Selector) -> bool:
-    """An exact name, a module type or a predicate (not a wildcard glob)."""
-    return not (isinstance(selector, str) and _GLOB & set(selector))
+    """An exact name, a module type or a predicate (not a wildcard glob, not :data:`DEFAULT_LAYERS`)."""
+    return not (isinstance(selector, str) and _GLOB & set(selector)) and not isinstance(selector, _DefaultLayers)
+
+
+def _is_selector(selector) -> bool:
+    return isinstance(selector, (str, type, _DefaultLayers)) or callable(selector)
 
 
 def _show(selector: Selector) -> str:
+    if isinstance(selector, _DefaultLayers):
+        return repr(selector)
     if isinstance(selector, str):
         return repr(selector)
     if isinstance(selector, type):
@@ -138,6 +187,20 @@ def weight_layer_kind(module: nn.Module) -> Optional[str]:
         if isinstance(module, cls):
             return cls.__name__
     return "Conv1D" if is_conv1d_like(module) else None
+
+
+def default_kind(module: nn.Module, attr: str) -> Optional[str]:
+    """Why ``module.<attr>`` is sparse by default (``"Linear"``, ``"MultiheadAttention"``,
+    ``"LSTM"``, ...), or ``None`` if it is not: the ``weight`` of a weight layer
+    (:func:`weight_layer_kind`), ``nn.MultiheadAttention``'s input projections and the weight
+    matrices of ``nn.RNN``/``nn.LSTM``/``nn.GRU``."""
+    if attr == "weight":
+        return weight_layer_kind(module)
+    if isinstance(module, nn.MultiheadAttention) and attr in _MHA_WEIGHTS:
+        return "MultiheadAttention"
+    if isinstance(module, nn.RNNBase) and attr.startswith("weight_"):
+        return next(c.__name__ for c in (nn.LSTM, nn.GRU, nn.RNN, nn.RNNBase) if isinstance(module, c))
+    return None
 
 
 class _Alias(NamedTuple):
@@ -172,12 +235,21 @@ def _shape(param: nn.Parameter, aliases: Sequence[_Alias]) -> tuple[int, ...]:
     return tuple(param.shape)
 
 
-def _unmatched(kind: str, selector: Selector, names: Sequence[str]) -> InputError:
+def _unmatched(kind: str, selector: Selector, names: Sequence[str], model: nn.Module) -> InputError:
     if isinstance(selector, type):
+        if any(isinstance(m, selector) for m in model.modules()):
+            return InputError(f"{kind}={selector.__name__}: the model's {selector.__name__} modules hold no weight "
+                              "matrix (a type selects parameters named weight, weight_* or *_weight, its own and "
+                              "those of the modules inside it); remove it, or name the parameters by name glob (the "
+                              f"model's parameters include {list(names[:4])})")
         return InputError(f"{kind}={selector.__name__} matches no module of the model: remove it, or name the "
                           f"parameters by name glob (the model's parameters include {list(names[:4])})")
     return InputError(f"{kind}={selector!r} matches no parameter of the model: check the spelling (names are "
                       f"fully qualified, like {list(names[:4])}; '*' in a glob also matches dots), or remove it")
+
+
+def _module_name(alias: _Alias) -> str:
+    return alias.name[: -len(alias.attr) - 1] if len(alias.name) > len(alias.attr) else ""
 
 
 def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
@@ -189,20 +261,37 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
     """
     include, exclude, dense = as_list(include), as_list(exclude), as_list(dense)
     for s in include + exclude + dense:
-        if not isinstance(s, (str, type)) and not callable(s):
-            raise InputTypeError(f"a selector must be a name glob, a module type or a predicate, got {s!r}")
+        if not _is_selector(s):
+            raise InputTypeError(f"a selector must be a name glob, a module type, st.DEFAULT_LAYERS or a predicate, "
+                                 f"got {s!r}")
     params = _aliases(model)
     embedded = {id(p) for _, module in model.named_modules() if isinstance(module, EMBEDDING_MODULES)
                 for attr, p in module.named_parameters(recurse=False) if attr == "weight"}
     all_names = [a.name for _, aliases in params.values() for a in aliases]
     used: set[tuple[str, int]] = set()
     lists = {"include": include, "exclude": exclude, "dense": dense}
+    # for each type selector, the names of the modules of that type (whose insides it also matches)
+    holders = {s: [n for n, m in model.named_modules() if isinstance(m, s)]
+               for s in include + exclude + dense if isinstance(s, type)}
 
-    def hits(kind: str, param, aliases) -> list:
-        found = [(i, s) for i, s in enumerate(lists[kind])
-                 if any(matches(s, a.name, param, a.module, a.attr) for a in aliases)]
-        used.update((kind, i) for i, _ in found)
-        return [s for _, s in found]
+    def match(s: Selector, a: _Alias, param) -> Optional[bool]:
+        """None: no match; else whether the match is explicit (opts in embeddings and 1-D parameters)."""
+        if matches(s, a.name, param, a.module, a.attr):
+            return _explicit(s)
+        if isinstance(s, type) and is_weight_name(a.attr):
+            mod = _module_name(a)
+            if any(not h or mod.startswith(h + ".") for h in holders[s]):
+                return False  # inside a module of that type: like a glob, it does not opt in embeddings or 1-D
+        return None
+
+    def hits(kind: str, param, aliases) -> list[tuple[Selector, bool]]:
+        found = []
+        for i, s in enumerate(lists[kind]):
+            how = [e for a in aliases for e in [match(s, a, param)] if e is not None]
+            if how:
+                used.add((kind, i))
+                found.append((s, any(how)))
+        return found
 
     out = Selection()
     for pid, (param, aliases) in params.items():
@@ -210,15 +299,21 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
         excluded = hits("exclude", param, aliases)
         if include:
             found = hits("include", param, aliases)
-            explicit = any(_explicit(s) for s in found)
-            reason_in = f"include={_show(found[0])}" if found else ""
+            explicit = any(e for _, e in found)
+            reason_in = ""
+            if found:
+                s0 = next((s for s, e in found if e), found[0][0])  # the selector that opted it in
+                reason_in = next((k for a in aliases for k in [default_kind(a.module, a.attr)] if k), "default") \
+                    if isinstance(s0, _DefaultLayers) else f"include={_show(s0)}"
+            opt_in = f"add {name!r} to include="
         else:
-            kinds = [k for a in aliases if a.attr == "weight" for k in [weight_layer_kind(a.module)] if k]
-            found, explicit, reason_in = kinds, False, (kinds[0] if kinds else "")
+            found = [k for a in aliases for k in [default_kind(a.module, a.attr)] if k]
+            explicit, reason_in = False, (found[0] if found else "")
+            opt_in = f"include=[st.DEFAULT_LAYERS, {name!r}]"
         if not found:
             why = ("1-D" if _dims(param, aliases) < 2 else
-                   "embedding (opt in with include=)" if pid in embedded else
-                   f"{type(aliases[0].module).__name__} weight, not sparse by default (opt in: include=[{name!r}])"
+                   f"embedding (opt in: {opt_in})" if pid in embedded else
+                   f"{type(aliases[0].module).__name__} {aliases[0].attr}, not sparse by default (opt in: {opt_in})"
                    if not include else "not matched by include=")
             out.left.append((name, shape, why))
             continue
@@ -227,13 +322,13 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             others = [a.name for a in aliases if a.name != emb]
             why = (f"tied to embedding {emb}" if emb != name else
                    f"embedding, tied to {', '.join(others)}" if others else "embedding")
-            out.left.append((name, shape, f"{why} (opt in: include=[{name!r}] or include=[nn.Embedding])"))
+            out.left.append((name, shape, f"{why} (opt in: {opt_in})"))
             continue
         if _dims(param, aliases) < 2 and not explicit:
             out.left.append((name, shape, "1-D"))
             continue
         if excluded:
-            out.left.append((name, shape, f"excluded by {_show(excluded[0])}"))
+            out.left.append((name, shape, f"excluded by {_show(excluded[0][0])}"))
             continue
         if not param.requires_grad:
             log.info("sparsetrain: %s is frozen (requires_grad=False); left dense", name)
@@ -252,7 +347,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
     for kind in ("include", "exclude"):
         for i, s in enumerate(lists[kind]):
             if (kind, i) not in used and isinstance(s, (str, type)):
-                raise _unmatched(kind, s, all_names)
+                raise _unmatched(kind, s, all_names, model)
     for i, s in enumerate(dense):
         if ("dense", i) not in used and isinstance(s, (str, type)):
             left = [(n, r) for n, _, r in out.left if (matches(s, n, None, None, "") if isinstance(s, str) else False)]
@@ -262,7 +357,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             if isinstance(s, type) and any(isinstance(m, s) for m in model.modules()):
                 raise InputError(f"dense={s.__name__} names no sparse parameter (its modules are left dense "
                                  "already); remove it from dense=")
-            raise _unmatched("dense", s, all_names)
+            raise _unmatched("dense", s, all_names, model)
     if not out.selected:
         emb = [n for n, _, r in out.left if r.startswith(("embedding", "tied to embedding"))]
         if emb:
@@ -271,9 +366,10 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
                 f"which stay dense by default; to make them sparse name them: include=[{emb[0]!r}] or "
                 "include=[nn.Embedding]")
         raise InputError(
-            "no prunable parameter matched: by default the weights of Linear, Conv1d/2d/3d and Conv1D modules "
-            "are sparse; pass include=[...] with parameter-name globs (e.g. 'encoder.*.weight'), module "
-            "types or a predicate, and check that exclude=[...] does not remove everything"
+            "no prunable parameter matched: by default the weight matrices of Linear, Conv1d/2d/3d, Conv1D, "
+            "MultiheadAttention and RNN/LSTM/GRU modules are sparse; pass include=[...] with parameter-name globs "
+            "(e.g. 'encoder.*.weight'), module types or a predicate, and check that exclude=[...] does not remove "
+            "everything"
         )
     return out
 
@@ -287,7 +383,7 @@ def pinned_names(selected: Sequence[Selected], dense: Union[Selector, Sequence[S
     """The selected names matched by the ``dense=`` selectors (on any alias; sparse layers pinned dense)."""
     sel = as_list(dense)
     return [s.name for s in selected
-            if any(matches(g, a, s.param, s.module, "weight") for g in sel for a in (s.aliases or (s.name,)))]
+            if any(matches(g, a, s.param, s.module, a.rsplit(".", 1)[-1]) for g in sel for a in (s.aliases or (s.name,)))]
 
 
 def _is_dtensor(t) -> bool:

@@ -117,10 +117,13 @@ class Sparsifier:
         total_steps: the number of optimizer steps of the run (needed by schedules that end at a
             fraction of training or anneal over it).
         include: which parameters are sparse: name globs (``"features.*.weight"``), module types
-            (the module's ``weight``), or predicates ``f(name, param, module) -> bool``. Default:
-            the weights of Linear, Conv1d/2d/3d and HF-style Conv1D modules; embeddings, weights
-            tied to one and 1-D parameters stay dense unless named exactly (see
-            :mod:`~sparsetrain.selection`; ``summary()`` says what was left dense and why).
+            (the weight matrices of those modules and of the modules inside them), predicates
+            ``f(name, param, module) -> bool`` and :data:`~sparsetrain.DEFAULT_LAYERS`. Default:
+            the weight matrices of Linear, Conv1d/2d/3d, HF-style Conv1D, MultiheadAttention and
+            RNN/LSTM/GRU modules; embeddings, weights tied to one and 1-D parameters stay dense
+            unless named exactly. ``include=`` replaces the default; ``include=[st.DEFAULT_LAYERS,
+            "tok.weight"]`` adds to it (see :mod:`~sparsetrain.selection`; ``summary()`` says
+            what was left dense and why).
         exclude: the same kinds of selectors, removed from the sparse set.
         dense: selectors (name globs, module types) of sparse layers pinned dense (kept in the
             density budget). Selectors match every name of a tied parameter; one that matches
