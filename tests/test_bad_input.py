@@ -79,6 +79,26 @@ def test_start_after_end_warns_that_no_update_fits():
     _says(rec[0].message, "start=900", "end=0.75", "static")
 
 
+def test_end_past_the_run_warns_and_names_the_fix():
+    model, opt = _mlp()
+    with pytest.warns(ScheduleWarning) as rec:  # end as a step count of a longer run (epochs mixed up)
+        st.Sparsifier(model, opt, "rigl", density=0.1, total_steps=1000, update_interval=10, end=5000)
+    _says(rec[0].message, "end=5000", "past the end of the run", "total_steps=1000", "p=0.271", "end=0.75", "end=None")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st.Sparsifier(*_mlp(), "rigl", density=0.1, total_steps=1000, update_interval=10, end=1000)
+
+
+def test_a_constructor_that_fails_does_not_warn_about_its_schedule_first():
+    # the schedule warning used to come out before the error, about a Sparsifier that never existed
+    model, _ = _mlp()
+    other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="not held by the optimizer"):
+            st.Sparsifier(model, other, "rigl", density=0.1, total_steps=16)
+
+
 def test_a_run_with_updates_does_not_warn():
     model, opt = _mlp()
     with warnings.catch_warnings():

@@ -55,3 +55,27 @@ def test_clipping_is_propagated_and_a_nonfinite_gradient_skips_the_update(monkey
         warnings.simplefilter("always")
         opt.step()
     assert sp.history[-1]["skipped"] == "non-finite gradient" and any("non-finite" in str(x.message) for x in w)
+
+
+def test_an_update_without_any_gradient_is_skipped_and_one_missing_layer_is_named():
+    model, opt, sp, layer = _setup()
+    model(torch.randn(3, 6)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    assert sp.updates == 1 and "skipped" not in sp.history[-1]
+    masks = sp.masks["0.weight"].clone()
+    with warnings.catch_warnings(record=True) as w:  # optimizer.step() with no backward: was a normal update
+        warnings.simplefilter("always")
+        opt.step()
+    assert sp.history[-1]["skipped"] == "no gradient" and sp.updates == 1 and sp.step == 2
+    assert torch.equal(sp.masks["0.weight"], masks)
+    assert any("no sparse layer received a gradient" in str(x.message) and "loss.backward()" in str(x.message)
+               for x in w)
+    torch.manual_seed(0)  # two layers, one unused in the forward: its topology kept, named in the record
+    two = nn.ModuleDict({"used": nn.Linear(6, 5), "unused": nn.Linear(6, 5)})
+    opt2 = torch.optim.SGD(two.parameters(), lr=0.0)
+    sp2 = st.Sparsifier(two, opt2, st.RigL(density=0.4, update_interval=1, end=None), total_steps=10)
+    two["used"](torch.randn(3, 6)).sum().backward()
+    opt2.step()
+    assert sp2.updates == 1 and sp2.history[-1]["no_gradient"] == ["unused.weight"]
+    assert "unused.weight" not in sp2.history[-1]["layers"] and "used.weight" in sp2.history[-1]["layers"]

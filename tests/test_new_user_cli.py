@@ -78,6 +78,24 @@ def test_resuming_a_finished_run_says_it_was_finished(tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out
 
 
+def test_resume_and_extend_need_only_the_run_directory(tmp_path, capsys):
+    # --resume used to need every flag of the run typed again (defaults differ: "different settings")
+    out = tmp_path / "r"
+    assert cli.main(["train", *_SYN, "--out", str(out), "--hp", "c=0.01", "--method", "dstee"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert cli.main(["train", "--out", str(out), "--extend", "--epochs", "2", "--no-progress"]) == 0
+    assert "dstee" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["epochs"] == 2 and saved["algorithm_kwargs"] == {"update_interval": 1, "c": 0.01}
+    _error(capsys, ["train", "--out", str(out), "--resume", "--lr", "0.5"], "different settings", "lr")
+    again = tmp_path / "again"  # a run's config.json is a config file: the same settings in a new run
+    assert cli.main(["train", "--config", str(out / "config.json"), "--out", str(again), "--epochs", "1"]) == 0
+    cfg = json.loads((again / "config.json").read_text())["config"]
+    assert {k: v for k, v in cfg.items() if k != "epochs"} == {k: v for k, v in saved.items() if k != "epochs"}
+
+
 def test_a_dense_run_is_not_reported_at_a_density(tmp_path, capsys):
     assert cli.main(["train", *_SYN, "--method", "dense", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

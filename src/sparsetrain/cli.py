@@ -159,10 +159,22 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"config file {p}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
     if not isinstance(data, dict):
         raise InputError(f"config file {p} must hold a table of settings")
+    if isinstance(data.get("config"), dict) and "label" in data:  # a run's own config.json: its settings
+        data = _run_settings(data)
     for table in ("algorithm", "grid"):
         if table in data and not isinstance(data[table], dict):
             raise InputError(f"config file {p}: [{table}] must be a table of key = value, got {data[table]!r}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _run_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run's ``config.json`` record, as a config file holds them (its algorithm
+    hyper-parameters as the ``algorithm`` table)."""
+    data = dict(record["config"])
+    algo = data.pop("algorithm_kwargs", None) or {}
+    if algo:
+        data["algorithm"] = dict(algo)
+    return data
 
 
 # PyYAML reads YAML 1.1, where 1e-3 (no dot) and 1.0e3 (no sign) are strings; YAML 1.2, TOML and JSON say numbers
@@ -521,14 +533,23 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             if args.overwrite and getattr(args, other):
                 raise InputError(f"--overwrite starts the run in --out over, --{other} continues it: give one of them")
         out = _check_out(args.out)
-        file_cfg = load_config(args.config) if args.config else {}
+        given = file_cfg = load_config(args.config) if args.config else {}
+        saved = out / "config.json"
+        if (args.resume or args.extend) and saved.exists():  # the run's own settings, unless given again
+            try:
+                own = _run_settings(json.loads(saved.read_text()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                own = None  # damaged: the run directory's own check names the problem
+            if own is not None:
+                algo = {**own.pop("algorithm", {}), **file_cfg.get("algorithm", {})}
+                file_cfg = {**own, **file_cfg} | ({"algorithm": algo} if algo else {})
         values = _resolve(args, file_cfg)
         cfg = RunConfig.from_settings(values)
         cfg.validate()
         if "grid" in file_cfg:
             warnings.warn(f"the [grid] table of {args.config} has no effect with train (it is read by sweep)",
                           InputWarning)
-        typed = {k for k in file_cfg if k not in ("algorithm", "grid")} | set(vars(args)) | \
+        typed = {k for k in given if k not in ("algorithm", "grid")} | set(vars(args)) | \
             ({"algorithm_kwargs"} if values.get("algorithm_kwargs") else set())
         for why in cfg.ignored(typed):
             warnings.warn(why, InputWarning)

@@ -37,7 +37,7 @@ from . import capture, checkpoint, distributed as dist_mod, metrics as metrics_m
 from .algorithms import Algorithm
 from .bits import SparseCounts
 from .checkpoint import STATE_FORMAT
-from .errors import InputError, InputTypeError, InputWarning
+from .errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from .initial import build_layers
 from .masks import LayerState
 from .registry import make_algorithm
@@ -204,7 +204,7 @@ class Sparsifier:
         self.optimizer = optimizer
         self.algorithm = algorithm
         self.total_steps = int(total_steps) if total_steps is not None else None
-        self.algorithm.check_total_steps(self.total_steps)
+        self.algorithm.check_total_steps(self.total_steps, warn=False)  # warned at the end, once nothing failed
         self.track_usage = bool(track_usage)
         self.nan_safe = bool(nan_safe)
         self.distributed = distributed
@@ -242,6 +242,8 @@ class Sparsifier:
             self.load_state_dict(state)  # ends by enforcing the saved masks
         else:
             self.apply_masks()
+        for problem in self.algorithm.schedule_problems(self.total_steps):
+            warnings.warn(problem, ScheduleWarning, stacklevel=2)
         log.info("sparsetrain: %s on %d layers, density %.4f", algorithm, len(self.layers), self.density)
 
     # ------------------------------------------------------------------ hooks

@@ -186,6 +186,17 @@ def run_update(sp: "Sparsifier", rule) -> dict[str, Any]:
         record["forced"] = rule.label
     layers = list(sp.layers.values())
     if rule.needs_dense_grad:
+        sparse = [l for l in layers if not l.is_dense]
+        if sparse and all(l.grad_buffer is None for l in sparse):
+            warnings.warn(
+                f"sparsetrain: no sparse layer received a gradient before step {t} (optimizer.step() without "
+                "loss.backward()?); topology update skipped, masks unchanged",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            record.update(skipped="no gradient", grown=0, turnover=0.0, itop_rate=sp.itop_rate)
+            sp.history.append(record)
+            return record
         bad = capture.first_nonfinite(layers)
         if bad is not None:
             warnings.warn(
@@ -218,12 +229,15 @@ def _update_layers(sp: "Sparsifier", rule, t: int, ctx: UpdateContext, record: d
                    streaming: dict[str, str]) -> dict[str, Any]:
     for layer in sp.layers.values():
         layer.flush(t)
-    candidates = []
+    candidates, no_gradient = [], []
     for layer in sp.layers.values():
         if rule.needs_dense_grad and layer.grad_buffer is None and not layer.is_dense:
             log.warning("sparsetrain: %s received no gradient before step %d; its topology is kept", layer.name, t)
+            no_gradient.append(layer.name)
             continue
         candidates.append(layer)
+    if no_gradient:
+        record["no_gradient"] = no_gradient
     # per-update bookkeeping first (DST-EE's rounds, GraNet's view of all layers), then the plan
     rule.on_update_start(sp.layers, ctx)
     plan = rule.plan(candidates, ctx)

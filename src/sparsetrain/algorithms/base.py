@@ -161,8 +161,9 @@ class Algorithm:
             "erk_power": self.erk_power,
         }
 
-    def check_total_steps(self, total_steps: Optional[int]) -> None:
-        """Raise a clear error if the schedules need the run length and it is missing."""
+    def check_total_steps(self, total_steps: Optional[int], warn: bool = True) -> None:
+        """Raise a clear error if the schedules need the run length and it is missing; with
+        ``warn``, also warn (:class:`ScheduleWarning`) about :meth:`schedule_problems`."""
         if not self.dynamic:
             return
         try:
@@ -171,19 +172,35 @@ class Algorithm:
         except ValueError as exc:
             fix = "" if "len(loader)" in str(exc) else ". Pass total_steps=len(loader) * epochs to the Sparsifier."
             raise InputError(f"{type(self).__name__}: {exc}{fix}") from None
-        first = self.first_update_step(total_steps)
-        if first is None:
-            sched = self.update_schedule
-            end = sched.end_step(total_steps)
+        if warn:
+            for problem in self.schedule_problems(total_steps):
+                warnings.warn(problem, ScheduleWarning, stacklevel=3)
+
+    def schedule_problems(self, total_steps: Optional[int]) -> list[str]:
+        """Why this update schedule is probably not what was meant in a run of ``total_steps``
+        (empty if nothing is wrong): no topology update fits, or ``end`` lies past the run."""
+        if not self.dynamic:
+            return []
+        out = []
+        sched = self.update_schedule
+        end = sched.end_step(total_steps)
+        if self.first_update_step(total_steps) is None:
             where = (f"ending at end={sched.end!r}" + (f" (step {end})" if end != sched.end else "")
                      if end is not None else "with no end")
             run = f"total_steps={total_steps}" if total_steps is not None else "an unknown run length"
-            warnings.warn(
+            out.append(
                 f"{type(self).__name__}: no topology update fits in this run (updates every update_interval="
                 f"{sched.interval} steps from start={sched.start}, {where}, in {run}), so it would train a "
-                "static mask; lower update_interval, move end later (end=None: until the end), or train longer",
-                ScheduleWarning, stacklevel=3,
-            )
+                "static mask; lower update_interval, move end later (end=None: until the end), or train longer")
+        elif end is not None and total_steps is not None and end > total_steps:
+            p_last = self.drop_fraction(total_steps, total_steps)
+            out.append(
+                f"{type(self).__name__}: end={sched.end!r}" + (f" (step {end})" if end != sched.end else "") +
+                f" is past the end of the run (total_steps="
+                f"{total_steps}), so updates run to the last step and a drop schedule annealed until step {end} "
+                f"is cut off at p={p_last:.3g}; pass end as a fraction of the run (end=0.75) or a step <= "
+                f"{total_steps}, or end=None to update until the end")
+        return out
 
     def first_update_step(self, total_steps: Optional[int]) -> Optional[int]:
         """The first optimizer step followed by a topology update in a run of ``total_steps``

@@ -129,8 +129,8 @@ class GraNet(Algorithm):
         i0, i_f = self.prune_rounds(total_steps)
         return cubic_density(step // self.update_schedule.interval, i0, i_f, self._d_init, self.density)
 
-    def check_total_steps(self, total_steps):
-        super().check_total_steps(total_steps)
+    def check_total_steps(self, total_steps, warn=True):
+        super().check_total_steps(total_steps, warn)
         try:
             self.prune_rounds(total_steps)
         except ValueError as exc:
