@@ -188,10 +188,17 @@ class Algorithm:
             where = (f"ending at end={sched.end!r}" + (f" (step {end})" if end != sched.end else "")
                      if end is not None else "with no end")
             run = f"total_steps={total_steps}" if total_steps is not None else "an unknown run length"
+            hint = ""
+            if total_steps is not None:  # an interval that fits about 5 updates
+                last = min(total_steps, end - 1) if end is not None else total_steps
+                k = max(1, (last - max(sched.start, 1)) // 5)
+                fits = sum(1 for t in range(k, last + 1, k) if t >= sched.start)
+                if fits:
+                    hint = f" (update_interval={k} fits {fits} update{'s' if fits > 1 else ''} by step {last})"
             out.append(
                 f"{type(self).__name__}: no topology update fits in this run (updates every update_interval="
                 f"{sched.interval} steps from start={sched.start}, {where}, in {run}), so it would train a "
-                "static mask; lower update_interval, move end later (end=None: until the end), or train longer")
+                f"static mask; lower update_interval{hint}, move end later (end=None: until the end), or train longer")
         elif end is not None and total_steps is not None and end > total_steps:
             p_last = self.drop_fraction(total_steps, total_steps)
             out.append(
