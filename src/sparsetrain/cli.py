@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 import traceback
@@ -32,6 +31,7 @@ from typing import Any, Optional, Sequence
 
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
+from .experiments.configfile import load_config, run_settings
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
     SUP_SUFFIX, aggregate, describe_found, describe_runs, format_table, load_runs, loaded_commit, make_plots, one_setup,
     write_report,
@@ -117,79 +117,6 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS, help=help_)
     group.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                        help="an algorithm hyper-parameter, e.g. --hp update_interval=200 --hp c=0.01 (repeatable)")
-
-
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a run/sweep config file: TOML (``.toml``), YAML (``.yaml``/``.yml``, needs PyYAML) or JSON.
-
-    Keys are run settings (``epochs = 30``; dashes or underscores); an ``[algorithm]`` table holds
-    algorithm hyper-parameters and, for ``sweep``, a ``[grid]`` table maps settings to lists.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    suffix = p.suffix.lower()
-    if suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib
-            except ImportError as e:
-                raise ImportError("reading TOML on Python 3.10 needs tomli: pip install tomli") from e
-        try:
-            data = tomllib.loads(p.read_text())
-        except ValueError as e:  # tomllib.TOMLDecodeError
-            raise InputError(f"config file {p} is not valid TOML: {e}") from None
-    elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as e:
-            raise ImportError("reading YAML config files needs PyYAML: pip install pyyaml (or use TOML)") from e
-        try:
-            data = _yaml_numbers(yaml.safe_load(p.read_text()) or {})
-        except yaml.YAMLError as e:
-            raise InputError(f"config file {p} is not valid YAML: {e}") from None
-    elif suffix == ".json":
-        try:
-            data = json.loads(p.read_text())
-        except ValueError as e:
-            raise InputError(f"config file {p} is not valid JSON: {e}") from None
-    else:
-        raise InputError(f"config file {p}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
-    if not isinstance(data, dict):
-        raise InputError(f"config file {p} must hold a table of settings")
-    if isinstance(data.get("config"), dict) and "label" in data:  # a run's own config.json: its settings
-        data = _run_settings(data)
-    for table in ("algorithm", "grid"):
-        if table in data and not isinstance(data[table], dict):
-            raise InputError(f"config file {p}: [{table}] must be a table of key = value, got {data[table]!r}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def _run_settings(record: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a run's ``config.json`` record, as a config file holds them (its algorithm
-    hyper-parameters as the ``algorithm`` table)."""
-    data = dict(record["config"])
-    algo = data.pop("algorithm_kwargs", None) or {}
-    if algo:
-        data["algorithm"] = dict(algo)
-    return data
-
-
-# PyYAML reads YAML 1.1, where 1e-3 (no dot) and 1.0e3 (no sign) are strings; YAML 1.2, TOML and JSON say numbers
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _yaml_numbers(value: Any) -> Any:
-    """``value`` with every string written as a number in scientific notation (``1e-3``) made a float."""
-    if isinstance(value, dict):
-        return {k: _yaml_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_yaml_numbers(v) for v in value]
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        return float(value)
-    return value
 
 
 def _check_out(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -537,7 +464,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         saved = out / "config.json"
         if (args.resume or args.extend) and saved.exists():  # the run's own settings, unless given again
             try:
-                own = _run_settings(json.loads(saved.read_text()))
+                own = run_settings(json.loads(saved.read_text()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 own = None  # damaged: the run directory's own check names the problem
             if own is not None:

@@ -198,7 +198,8 @@ class Algorithm:
             out.append(
                 f"{type(self).__name__}: no topology update fits in this run (updates every update_interval="
                 f"{sched.interval} steps from start={sched.start}, {where}, in {run}), so it would train a "
-                f"static mask; lower update_interval{hint}, move end later (end=None: until the end), or train longer")
+                f"static mask; lower update_interval{hint}, "
+                + ("move end later (end=None: until the end), " if end is not None else "") + "or train longer")
         elif end is not None and total_steps is not None and end > total_steps:
             p_last = self.drop_fraction(total_steps, total_steps)
             out.append(
