@@ -81,12 +81,13 @@ def test_start_after_end_warns_that_no_update_fits():
 
 def test_end_past_the_run_warns_and_names_the_fix():
     model, opt = _mlp()
-    with pytest.warns(ScheduleWarning) as rec:  # end as a step count of a longer run (epochs mixed up)
+    with pytest.warns(InputWarning) as rec:  # end as a step count of a longer run (epochs mixed up)
         st.Sparsifier(model, opt, "rigl", density=0.1, total_steps=1000, update_interval=10, end=5000)
     _says(rec[0].message, "end=5000", "past the end of the run", "total_steps=1000", "p=0.271", "end=0.75", "end=None")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         st.Sparsifier(*_mlp(), "rigl", density=0.1, total_steps=1000, update_interval=10, end=1000)
+        st.Sparsifier(*_mlp(), "rigl", density=0.1, total_steps=1000, update_interval=10, end=1010)  # no update lost
 
 
 def test_a_constructor_that_fails_does_not_warn_about_its_schedule_first():

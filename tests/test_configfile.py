@@ -6,7 +6,7 @@ import pytest
 
 from sparsetrain.errors import InputError
 from sparsetrain.experiments.config import RunConfig
-from sparsetrain.experiments.configfile import load_config, run_settings
+from sparsetrain.experiments.configfile import is_run_record, load_config, run_settings
 
 
 def test_toml_and_json_settings_with_dashes_and_an_algorithm_table(tmp_path):
@@ -27,6 +27,10 @@ def test_a_runs_config_json_reads_as_its_settings(tmp_path):
     assert data["algorithm"] == {"c": 0.01} and "algorithm_kwargs" not in data and "label" not in data
     assert data["method"] == "dstee" and data["epochs"] == 3
     assert run_settings({"config": {"lr": 0.1, "algorithm_kwargs": {}}, "label": "x"}) == {"lr": 0.1}
+    assert is_run_record(path) and not is_run_record(tmp_path / "missing.json")
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"config": {"lr": 0.1}}))  # a setting named config, no run record
+    assert not is_run_record(plain)
 
 
 @pytest.mark.parametrize("name, text, words", [

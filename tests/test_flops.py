@@ -206,3 +206,28 @@ def test_recurrent_weights_count_once_per_time_step_at_their_nonzeros():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 4), torch.tensor([7, 3]), batch_first=True)
     r = st.flops(gru, packed)
     assert r.layers["rnn.weight_hh_l0"].positions == 10 / 2 and r.layers["rnn.weight_hh_l0"].dense == 5 * 15 * 5
+
+
+def test_sequence_first_and_unbatched_recurrent_models_count_per_sequence():
+    # the input's first dimension is time there: every layer's count is per sequence, as the LSTM says
+    torch.manual_seed(0)
+    m = Recurrent(nn.LSTM(4, 6))  # batch_first=False: (T=7, B=2, 4)
+    r = st.flops(m, torch.randn(7, 2, 4))
+    assert r.layers["rnn.weight_ih_l0"].positions == 7 and r.layers["fc.weight"].positions == 7
+    ref = st.flops(Recurrent(nn.LSTM(4, 6, batch_first=True)), torch.randn(2, 7, 4))
+    assert r.dense == ref.dense
+    assert st.flops(m, torch.randn(7, 4)).dense == ref.dense  # one unbatched sequence
+
+    class Loop(nn.Module):  # a cell called once per step
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.GRUCell(4, 5)
+
+        def forward(self, x):
+            h = None
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+            return h
+
+    r = st.flops(Loop(), torch.randn(3, 6, 4))
+    assert r.layers["cell.weight_ih"].positions == 6 and r.layers["cell.weight_hh"].dense == 6 * 15 * 5

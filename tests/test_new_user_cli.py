@@ -92,6 +92,7 @@ def test_resume_and_extend_need_only_the_run_directory(tmp_path, capsys):
     _error(capsys, ["train", "--out", str(out), "--resume", "--lr", "0.5"], "different settings", "lr")
     again = tmp_path / "again"  # a run's config.json is a config file: the same settings in a new run
     assert cli.main(["train", "--config", str(out / "config.json"), "--out", str(again), "--epochs", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err  # its settings were written out, not typed: none "has no effect"
     cfg = json.loads((again / "config.json").read_text())["config"]
     assert {k: v for k, v in cfg.items() if k != "epochs"} == {k: v for k, v in saved.items() if k != "epochs"}
 

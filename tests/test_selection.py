@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from _hf_like import Conv1D
-from sparsetrain.selection import DEFAULT_LAYERS, check_selected, is_conv1d_like, pinned_names, plan, select
+from sparsetrain.selection import DEFAULT_LAYERS, check_selected, is_conv1d_like, plan, select
 
 
 class Tied(nn.Module):
@@ -29,8 +29,7 @@ def test_include_exclude_and_pins():
     assert [s.name for s in select(m, include="*.weight", exclude=["norm.*", nn.Conv2d])] == ["a.weight"]
     assert [s.name for s in select(m, include=lambda n, p, mod: p.dim() == 1 and "norm" in n)] == \
         ["norm.weight", "norm.bias"]
-    sel = select(m)
-    assert pinned_names(sel, "conv.*") == ["conv.weight"] and pinned_names(sel, None) == []
+    assert plan(m, dense="conv.*").pinned == ["conv.weight"] and plan(m).pinned == []
     with pytest.raises(ValueError, match="no prunable parameter"):
         select(m, exclude="*")
     with pytest.raises(TypeError, match="selector"):
@@ -208,4 +207,17 @@ def test_default_layers_is_the_default_selection_and_adds_to_it(make):
 def test_pins_by_type_and_default_layers():
     sel = plan(Block(), dense=[nn.MultiheadAttention])
     assert sel.pinned == ["attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight", "attn.out_proj.weight"]
-    assert pinned_names(plan(Block()).selected, DEFAULT_LAYERS) == [s.name for s in plan(Block()).selected]
+    assert plan(Block(), dense=[DEFAULT_LAYERS]).pinned == [s.name for s in plan(Block()).selected]
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+def test_cells_and_weight_norm():
+    m = nn.ModuleDict({"cell": nn.LSTMCell(4, 6), "gru": nn.GRUCell(4, 6),
+                       "wn": nn.utils.weight_norm(nn.Linear(4, 5)),
+                       "rnn": nn.utils.weight_norm(nn.LSTM(4, 8), "weight_hh_l0")})
+    sel = plan(m)  # cells sparse; weight_norm's gain (5x1, 32x1) never: by default nor by type
+    assert [s.name for s in sel.selected] == ["cell.weight_ih", "cell.weight_hh", "gru.weight_ih", "gru.weight_hh",
+                                              "rnn.weight_ih_l0"]
+    assert sel.why["cell.weight_ih"] == "LSTMCell" and sel.why["gru.weight_hh"] == "GRUCell"
+    by_type = [s.name for s in select(m, include=[nn.Linear, nn.LSTM])]
+    assert by_type == ["wn.weight_v", "rnn.weight_ih_l0", "rnn.weight_hh_l0_v"]

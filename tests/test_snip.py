@@ -235,3 +235,31 @@ def test_grasp_temperature_and_configs():
     assert cfg["loss_fn"] == "cross_entropy" and "update_interval" not in cfg
     assert all(isinstance(v, (int, float, str, dict, type(None))) for v in cfg.values())
     assert not SNIP.dynamic and not GraSP.dynamic and SNIP.needs_batch and GraSP.needs_batch
+
+
+class _Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, batch_first=True)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+def test_recurrent_models_are_scored_and_on_cuda_without_cudnn_rnn_kernels():
+    import contextlib
+
+    from sparsetrain.algorithms.snip import _without_cudnn_rnn
+
+    torch.manual_seed(0)
+    model, x, y = _Tagger(), torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
+    for alg in (SNIP(0.3, batch=(x, y), train_mode=False), GraSP(0.3, batch=(x, y))):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sp = st.Sparsifier(model, opt, alg)  # the LSTM's weights are scored (sparse by default)
+        assert {"rnn.weight_ih_l0", "rnn.weight_hh_l0"} <= set(sp.masks) and abs(sp.density - 0.3) < 1 / 258
+        sp.remove()
+    # cuDNN has no double backward for RNNs (GraSP) and no eval-mode backward (SNIP): off for scoring
+    assert not isinstance(_without_cudnn_rnn(model, torch.device("cuda")), contextlib.nullcontext)
+    assert isinstance(_without_cudnn_rnn(model, torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(_without_cudnn_rnn(nn.Linear(2, 2), torch.device("cuda")), contextlib.nullcontext)

@@ -660,6 +660,24 @@ def test_load_state_dict_from_a_different_model():
         sp3.load_state_dict({"layers": {}})
 
 
+def test_a_checkpoint_with_fewer_sparse_layers_names_the_exclude_that_loads_it():
+    # a checkpoint saved before MultiheadAttention's in_proj_weight was sparse by default
+    torch.manual_seed(0)
+    m1 = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    sp1 = st.Sparsifier(m1, torch.optim.SGD(m1.parameters(), lr=0.1), st.Static(density=0.5),
+                        exclude=["*.in_proj_weight"])
+    state = sp1.state_dict()
+    m2 = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    opt2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"exclude=\['self_attn\.in_proj_weight'\] to load it"):
+        st.Sparsifier(m2, opt2, st.Static(density=0.5), state=state)
+    with pytest.raises(ValueError, match="algorithm"):  # refused after attaching: detached again
+        st.Sparsifier(m2, opt2, st.SET(density=0.5), exclude=["self_attn.in_proj_weight"], state=state,
+                      total_steps=100)
+    sp2 = st.Sparsifier(m2, opt2, st.Static(density=0.5), exclude=["self_attn.in_proj_weight"], state=state)
+    assert all(torch.equal(sp2.masks[n], sp1.masks[n]) for n in sp1.masks)
+
+
 def test_total_steps_required_only_when_needed():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -228,17 +228,27 @@ def _plain_config(sp: "Sparsifier") -> dict[str, Any]:
     return {k: v for k, v in sp.algorithm.config().items() if isinstance(v, (int, float, str, type(None)))}
 
 
-def check_layers(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
-    """Raise unless ``state`` holds exactly ``sp``'s sparse layers with the same shapes."""
-    saved = state["layers"]
-    ours, theirs = set(sp.layers), set(saved)
+def check_names(ours: set[str], state: Mapping[str, Any]) -> None:
+    """Raise unless ``state`` holds exactly the sparse layers named ``ours``."""
+    theirs = set(state["layers"])
     if ours != theirs:
+        extra = sorted(ours - theirs)
+        hint = ""
+        if theirs < ours:  # a subset: the same model, fewer sparse layers (or an older default selection)
+            hint = (f" (if the model is the same, its checkpoint has fewer sparse layers — saved with another "
+                    f"include=, or before MultiheadAttention and RNN weights were sparse by default: build the "
+                    f"Sparsifier with exclude={extra!r} to load it)")
         raise InputError(
             "this checkpoint is from a different model or sparse-layer selection: "
-            f"missing here {sorted(theirs - ours)}, not in checkpoint {sorted(ours - theirs)}; "
-            "build the same model with the same include/exclude before loading"
+            f"missing here {sorted(theirs - ours)}, not in checkpoint {extra}; "
+            f"build the same model with the same include/exclude before loading{hint}"
         )
-    for n, s in saved.items():
+
+
+def check_layers(sp: "Sparsifier", state: Mapping[str, Any]) -> None:
+    """Raise unless ``state`` holds exactly ``sp``'s sparse layers with the same shapes."""
+    check_names(set(sp.layers), state)
+    for n, s in state["layers"].items():
         shape = list(sp.layers[n].shape)
         if list(s["shape"]) != shape:
             raise InputError(

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
-from .experiments.configfile import load_config, run_settings
+from .experiments.configfile import is_run_record, load_config, run_settings
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
     SUP_SUFFIX, aggregate, describe_found, describe_runs, format_table, load_runs, loaded_commit, make_plots, one_setup,
     write_report,
@@ -476,7 +476,8 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         if "grid" in file_cfg:
             warnings.warn(f"the [grid] table of {args.config} has no effect with train (it is read by sweep)",
                           InputWarning)
-        typed = {k for k in given if k not in ("algorithm", "grid")} | set(vars(args)) | \
+        from_run = args.config is not None and is_run_record(args.config)  # all settings written out, none typed
+        typed = {k for k in given if k not in ("algorithm", "grid") and not from_run} | set(vars(args)) | \
             ({"algorithm_kwargs"} if values.get("algorithm_kwargs") else set())
         for why in cfg.ignored(typed):
             warnings.warn(why, InputWarning)

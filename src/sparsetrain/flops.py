@@ -21,10 +21,13 @@ Convention (as in the DST literature): one multiply-accumulate counts as one FLO
   ``nn.MultiheadAttention`` and in self-attention modules shaped like Hugging Face's
   (``GPT2Attention``: class name ending in ``Attention``, ``num_heads`` and ``head_dim``
   attributes, output ``(B, T, d)``). A recognised module inside another one is not counted twice;
-- **recurrent layers** ``nn.RNN``/``nn.LSTM``/``nn.GRU``: each weight matrix (``weight_ih_l*``,
-  ``weight_hh_l*``, ``weight_hr_l*``, both directions) is used once per time step, so
-  ``positions`` is the number of time steps per example (packed sequences: their total length
-  divided by the batch). The gate nonlinearities and products are not counted.
+- **recurrent layers** ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and their cells: each weight matrix
+  (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``, both directions; a cell's ``weight_ih``,
+  ``weight_hh``) is used once per time step, so ``positions`` is the number of time steps per
+  example (packed sequences: their total length divided by the batch; a cell: its calls). The
+  gate nonlinearities and products are not counted. A recurrent layer also says what the batch
+  is: for a sequence-first (``batch_first=False``) or unbatched input, "per example" is per
+  sequence, for every layer of the report.
 
 Norms, activations, softmax, embeddings lookups and pooling are not counted. Numbers are per
 example (the example input's first dimension is the batch).
@@ -38,7 +41,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from .selection import is_conv1d_like
+from .selection import default_kind, is_conv1d_like
 from .sparse.linear import SparseLinear
 
 __all__ = ["LayerFlops", "FlopsReport", "flops", "training_flops_per_step", "COUNTED_MODULES", "ATTENTION_METHOD",
@@ -210,13 +213,23 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
 
         return hook
 
+    seen_batch: set[int] = set()  # what recurrent layers say the batch is (sequence-first, unbatched inputs)
+
     def rnn_hook(name: str):
         def hook(mod, inputs, output):
             out = _first(output)
-            steps = out.data.shape[0] if isinstance(out, nn.utils.rnn.PackedSequence) else out.numel() / out.shape[-1]
+            if isinstance(out, nn.utils.rnn.PackedSequence):
+                steps, true_batch = out.data.shape[0], int(out.batch_sizes[0])
+            elif isinstance(mod, nn.RNNCellBase):  # one step per call: (B, H), or (H,) unbatched
+                steps = true_batch = out.shape[0] if out.dim() == 2 else 1
+            elif out.dim() == 2:  # an unbatched sequence (T, H)
+                steps, true_batch = out.shape[0], 1
+            else:
+                steps, true_batch = out.shape[0] * out.shape[1], out.shape[0 if mod.batch_first else 1]
+            seen_batch.add(int(true_batch))
             prefix = f"{name}." if name else ""
             for wname, w in mod.named_parameters(recurse=False):
-                if not wname.startswith("weight_"):
+                if default_kind(mod, wname) is None:
                     continue
                 pname = prefix + wname
                 nnz = int(masks[pname].sum()) if pname in masks else w.numel()
@@ -230,7 +243,7 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
 
     counted: list[str] = []
     for mod_name, module in model.named_modules():
-        if isinstance(module, nn.RNNBase):
+        if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
             handles.append(module.register_forward_hook(rnn_hook(mod_name)))
         if isinstance(module, SparseLinear) or is_conv1d_like(module) or (
                 isinstance(module, COUNTED_MODULES) and getattr(module, "weight", None) is not None):
@@ -247,6 +260,12 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
         model.train(was_training)
         for h in handles:
             h.remove()
+    if len(seen_batch) == 1 and (true := seen_batch.pop()) != batch:
+        # the input's first dimension was not the batch (a sequence-first or unbatched recurrent
+        # model): per example is per sequence, as the recurrent layers say
+        for layer in report.layers.values():
+            layer.positions *= batch / true
+        report.attention = {k: v * batch / true for k, v in report.attention.items()}
     return report
 
 

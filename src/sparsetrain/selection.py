@@ -5,8 +5,8 @@ A selector is
 - a glob on the fully-qualified parameter name (``"features.*.weight"``);
 - a module type: the weight matrices of modules of that type — the parameters they hold
   directly whose name is ``weight``, ``weight_*`` or ``*_weight`` (``nn.Linear``'s ``weight``,
-  ``nn.MultiheadAttention``'s ``in_proj_weight``, ``nn.LSTM``'s ``weight_ih_l0``...) — and those
-  of the modules inside them (``exclude=[nn.MultiheadAttention]`` also keeps its ``out_proj``
+  ``nn.MultiheadAttention``'s ``in_proj_weight``, ``nn.LSTM``'s ``weight_ih_l0``...; not the
+  gain ``weight_g`` of ``torch.nn.utils.weight_norm``) — and those of the modules inside them (``exclude=[nn.MultiheadAttention]`` also keeps its ``out_proj``
   dense; ``include=[MyBlock]`` makes the block's weight matrices sparse);
 - a predicate ``f(name, param, module) -> bool``;
 - :data:`DEFAULT_LAYERS`: the default selection below, so that ``include=[DEFAULT_LAYERS,
@@ -16,9 +16,10 @@ A selector is
 By default the weight matrices of Linear, Conv1d/2d/3d, compressed :class:`SparseLinear` layers,
 Hugging-Face-style ``Conv1D`` layers (GPT-2's projections), ``nn.MultiheadAttention`` (its
 ``in_proj_weight``, or ``q/k/v_proj_weight``; ``out_proj`` is a Linear) and the recurrent layers
-``nn.RNN``/``nn.LSTM``/``nn.GRU`` (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``) are
-sparse. ``Conv1D`` is recognised without importing transformers, by duck typing: a module whose
-class is named ``Conv1D``, with an ``nf`` attribute (its output size) and a 2-D ``weight``.
+``nn.RNN``/``nn.LSTM``/``nn.GRU`` (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``) and
+their cells (``weight_ih``, ``weight_hh``) are sparse. ``Conv1D`` is recognised without importing
+transformers, by duck typing: a module whose class is named ``Conv1D``, with an ``nf``
+attribute (its output size) and a 2-D ``weight``.
 
 What stays dense unless asked for, and why (:meth:`Selection.table` lists it):
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
@@ -51,7 +53,7 @@ from .sparse.linear import SparseLinear
 
 __all__ = ["DEFAULT_SPARSE_MODULES", "EMBEDDING_MODULES", "DEFAULT_LAYERS", "Selector", "Selected", "Selection",
            "as_list", "matches", "is_conv1d_like", "is_weight_name", "weight_layer_kind", "default_kind", "plan",
-           "select", "pinned_names", "check_selected"]
+           "select", "check_selected"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ EMBEDDING_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 #: ``nn.MultiheadAttention``'s own weight matrices (packed, or separate when k/v dims differ).
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+#: A recurrent layer's weight matrices (not the ``_g``/``_v`` of ``torch.nn.utils.weight_norm``).
+_RNN_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
 
 
 class _DefaultLayers:
@@ -137,6 +142,11 @@ def is_weight_name(attr: str) -> bool:
     return attr == "weight" or attr.startswith("weight_") or attr.endswith("_weight")
 
 
+def _weight_norm_gain(module: Optional[nn.Module], attr: str) -> bool:
+    """``weight_g`` of ``torch.nn.utils.weight_norm`` (a gain per output, next to ``weight_v``)."""
+    return attr.endswith("_g") and module is not None and isinstance(getattr(module, attr[:-2] + "_v", None), nn.Parameter)
+
+
 def matches(selector: Selector, name: str, param: nn.Parameter, module: nn.Module, attr: str) -> bool:
     """Whether a selector (glob on the parameter name, module type, :data:`DEFAULT_LAYERS` or
     predicate) matches the parameter ``name`` held by ``module`` as ``attr``. A module type matches
@@ -147,7 +157,7 @@ def matches(selector: Selector, name: str, param: nn.Parameter, module: nn.Modul
     if isinstance(selector, _DefaultLayers):
         return module is not None and default_kind(module, attr) is not None
     if isinstance(selector, type):
-        return isinstance(module, selector) and is_weight_name(attr)
+        return isinstance(module, selector) and is_weight_name(attr) and not _weight_norm_gain(module, attr)
     if callable(selector):
         return bool(selector(name, param, module))
     raise InputTypeError(f"a selector must be a name glob, a module type or a predicate, got {selector!r}")
@@ -198,8 +208,10 @@ def default_kind(module: nn.Module, attr: str) -> Optional[str]:
         return weight_layer_kind(module)
     if isinstance(module, nn.MultiheadAttention) and attr in _MHA_WEIGHTS:
         return "MultiheadAttention"
-    if isinstance(module, nn.RNNBase) and attr.startswith("weight_"):
+    if isinstance(module, nn.RNNBase) and _RNN_WEIGHT.fullmatch(attr):
         return next(c.__name__ for c in (nn.LSTM, nn.GRU, nn.RNN, nn.RNNBase) if isinstance(module, c))
+    if isinstance(module, nn.RNNCellBase) and attr in ("weight_ih", "weight_hh"):
+        return next(c.__name__ for c in (nn.LSTMCell, nn.GRUCell, nn.RNNCell, nn.RNNCellBase) if isinstance(module, c))
     return None
 
 
@@ -278,7 +290,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
         """None: no match; else whether the match is explicit (opts in embeddings and 1-D parameters)."""
         if matches(s, a.name, param, a.module, a.attr):
             return _explicit(s)
-        if isinstance(s, type) and is_weight_name(a.attr):
+        if isinstance(s, type) and is_weight_name(a.attr) and not _weight_norm_gain(a.module, a.attr):
             mod = _module_name(a)
             if any(not h or mod.startswith(h + ".") for h in holders[s]):
                 return False  # inside a module of that type: like a glob, it does not opt in embeddings or 1-D
@@ -377,13 +389,6 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
 def select(model: nn.Module, include=None, exclude=None) -> list[Selected]:
     """The sparse parameters of ``model`` by ``include``/``exclude`` (see :func:`plan`)."""
     return plan(model, include, exclude).selected
-
-
-def pinned_names(selected: Sequence[Selected], dense: Union[Selector, Sequence[Selector], None]) -> list[str]:
-    """The selected names matched by the ``dense=`` selectors (on any alias; sparse layers pinned dense)."""
-    sel = as_list(dense)
-    return [s.name for s in selected
-            if any(matches(g, a, s.param, s.module, a.rsplit(".", 1)[-1]) for g in sel for a in (s.aliases or (s.name,)))]
 
 
 def _is_dtensor(t) -> bool:

@@ -227,8 +227,9 @@ class Sparsifier:
         selected = self.selection.selected
         check_selected(selected, optimizer)
         _check_not_attached(selected)
-        if state is not None:
+        if state is not None:  # before anything is built or attached: a refused state changes nothing
             checkpoint.check_format(state)
+            checkpoint.check_names({s.name for s in selected}, state)
         with self.hooks_disabled():
             self.layers: dict[str, LayerState] = build_layers(
                 algorithm, model, selected, self.selection.pinned, self.generator, optimizer,
@@ -236,14 +237,21 @@ class Sparsifier:
         heavy = streaming_warning(self.layers.values(), algorithm, self.track_usage)
         if heavy is not None:
             warnings.warn(heavy, stacklevel=2)
+        self._claimed: list = []
         self._attach()
-        self._claimed = ownership.claim((s.param for s in selected), self)
-        if state is not None:
-            self.load_state_dict(state)  # ends by enforcing the saved masks
-        else:
-            self.apply_masks()
+        try:
+            self._claimed = ownership.claim((s.param for s in selected), self)
+            if state is not None:
+                self.load_state_dict(state)  # ends by enforcing the saved masks
+            else:
+                self.apply_masks()
+        except BaseException:  # a failed constructor leaves no hook on the model or the optimizer
+            self.remove()
+            raise
         for problem in self.algorithm.schedule_problems(self.total_steps):
             warnings.warn(problem, ScheduleWarning, stacklevel=2)
+        for note in self.algorithm.schedule_notes(self.total_steps):
+            warnings.warn(note, InputWarning, stacklevel=2)
         log.info("sparsetrain: %s on %d layers, density %.4f", algorithm, len(self.layers), self.density)
 
     # ------------------------------------------------------------------ hooks

@@ -22,7 +22,7 @@ import torch
 
 from .. import scores
 from ..distributions import DISTRIBUTIONS, DistributionSpec
-from ..errors import InputError, InputTypeError, ScheduleWarning
+from ..errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from ..masks import LayerState
 from ..schedules import DropSchedule, UpdateSchedule, make_drop_schedule
 
@@ -163,7 +163,8 @@ class Algorithm:
 
     def check_total_steps(self, total_steps: Optional[int], warn: bool = True) -> None:
         """Raise a clear error if the schedules need the run length and it is missing; with
-        ``warn``, also warn (:class:`ScheduleWarning`) about :meth:`schedule_problems`."""
+        ``warn``, also warn about :meth:`schedule_problems` (:class:`ScheduleWarning`) and
+        :meth:`schedule_notes` (:class:`InputWarning`)."""
         if not self.dynamic:
             return
         try:
@@ -175,10 +176,12 @@ class Algorithm:
         if warn:
             for problem in self.schedule_problems(total_steps):
                 warnings.warn(problem, ScheduleWarning, stacklevel=3)
+            for note in self.schedule_notes(total_steps):
+                warnings.warn(note, InputWarning, stacklevel=3)
 
     def schedule_problems(self, total_steps: Optional[int]) -> list[str]:
-        """Why this update schedule is probably not what was meant in a run of ``total_steps``
-        (empty if nothing is wrong): no topology update fits, or ``end`` lies past the run."""
+        """Why this update schedule cannot do what it is for in a run of ``total_steps`` (empty if
+        nothing is wrong): no topology update fits, so the mask would stay static."""
         if not self.dynamic:
             return []
         out = []
@@ -200,7 +203,19 @@ class Algorithm:
                 f"{sched.interval} steps from start={sched.start}, {where}, in {run}), so it would train a "
                 f"static mask; lower update_interval{hint}, "
                 + ("move end later (end=None: until the end), " if end is not None else "") + "or train longer")
-        elif end is not None and total_steps is not None and end > total_steps:
+        return out
+
+    def schedule_notes(self, total_steps: Optional[int]) -> list[str]:
+        """Settings that probably mean something else than they do in a run of ``total_steps``
+        (warned as :class:`InputWarning`; the run is valid): ``end`` past the run's end by more
+        than one update interval (a step count of a longer run, or epochs mixed with steps)."""
+        if not self.dynamic:
+            return []
+        out = []
+        sched = self.update_schedule
+        end = sched.end_step(total_steps)
+        if end is not None and total_steps is not None and end > total_steps + sched.interval \
+                and self.first_update_step(total_steps) is not None:
             p_last = self.drop_fraction(total_steps, total_steps)
             out.append(
                 f"{type(self).__name__}: end={sched.end!r}" + (f" (step {end})" if end != sched.end else "") +

@@ -119,7 +119,7 @@ class _Saliency(Static):
         named_params = list(named_params)
         params = [p for _, p in named_params]
         device = params[0].device
-        with self._clean(model):
+        with self._clean(model), _without_cudnn_rnn(model, device):
             batches = self.batches(device)
             raw = self.compute_scores(model, params, batches)
         return {n: s.detach().reshape(p.shape) for (n, p), s in zip(named_params, raw)}
@@ -175,6 +175,14 @@ class SNIP(_Saliency):
                 if gi is not None:
                     acc.add_(gi.detach())
         return [(g * p.detach()).abs() for g, p in zip(grads, params)]
+
+
+def _without_cudnn_rnn(model: nn.Module, device: torch.device):
+    """cuDNN's RNN kernels have no double backward (GraSP) and no backward in eval mode (SNIP with
+    ``train_mode=False``): score a CUDA model holding a recurrent layer on the native kernels."""
+    if device.type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
 
 
 class GraSP(_Saliency):

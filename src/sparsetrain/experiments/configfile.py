@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["load_config", "run_settings"]
+__all__ = ["load_config", "run_settings", "is_run_record"]
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"config file {p}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
     if not isinstance(data, dict):
         raise InputError(f"config file {p} must hold a table of settings")
-    if isinstance(data.get("config"), dict) and "label" in data:  # a run's own config.json: its settings
+    if _is_record(data):  # a run's own config.json: its settings
         data = run_settings(data)
     for table in ("algorithm", "grid"):
         if table in data and not isinstance(data[table], dict):
@@ -84,3 +84,18 @@ def _yaml_numbers(value: Any) -> Any:
     if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
         return float(value)
     return value
+
+
+def _is_record(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("config"), dict) and "label" in data
+
+
+def is_run_record(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run's own ``config.json`` (every setting written out, typed or not)."""
+    p = Path(path)
+    if p.suffix.lower() != ".json" or not p.exists():
+        return False
+    try:
+        return _is_record(json.loads(p.read_text()))
+    except ValueError:
+        return False
