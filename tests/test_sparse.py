@@ -525,3 +525,24 @@ def test_a_removed_sparsifier_leaves_working_layers_behind():
     x, y = _data()[0]
     nn.functional.cross_entropy(model(x), y).backward()
     assert layer.values.grad is not None and layer.values.grad.shape == layer.values.shape
+
+
+def test_to_sparse_keeps_the_linears_a_transformer_encoder_layer_reads_as_weights():
+    # its forward reads linear1.weight / linear2.weight (fast-path checks): converting them broke it
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), nn.Flatten(),
+                          nn.Linear(16 * 3, 4))
+    st.sparse.to_sparse(model)
+    assert type(model[0].linear1) is nn.Linear and type(model[0].linear2) is nn.Linear
+    assert isinstance(model[2], st.sparse.SparseLinear)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=2), total_steps=8)
+    assert sp.layers["0.linear1.weight"].storage.kind == "masked" and sp.layers["2.weight"].storage.kind == "compressed"
+    for _ in range(8):
+        nn.functional.cross_entropy(model(torch.randn(4, 3, 16)), torch.randint(0, 4, (4,))).backward()
+        opt.step()
+        opt.zero_grad()
+        st.testing.assert_invariants(sp, opt)
+    model.eval()
+    with torch.no_grad():  # the fused eval path too
+        assert model(torch.randn(2, 3, 16)).shape == (2, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional
 
 import torch
@@ -10,6 +11,8 @@ from torch import nn
 from .. import ownership
 from ..errors import InputError
 from .linear import SparseLinear
+
+log = logging.getLogger(__name__)
 
 __all__ = ["to_sparse", "to_dense"]
 
@@ -35,7 +38,9 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
     masked-dense run); without one a layer keeps its nonzeros (all of them for a fresh layer, so a
     Sparsifier attached next chooses the mask). ``include(name, module)`` limits the conversion.
     A Linear whose weight is shared with another module (a language model's head tied to the token
-    embedding) is left as it is: the compressed layer would untie it. Inputs may have any leading
+    embedding) is left as it is: the compressed layer would untie it; so are the feed-forward
+    Linears of ``nn.TransformerEncoderLayer``, whose forward reads their ``weight`` (a Sparsifier
+    keeps them masked, like ``nn.MultiheadAttention``'s projections). Inputs may have any leading
     shape (``(B, T, D)`` in a transformer).
 
     Layers of a model built on the meta device (``with torch.device("meta"): model = ...``)
@@ -58,10 +63,19 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
         for p in m.parameters(recurse=False):
             holders[id(p)] = holders.get(id(p), 0) + 1
 
+    # nn.TransformerEncoderLayer's forward reads linear1.weight and linear2.weight (its fast-path
+    # checks, and the fused kernel in eval): a SparseLinear there would break it
+    read_as_weight = {id(c) for m in model.modules() if isinstance(m, nn.TransformerEncoderLayer)
+                      for c in (m.linear1, m.linear2)}
+
     def pick(m):
         if type(m) is not nn.Linear:
             return False
         if holders.get(id(m.weight), 0) > 1:  # a tied weight (e.g. an LM head sharing the embedding) stays
+            return False
+        if id(m) in read_as_weight:
+            log.info("sparsetrain: %s stays an nn.Linear (nn.TransformerEncoderLayer reads its weight); a "
+                     "Sparsifier keeps it masked", names.get(id(m), ""))
             return False
         name = names.get(id(m), "")
         return include is None or include(name, m)
