@@ -54,6 +54,7 @@ def _batches(n=6, seed=1):
     return [(torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
 
 
+@pytest.mark.filterwarnings("ignore:.*no sparse layer received a gradient:RuntimeWarning")  # steps without backward
 def test_lr_scheduler_composes_base_then_cycles():
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
