@@ -119,7 +119,9 @@ class Selection:
     def table(self) -> list[str]:
         """Lines saying what was left dense and why; 1-D parameters are counted on one line."""
         one_d = [(n, s) for n, s, r in self.left if r == "1-D"]
-        lines = [f"  {n}  {'x'.join(map(str, s))}  {r}" for n, s, r in self.left if r != "1-D"]
+        rows = [(n, "x".join(map(str, s)), r) for n, s, r in self.left if r != "1-D"]
+        wn, ws = max((len(n) for n, _, _ in rows), default=0), max((len(s) for _, s, _ in rows), default=0)
+        lines = [f"  {n:{wn}}  {s:{ws}}  {r}" for n, s, r in rows]
         if one_d:
             numel = sum(int(torch.Size(s).numel()) for _, s in one_d)
             lines.append(f"  {len(one_d)} 1-D parameters (biases, norm gains; {numel} values): 1-D, never sparse "
