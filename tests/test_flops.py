@@ -231,3 +231,55 @@ def test_sequence_first_and_unbatched_recurrent_models_count_per_sequence():
 
     r = st.flops(Loop(), torch.randn(3, 6, 4))
     assert r.layers["cell.weight_ih"].positions == 6 and r.layers["cell.weight_hh"].dense == 6 * 15 * 5
+
+
+def test_a_tied_sparse_head_counts_at_its_mask_under_any_name():
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.rnn, self.dec = nn.Embedding(50, 32), nn.LSTM(32, 32, batch_first=True), nn.Linear(32, 50)
+            self.dec.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.dec(self.rnn(self.emb(x))[0])
+
+    torch.manual_seed(0)
+    m = LM()
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), "static", density=0.1,
+                       include=[st.DEFAULT_LAYERS, "dec.weight"])
+    assert "emb.weight" in sp.masks  # the mask is under the parameter's first name
+    r = st.flops(m, torch.randint(0, 50, (2, 10)), sp.masks)
+    assert r.layers["dec.weight"].nnz == int(sp.masks["emb.weight"].sum()) == int((m.dec.weight != 0).sum())
+
+
+def test_a_reshaped_batch_is_not_mistaken_for_a_sequence_first_one():
+    class Hier(nn.Module):  # (B, N, T) token ids; the LSTM runs on B*N sequences
+        def __init__(self):
+            super().__init__()
+            self.emb, self.rnn, self.fc = nn.Embedding(30, 8), nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 3)
+
+        def forward(self, x):
+            b, n, t = x.shape
+            h = self.rnn(self.emb(x.reshape(b * n, t)))[0][:, -1].reshape(b, n, 16).mean(1)
+            return self.fc(h)
+
+    r = st.flops(Hier(), torch.randint(0, 30, (4, 5, 7)))
+    assert r.layers["rnn.weight_ih_l0"].positions == 35 and r.layers["fc.weight"].positions == 1
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_padding_mask_on_the_encoder_fast_path_is_counted():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.fc = enc, nn.Linear(16, 3)
+
+        def forward(self, x, pad):
+            return self.fc(self.enc(x, src_key_padding_mask=pad).mean(1))
+
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True  # eval + no_grad: nested tensors inside (was "NestedTensorImpl doesn't support sizes")
+    r = st.flops(M(), (torch.randn(2, 6, 16), pad))
+    assert r.layers["enc.layers.0.self_attn.in_proj_weight"].numel == 48 * 16 and r.dense > 0

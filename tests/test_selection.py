@@ -221,3 +221,16 @@ def test_cells_and_weight_norm():
     assert sel.why["cell.weight_ih"] == "LSTMCell" and sel.why["gru.weight_hh"] == "GRUCell"
     by_type = [s.name for s in select(m, include=[nn.Linear, nn.LSTM])]
     assert by_type == ["wn.weight_v", "rnn.weight_ih_l0", "rnn.weight_hh_l0_v"]
+
+
+def test_new_user_mistakes_in_selectors_are_named():
+    m = nn.Sequential(nn.Embedding(50, 16, sparse=True), nn.Linear(16, 4))
+    with pytest.raises(ValueError, match="sparse=True.*sparse=False"):  # used to fail inside backward
+        plan(m, include=[DEFAULT_LAYERS, nn.Embedding])
+    with pytest.raises(TypeError, match="not a module.*pass LSTM"):  # an instance: was a TypeError from its forward
+        plan(Block(), include=[nn.LSTM(2, 2)])
+    with pytest.raises(ValueError, match="st.DEFAULT_LAYERS, not a string"):
+        plan(Block(), include=["DEFAULT_LAYERS"])
+    with pytest.raises(ValueError) as e:  # everything excluded: not "the only weight matrices are embeddings"
+        plan(Block(), exclude=[nn.MultiheadAttention, nn.LSTM])
+    assert "exclude=" in str(e.value) and "only weight matrices are embeddings" not in str(e.value)

@@ -58,8 +58,13 @@ COUNTED_MODULES = (
 ATTENTION_METHOD = "attention_macs"
 
 
+def _padded(x):
+    """A nested tensor (nn.TransformerEncoder's fast path with a padding mask) as its padded tensor."""
+    return x.to_padded_tensor(0.0) if getattr(x, "is_nested", False) else x
+
+
 def _first(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
+    return _padded(x[0] if isinstance(x, (tuple, list)) else x)
 
 
 def attention_macs(module: nn.Module, inputs: tuple, output, kwargs: Optional[Mapping] = None) -> Optional[float]:
@@ -71,8 +76,8 @@ def attention_macs(module: nn.Module, inputs: tuple, output, kwargs: Optional[Ma
         return float(method(inputs, output))
     if isinstance(module, nn.MultiheadAttention):
         out = _first(output)
-        query = inputs[0] if inputs else kwargs.get("query")
-        key = inputs[1] if len(inputs) > 1 else kwargs.get("key", query)
+        query = _padded(inputs[0] if inputs else kwargs.get("query"))
+        key = _padded(inputs[1] if len(inputs) > 1 else kwargs.get("key", query))
         if out.dim() == 2:  # unbatched (L, E)
             return 2.0 * out.shape[0] * key.shape[0] * module.embed_dim
         seq = 1 if module.batch_first else 0
@@ -88,8 +93,8 @@ def attention_macs(module: nn.Module, inputs: tuple, output, kwargs: Optional[Ma
 
 def _mha_projections(mod: nn.MultiheadAttention, name: str, inputs, kwargs, output, batch: int, masks, report) -> None:
     out = _first(output)
-    query = inputs[0] if inputs else kwargs.get("query")
-    key = inputs[1] if len(inputs) > 1 else kwargs.get("key", query)
+    query = _padded(inputs[0] if inputs else kwargs.get("query"))
+    key = _padded(inputs[1] if len(inputs) > 1 else kwargs.get("key", query))
     seq = 0 if out.dim() == 2 or not mod.batch_first else 1
     tokens_q = out.numel() / mod.embed_dim / batch
     tokens_k = tokens_q * key.shape[seq] / out.shape[seq]
@@ -175,6 +180,13 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     so they match ``Sparsifier.masks``. The model runs once in eval mode (no gradients).
     """
     masks = dict(masks or {})
+    groups: dict[int, list[str]] = {}  # a tied parameter's mask under every one of its names
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    for names in groups.values():
+        key = next((n for n in names if n in masks), None)
+        if key is not None:
+            masks.update({n: masks[key] for n in names})
     report = FlopsReport()
     handles = []
     packed = isinstance(example_input, nn.utils.rnn.PackedSequence)  # a namedtuple, but one argument
@@ -186,7 +198,7 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
 
     def make_hook(pname: str, module: nn.Module):
         def hook(mod, inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = _first(output)
             channels = (module.out_features if isinstance(module, (nn.Linear, SparseLinear)) else
                         module.nf if is_conv1d_like(module) else module.out_channels)
             positions = out.numel() / batch / channels
@@ -260,7 +272,9 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
         model.train(was_training)
         for h in handles:
             h.remove()
-    if len(seen_batch) == 1 and (true := seen_batch.pop()) != batch:
+    first = args[0] if torch.is_tensor(args[0]) else None
+    if len(seen_batch) == 1 and (true := seen_batch.pop()) != batch and first is not None and (
+            true == 1 or (first.dim() > 1 and first.shape[1] == true)):  # unbatched, or sequence-first
         # the input's first dimension was not the batch (a sequence-first or unbatched recurrent
         # model): per example is per sequence, as the recurrent layers say
         for layer in report.layers.values():

@@ -258,8 +258,10 @@ def _unmatched(kind: str, selector: Selector, names: Sequence[str], model: nn.Mo
                               f"model's parameters include {list(names[:4])})")
         return InputError(f"{kind}={selector.__name__} matches no module of the model: remove it, or name the "
                           f"parameters by name glob (the model's parameters include {list(names[:4])})")
+    hint = " (the default selection is the object st.DEFAULT_LAYERS, not a string)" \
+        if str(selector).lower() in ("default_layers", "default", "st.default_layers") else ""
     return InputError(f"{kind}={selector!r} matches no parameter of the model: check the spelling (names are "
-                      f"fully qualified, like {list(names[:4])}; '*' in a glob also matches dots), or remove it")
+                      f"fully qualified, like {list(names[:4])}; '*' in a glob also matches dots), or remove it{hint}")
 
 
 def _module_name(alias: _Alias) -> str:
@@ -275,6 +277,9 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
     """
     include, exclude, dense = as_list(include), as_list(exclude), as_list(dense)
     for s in include + exclude + dense:
+        if isinstance(s, nn.Module):
+            raise InputTypeError(f"a selector is a module type, not a module: got an instance of {type(s).__name__}; "
+                                 f"pass {type(s).__name__} (the class), or the parameter's name")
         if not _is_selector(s):
             raise InputTypeError(f"a selector must be a name glob, a module type, st.DEFAULT_LAYERS or a predicate, "
                                  f"got {s!r}")
@@ -348,6 +353,10 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             log.info("sparsetrain: %s is frozen (requires_grad=False); left dense", name)
             out.left.append((name, shape, "frozen (requires_grad=False)"))
             continue
+        if any(isinstance(a.module, EMBEDDING_MODULES) and a.module.sparse for a in aliases):
+            raise InputError(f"{name} is the weight of an embedding built with sparse=True: its gradients are sparse "
+                             "tensors, which the Sparsifier cannot mask or rank; build it with sparse=False to make "
+                             f"it sparse, or leave it dense (remove it from include=)")
         module = next((a.module for a in aliases if a.attr == "weight" and weight_layer_kind(a.module)),
                       aliases[0].module)
         names = tuple(a.name for a in aliases)
@@ -374,7 +383,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             raise _unmatched("dense", s, all_names, model)
     if not out.selected:
         emb = [n for n, _, r in out.left if r.startswith(("embedding", "tied to embedding"))]
-        if emb:
+        if emb and not any(r.startswith("excluded by") for _, _, r in out.left):
             raise InputError(
                 f"no prunable parameter: the model's only weight matrices are embeddings or tied to one ({', '.join(emb)}), "
                 f"which stay dense by default; to make them sparse name them: include=[{emb[0]!r}] or "
