@@ -263,3 +263,23 @@ def test_recurrent_models_are_scored_and_on_cuda_without_cudnn_rnn_kernels():
     assert not isinstance(_without_cudnn_rnn(model, torch.device("cuda")), contextlib.nullcontext)
     assert isinstance(_without_cudnn_rnn(model, torch.device("cpu")), contextlib.nullcontext)
     assert isinstance(_without_cudnn_rnn(nn.Linear(2, 2), torch.device("cuda")), contextlib.nullcontext)
+
+
+def test_the_default_loss_that_does_not_fit_a_language_model_names_loss_fn():
+    torch.manual_seed(0)
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 8), nn.Linear(8, 20)
+
+        def forward(self, x):
+            return self.fc(self.emb(x))  # (B, T, V)
+
+    x = torch.randint(0, 20, (4, 10))
+    model = LM()
+    with pytest.raises(ValueError, match="loss_fn=.*flatten"):  # was torch's "Expected target size"
+        st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), SNIP(0.3, batch=(x, x)))
+    fit = SNIP(0.3, batch=(x, x), loss_fn=lambda out, y: nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()))
+    sp = st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), fit)
+    assert abs(sp.density - 0.3) < 0.01

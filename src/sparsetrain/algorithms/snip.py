@@ -121,7 +121,15 @@ class _Saliency(Static):
         device = params[0].device
         with self._clean(model), _without_cudnn_rnn(model, device):
             batches = self.batches(device)
-            raw = self.compute_scores(model, params, batches)
+            try:
+                raw = self.compute_scores(model, params, batches)
+            except (RuntimeError, ValueError) as e:
+                if self.loss_fn is not nn.functional.cross_entropy or "target" not in str(e).lower():
+                    raise
+                raise InputError(
+                    f"{type(self).__name__}: the default loss, cross_entropy(model(x), y), does not fit this model's "
+                    f"output and targets ({e}); pass loss_fn=, e.g. for (B, T, V) logits: loss_fn=lambda out, y: "
+                    "F.cross_entropy(out.flatten(0, 1), y.flatten())") from None
         return {n: s.detach().reshape(p.shape) for (n, p), s in zip(named_params, raw)}
 
     def initial_masks(self, model, named_params, counts, generator):
