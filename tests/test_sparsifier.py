@@ -1089,3 +1089,36 @@ def test_recurrent_and_attention_weights_train_sparse_with_every_invariant(opt_c
     assert sp.updates == 4  # steps 4, 8, 12, 16 (end=0.75: step 18)
     assert all(not torch.equal(before[n], sp.masks[n]) for n in ("rnn.weight_ih_l0", "att.in_proj_weight"))
     assert int(sp.masks["rnn.weight_ih_l0"].sum()) == int((m.rnn.weight_ih_l0 != 0).sum())  # the LSTM reads these
+
+
+@pytest.mark.parametrize("order", ["model_first", "sparsifier_first", "sparsifier_state_before_model"])
+def test_loading_the_model_before_building_the_sparsifier_is_warned_at_the_next_step(order):
+    # building a Sparsifier zeroes the weights off its fresh random mask: loaded weights were lost silently
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.2, update_interval=2), total_steps=20)
+    x, y = torch.randn(8, 12), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    ck = {"m": model.state_dict(), "o": opt.state_dict(), "s": sp.state_dict()}
+    m2 = mlp(seed=1)
+    o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    if order == "model_first":
+        m2.load_state_dict(ck["m"])
+    sp2 = st.Sparsifier(m2, o2, st.RigL(density=0.2, update_interval=2), total_steps=20)
+    if order == "sparsifier_state_before_model":
+        sp2.load_state_dict(ck["s"])
+    if order != "model_first":
+        m2.load_state_dict(ck["m"])
+    o2.load_state_dict(ck["o"])
+    if order != "sparsifier_state_before_model":
+        sp2.load_state_dict(ck["s"])
+    nn.functional.cross_entropy(m2(x), y).backward()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        o2.step()
+    lost = [w for w in rec if "loaded before this Sparsifier was built" in str(w.message)]
+    assert len(lost) == (1 if order == "model_first" else 0)

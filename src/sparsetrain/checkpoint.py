@@ -203,6 +203,8 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
             "active_steps": l.active_steps,
             "init_std": l.init_std,
             "last_grown": l.last_grown.clone() if l.last_grown is not None else None,
+            # active weights exactly 0 (e.g. just regrown): after a load, more of them mean lost weights
+            "zero_active": int(torch.count_nonzero((l.param == 0) & l.mask)) if l.storage.kind == "masked" else None,
         }
     forced = sp.pending_update
     state = {
@@ -323,3 +325,4 @@ def load_state_dict(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = T
     sp.pending_update = ForcedUpdate(sp.algorithm, **forced) if forced is not None else None
     sp.algorithm.load_state_dict(state.get("algorithm_state", {}))
     sp.apply_masks()
+    sp.loaded_zeros = {n: int(s["zero_active"]) for n, s in state["layers"].items() if s.get("zero_active") is not None}

@@ -238,6 +238,9 @@ class Sparsifier:
         if heavy is not None:
             warnings.warn(heavy, stacklevel=2)
         self._claimed: list = []
+        self._check_loaded = False
+        #: per layer, the active weights that were exactly 0 in the last loaded state
+        self.loaded_zeros: dict[str, int] = {}
         self._attach()
         try:
             self._claimed = ownership.claim((s.param for s in selected), self)
@@ -320,12 +323,37 @@ class Sparsifier:
             self._reduced_at = self.step
 
     def _pre_step(self, optimizer, args, kwargs):
+        if self._check_loaded and self._enabled:
+            self._check_loaded = False
+            self._warn_if_weights_lost()
         if not self._enabled or not self._capturing():
             return
         group = self._group()
         if group is not None:
             self._reduce_once(group)
         capture.match_optimizer_scale(self.layers.values(), self.step)
+
+    def _warn_if_weights_lost(self) -> None:
+        """After a load, at the first step: warn if more active weights are exactly 0 than when the
+        state was saved — the model's weights were loaded *before* this Sparsifier was built, which
+        zeroed those off its fresh random mask."""
+        lost = {}
+        with torch.no_grad():
+            for name, saved in self.loaded_zeros.items():
+                layer = self.layers[name]
+                if layer.storage.kind != "masked":
+                    continue
+                now = int(torch.count_nonzero((layer.param == 0) & layer.mask))
+                if now > saved + max(1, layer.n_active // 100):
+                    lost[name] = now - saved
+        if lost:
+            warnings.warn(
+                f"sparsetrain: after loading, {sum(lost.values())} weights the saved masks keep active are 0 that were "
+                f"not when the state was saved ({', '.join(f'{n}: {k}' for n, k in list(lost.items())[:3])}): the "
+                "model's weights were probably loaded before this Sparsifier was built (building it zeroes the "
+                "weights off its fresh random mask). Build the Sparsifier first (or pass state=), then load the "
+                "model, the optimizer and the Sparsifier (docs/correctness.md, resume recipe)", InputWarning,
+                stacklevel=3)
 
     def _post_step(self, optimizer, args, kwargs):
         if not self._enabled:
@@ -484,3 +512,4 @@ class Sparsifier:
         :class:`~sparsetrain.errors.InputError` before anything changes; ``strict=False`` loads a
         state of another configuration on purpose, with a warning (see :mod:`~sparsetrain.checkpoint`)."""
         checkpoint.load_state_dict(self, state, strict)
+        self._check_loaded = bool(self.loaded_zeros)  # the active weights are checked at the next step
