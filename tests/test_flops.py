@@ -283,3 +283,14 @@ def test_a_padding_mask_on_the_encoder_fast_path_is_counted():
     pad[1, 4:] = True  # eval + no_grad: nested tensors inside (was "NestedTensorImpl doesn't support sizes")
     r = st.flops(M(), (torch.randn(2, 6, 16), pad))
     assert r.layers["enc.layers.0.self_attn.in_proj_weight"].numel == 48 * 16 and r.dense > 0
+
+
+def test_sequence_first_attention_counts_per_sequence_like_batch_first():
+    torch.manual_seed(0)
+    first = nn.TransformerEncoderLayer(16, 2, 32, batch_first=False)
+    batch_first = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    batch_first.load_state_dict(first.state_dict())
+    x = torch.randn(10, 4, 16)  # (T, B, D)
+    a, b = st.flops(first, x), st.flops(batch_first, x.transpose(0, 1))
+    assert a.dense == b.dense and a.layers["linear1.weight"].positions == 10
+    assert st.flops(first, x[:, 0]).dense == b.dense  # one unbatched sequence

@@ -25,9 +25,10 @@ Convention (as in the DST literature): one multiply-accumulate counts as one FLO
   (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``, both directions; a cell's ``weight_ih``,
   ``weight_hh``) is used once per time step, so ``positions`` is the number of time steps per
   example (packed sequences: their total length divided by the batch; a cell: its calls). The
-  gate nonlinearities and products are not counted. A recurrent layer also says what the batch
-  is: for a sequence-first (``batch_first=False``) or unbatched input, "per example" is per
-  sequence, for every layer of the report.
+  gate nonlinearities and products are not counted. A recurrent layer (and
+  ``nn.MultiheadAttention``) also says what the batch is: for a sequence-first
+  (``batch_first=False``) or unbatched input, "per example" is per sequence, for every layer of
+  the report.
 
 Norms, activations, softmax, embeddings lookups and pooling are not counted. Numbers are per
 example (the example input's first dimension is the batch).
@@ -222,10 +223,12 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
                 report.attention[name] = report.attention.get(name, 0.0) + macs / batch
             if isinstance(mod, nn.MultiheadAttention):  # its projections run inside F.multi_head_attention_forward
                 _mha_projections(mod, name, inputs, kwargs, output, batch, masks, report)
+                out = _first(output)  # it also says what the batch is (sequence-first or unbatched inputs)
+                seen_batch.add(1 if out.dim() == 2 else int(out.shape[0 if mod.batch_first else 1]))
 
         return hook
 
-    seen_batch: set[int] = set()  # what recurrent layers say the batch is (sequence-first, unbatched inputs)
+    seen_batch: set[int] = set()  # what recurrent and attention layers say the batch is (sequence-first, unbatched)
 
     def rnn_hook(name: str):
         def hook(mod, inputs, output):
