@@ -187,25 +187,16 @@ def run_update(sp: "Sparsifier", rule) -> dict[str, Any]:
     layers = list(sp.layers.values())
     if rule.needs_dense_grad:
         sparse = [l for l in layers if not l.is_dense]
-        if sparse and all(l.grad_buffer is None for l in sparse):
-            warnings.warn(
-                f"sparsetrain: no sparse layer received a gradient before step {t} (optimizer.step() without "
-                "loss.backward()?); topology update skipped, masks unchanged",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            record.update(skipped="no gradient", grown=0, turnover=0.0, itop_rate=sp.itop_rate)
-            sp.history.append(record)
-            return record
-        bad = capture.first_nonfinite(layers)
-        if bad is not None:
-            warnings.warn(
-                f"sparsetrain: non-finite gradient in {bad} at step {t}; topology update skipped, "
-                "masks unchanged (check the learning rate / loss scaling)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            record.update(skipped="non-finite gradient", grown=0, turnover=0.0, itop_rate=sp.itop_rate)
+        no_grad = bool(sparse) and all(l.grad_buffer is None for l in sparse)
+        bad = None if no_grad else capture.first_nonfinite(layers)
+        if no_grad or bad is not None:
+            why, detail = (("non-finite gradient", f"non-finite gradient in {bad} at step {t}") if bad is not None else
+                           ("no gradient", f"no sparse layer received a gradient before step {t} (optimizer.step() "
+                                           "without loss.backward()?)"))
+            fix = " (check the learning rate / loss scaling)" if bad is not None else ""
+            warnings.warn(f"sparsetrain: {detail}; topology update skipped, masks unchanged{fix}", RuntimeWarning,
+                          stacklevel=3)
+            record.update(skipped=why, grown=0, turnover=0.0, itop_rate=sp.itop_rate)
             sp.history.append(record)
             return record
         if not sp.algorithm.dense_grad_every_step:
