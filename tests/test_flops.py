@@ -77,6 +77,14 @@ def test_training_flops_static_is_three_sparse_forwards():
     assert tf["sparse"] == pytest.approx(3 * r.sparse * 40)
 
 
+def test_training_flops_before_the_first_step_is_nothing_spent():
+    m, sp = _train(st.Static(density=0.3), steps=0)
+    r = st.flops(m, torch.randn(1, 1, 8, 8), masks=sp.masks)
+    tf = sp.training_flops(r)
+    assert tf["sparse"] == 0 and tf["dense"] == 0
+    assert tf["fraction"] == pytest.approx(r.sparse / r.dense) and tf["fraction"] < 1
+
+
 def test_training_flops_rigl_matches_spec_formula():
     m, sp = _train(st.RigL(density=0.3, update_interval=4, end=None, drop_schedule="constant"), steps=40)
     assert sp.dense_grad_steps == 10

@@ -172,6 +172,8 @@ def test_separate_qkv_projections_are_sparse_and_bias_kv_is_not():
     assert {"attn.q_proj_weight", "attn.k_proj_weight", "attn.v_proj_weight", "attn.out_proj.weight"} <= set(names)
     assert not any("bias" in n or n.startswith(("emb", "norm")) for n in names)
     assert {n for n, _, _ in sel.left} >= {"attn.bias_k", "attn.bias_v", "emb.weight", "norm.weight"}
+    # a (1, 1, E) tensor is a vector: counted with the 1-D parameters, not offered as a layer to opt in
+    assert {r for n, _, r in sel.left if n.startswith("attn.bias_")} == {"1-D"}
 
 
 def test_a_module_type_selects_its_weight_matrices_and_those_inside_it():

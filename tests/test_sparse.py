@@ -94,6 +94,20 @@ def test_to_sparse_and_back_keeps_the_function():
     assert torch.allclose(model(x), ref, atol=1e-5)
 
 
+def test_converting_draws_no_random_numbers():
+    # a seeded run's later draws (mask draws, batches, dropout) are the same with or without conversion
+    model = _mlp()
+    state = torch.get_rng_state()
+    to_sparse(model)
+    assert torch.equal(torch.get_rng_state(), state)
+    to_dense(model)
+    assert torch.equal(torch.get_rng_state(), state)
+    frozen = nn.Linear(4, 3)
+    frozen.bias.requires_grad_(False)
+    back = to_dense(to_sparse(nn.Sequential(frozen)))[0]
+    assert back.bias.requires_grad is False and back.weight.requires_grad is True
+
+
 def _train(sparse: bool, make_alg, steps=240, opt="sgd", data=None):
     model = _mlp()
     if sparse:

@@ -50,12 +50,16 @@ def training_flops(sp: "Sparsifier", report) -> dict[str, float]:
     """Training FLOPs of the steps so far (see :meth:`Sparsifier.training_flops`)."""
     for layer in sp.layers.values():
         layer.flush(sp.step)
-    steps = max(sp.step, 1)
+    steps = sp.step
     fixed = report.dense - sum(report.layers[n].dense for n in sp.layers if n in report.layers)
+    if steps == 0:  # no step yet: nothing spent; the fraction is that of a step at the current masks
+        now = fixed + sum((report.layers[n].per_weight if n in report.layers else 0.0) * layer.n_active
+                          for n, layer in sp.layers.items())
+        return {"sparse": 0.0, "dense": 0.0, "fraction": now / report.dense if report.dense else 1.0}
     sparse_sum = 0.0
     for n, layer in sp.layers.items():
         per_weight = report.layers[n].per_weight if n in report.layers else 0.0
-        sparse_sum += per_weight * (layer.active_steps if sp.step else layer.n_active)
+        sparse_sum += per_weight * layer.active_steps
     mean_fs = fixed + sparse_sum / steps
     sparse_total = 3.0 * mean_fs * steps + sp.dense_grad_steps * (report.dense - report.sparse)
     dense_total = 3.0 * report.dense * steps

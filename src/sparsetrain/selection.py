@@ -330,7 +330,8 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             explicit, reason_in = False, (found[0] if found else "")
             opt_in = f"include=[st.DEFAULT_LAYERS, {name!r}]"
         if not found:
-            why = ("1-D" if _dims(param, aliases) < 2 else
+            # a (1, 1, E) tensor (MultiheadAttention's bias_k/bias_v) is a vector too: not offered as a layer
+            why = ("1-D" if sum(d > 1 for d in _shape(param, aliases)) < 2 else
                    f"embedding (opt in: {opt_in})" if pid in embedded else
                    f"{type(aliases[0].module).__name__} {aliases[0].attr}, not sparse by default (opt in: {opt_in})"
                    if not include else "not matched by include=")

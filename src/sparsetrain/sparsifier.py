@@ -483,7 +483,8 @@ class Sparsifier:
         Counts forward+backward as 3 forward passes of the *actual* per-layer active counts
         over time, plus at each dense-gradient step the extra dense weight-gradient cost
         (``f_D - f_S``), as in spec §1.7. Returns ``{"sparse", "dense", "fraction"}`` in FLOPs
-        per training example.
+        per training example. Before the first step both totals are 0 and ``fraction`` is that of
+        one step at the current masks.
         """
         return metrics_mod.training_flops(self, report)
 

@@ -367,11 +367,12 @@ class SparseLinear(nn.Module):
                 raise ValueError("a meta-device Linear has no weights to keep at a mask: convert it without one")
             return cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                        index_dtype=index_dtype, deferred=True, init=init, device=device, dtype=linear.weight.dtype)
-        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+        # built without a bias and given linear's: converting draws no random numbers (the global
+        # RNG stream, and so a seeded run's later draws, is the same with or without conversion)
+        m = cls(linear.in_features, linear.out_features, bias=False,
                 weight=linear.weight.detach(), mask=mask, index_dtype=index_dtype)
         if linear.bias is not None:
-            with torch.no_grad():
-                m.bias.copy_(linear.bias)
+            m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
         return m
 
     @property
@@ -574,13 +575,12 @@ class SparseLinear(nn.Module):
         return y.view(*lead, self.out_features)
 
     def to_linear(self) -> nn.Linear:
-        """An ``nn.Linear`` with the same function (dense weight with zeros)."""
+        """An ``nn.Linear`` with the same function (dense weight with zeros); draws no random numbers."""
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
+                        device="meta", dtype=self.values.dtype)  # no initialisation drawn: replaced below
+        lin.weight = nn.Parameter(self.dense_weight(), requires_grad=self.values.requires_grad)
+        if self.bias is not None:
+            lin.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
         return lin
 
     def __getstate__(self):
