@@ -186,6 +186,60 @@ def test_hf_gpt2_fraction_counts_conv1d_and_attention():
     assert r.fraction == pytest.approx(r.sparse / r.dense) and 0.3 < r.fraction < 0.4
 
 
+@pytest.mark.parametrize("arch", ["llama", "bert", "t5", "vit"])
+def test_hf_models_take_a_batch_mapping_and_count_their_attention(arch):
+    # attention modules that do not declare their products (LlamaAttention with SDPA, BERT's eager
+    # matmuls, T5 with cross-attention, ViT) are measured by torch's FLOP counter
+    tf = pytest.importorskip("transformers")
+    tf.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    t, batch = 8, {"input_ids": torch.randint(0, 64, (3, 8))}
+    if arch == "llama":
+        m = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=64, num_key_value_heads=1, max_position_embeddings=32, **small))
+    elif arch == "bert":
+        m = tf.BertForMaskedLM(tf.BertConfig(vocab_size=64, max_position_embeddings=32, **small))
+    elif arch == "t5":
+        m = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=2, num_heads=2,
+                                                      d_kv=16, decoder_start_token_id=0, pad_token_id=0))
+        batch["decoder_input_ids"] = torch.randint(0, 64, (3, 8))
+    else:
+        m = tf.ViTForImageClassification(tf.ViTConfig(image_size=16, patch_size=4, num_labels=3, **small))
+        t, batch = 17, {"pixel_values": torch.randn(3, 3, 16, 16)}  # 16 patches + the class token
+    sp = st.Sparsifier(m, torch.optim.AdamW(m.parameters()), st.RigL(density=0.1), total_steps=1000)
+    r = st.flops(m, batch, masks=sp.masks)
+    per_layer = 2 * t * t * 32  # QKᵀ and AV, per example
+    layers = 6 if arch == "t5" else 2  # T5: encoder self, decoder self and cross per block
+    assert len(r.attention) == layers and all(v == per_layer for v in r.attention.values())
+    assert r.dense > r.sparse > r.dense * 0.1 and r.sparse - sum(r.attention.values()) > 0
+    for name, mask in sp.masks.items():  # every sparse projection is counted at its mask
+        assert r.layers[name].nnz == int(mask.sum())
+
+
+def test_an_attention_module_that_does_not_declare_its_products_is_measured():
+    class MyAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(16, 48)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return torch.softmax(q @ k.transpose(-1, -2) / 4, -1) @ v
+
+    class FusedAttention(MyAttention):
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    for kind in (MyAttention, FusedAttention):
+        net = nn.Sequential(kind(), nn.Linear(16, 4))
+        r = st.flops(net, torch.randn(2, 5, 16))
+        assert r.attention == {"0": 2 * 5 * 5 * 16}  # the full score matrix, as for every attention module
+        assert r.layers["0.qkv.weight"].dense == 5 * 16 * 48
+    with pytest.raises(ValueError, match="empty mapping"):
+        st.flops(net, {})
+
+
 class Recurrent(nn.Module):
     def __init__(self, rnn: nn.RNNBase):
         super().__init__()

@@ -20,7 +20,11 @@ Convention (as in the DST literature): one multiply-accumulate counts as one FLO
   products for the call, whole batch), see :data:`ATTENTION_METHOD` — and, without it, in
   ``nn.MultiheadAttention`` and in self-attention modules shaped like Hugging Face's
   (``GPT2Attention``: class name ending in ``Attention``, ``num_heads`` and ``head_dim``
-  attributes, output ``(B, T, d)``). A recognised module inside another one is not counted twice;
+  attributes, output ``(B, T, d)``). Any other module whose class name ends in ``Attention``
+  (Hugging Face's ``LlamaAttention``, ``BertSelfAttention``, ``T5Attention``, cross-attention,
+  a user's own) is *measured*: torch's public FLOP counter
+  (``torch.utils.flop_counter.FlopCounterMode``) sees the batched matmuls and fused attention
+  kernels its forward runs. A recognised module inside another one is not counted twice;
 - **recurrent layers** ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and their cells: each weight matrix
   (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``, both directions; a cell's ``weight_ih``,
   ``weight_hh``) is used once per time step, so ``positions`` is the number of time steps per
@@ -36,6 +40,7 @@ example (the example input's first dimension is the batch).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -83,8 +88,7 @@ def attention_macs(module: nn.Module, inputs: tuple, output, kwargs: Optional[Ma
             return 2.0 * out.shape[0] * key.shape[0] * module.embed_dim
         seq = 1 if module.batch_first else 0
         return 2.0 * out.shape[1 - seq] * out.shape[seq] * key.shape[seq] * module.embed_dim
-    if type(module).__name__.endswith("Attention") and hasattr(module, "num_heads") and hasattr(module, "head_dim") \
-            and not getattr(module, "is_cross_attention", False):
+    if _shaped_like_gpt2(module):
         out = _first(output)
         if torch.is_tensor(out) and out.dim() == 3:  # self-attention: (B, T, d), T keys per query
             b, t, _ = out.shape
@@ -116,8 +120,44 @@ def _mha_projections(mod: nn.MultiheadAttention, name: str, inputs, kwargs, outp
 
 
 def _is_attention(module: nn.Module) -> bool:
-    return callable(getattr(module, ATTENTION_METHOD, None)) or isinstance(module, nn.MultiheadAttention) or (
-        type(module).__name__.endswith("Attention") and hasattr(module, "num_heads") and hasattr(module, "head_dim"))
+    return callable(getattr(module, ATTENTION_METHOD, None)) or isinstance(module, nn.MultiheadAttention) or \
+        type(module).__name__.endswith("Attention")
+
+
+def _shaped_like_gpt2(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("Attention") and hasattr(module, "num_heads") and \
+        hasattr(module, "head_dim") and not getattr(module, "is_cross_attention", False)
+
+
+def _measured(module: nn.Module) -> bool:
+    """An attention module that does not say what it computed: its products are measured."""
+    return type(module).__name__.endswith("Attention") and not callable(getattr(module, ATTENTION_METHOD, None)) \
+        and not isinstance(module, nn.MultiheadAttention) and not _shaped_like_gpt2(module)
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs (2 per MAC) of ``softmax(QKᵀ)V``; the CPU kernel has no formula in torch's counter."""
+    lead = 1
+    for d in query_shape[:-2]:
+        lead *= int(d)
+    return 2 * lead * int(query_shape[-2]) * int(key_shape[-2]) * (int(query_shape[-1]) + int(value_shape[-1]))
+
+
+def _product_counter():
+    """torch's public FLOP counter (a dispatch mode: it sees the operators a module's forward runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    extra = {getattr(aten, n): _sdpa_flops for n in ("_scaled_dot_product_flash_attention_for_cpu",)
+             if hasattr(aten, n)}
+    return FlopCounterMode(display=False, custom_mapping=extra)
+
+
+def _products(counter) -> float:
+    """The MACs so far of activation × activation products: batched matmuls and fused attention
+    (weight layers run as ``mm``/``addmm``/convolutions and are not among them)."""
+    counts = counter.flop_counts.get("Global", {})
+    return sum(v for op, v in counts.items() if "bmm" in str(op) or "attention" in str(op)) / 2.0
 
 
 @dataclass
@@ -174,7 +214,9 @@ class FlopsReport:
 
 @torch.no_grad()
 def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Tensor]] = None) -> FlopsReport:
-    """Count forward FLOPs of ``model`` on ``example_input`` (a tensor, or a tuple of arguments).
+    """Count forward FLOPs of ``model`` on ``example_input``: a tensor, a tuple of arguments, or a
+    mapping of keyword arguments (a Hugging Face batch: ``st.flops(model, {"input_ids": ids})``,
+    run as ``model(**example_input)``). The batch size is the first dimension of the first tensor.
 
     ``masks`` maps fully-qualified parameter names (``"fc1.weight"``) to bool masks; a layer
     without a mask counts fully (dense). The report's keys are the weight parameters' names,
@@ -191,11 +233,16 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     report = FlopsReport()
     handles = []
     packed = isinstance(example_input, nn.utils.rnn.PackedSequence)  # a namedtuple, but one argument
-    args = example_input if isinstance(example_input, tuple) and not packed else (example_input,)
-    if isinstance(args[0], nn.utils.rnn.PackedSequence):  # a recurrent model's packed batch
-        batch = int(args[0].batch_sizes[0])
+    kwargs = dict(example_input) if isinstance(example_input, Mapping) else {}
+    args = () if kwargs else example_input if isinstance(example_input, tuple) and not packed else (example_input,)
+    if isinstance(example_input, Mapping) and not kwargs:
+        raise ValueError("st.flops: example_input is an empty mapping: give the model's inputs, e.g. "
+                         "{'input_ids': ids}")
+    lead = args[0] if args else next((v for v in kwargs.values() if torch.is_tensor(v)), None)
+    if isinstance(lead, nn.utils.rnn.PackedSequence):  # a recurrent model's packed batch
+        batch = int(lead.batch_sizes[0])
     else:
-        batch = int(args[0].shape[0]) if torch.is_tensor(args[0]) and args[0].dim() > 0 else 1
+        batch = int(lead.shape[0]) if torch.is_tensor(lead) and lead.dim() > 0 else 1
 
     def make_hook(pname: str, module: nn.Module):
         def hook(mod, inputs, output):
@@ -256,6 +303,20 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
 
         return hook
 
+    counter: list = []  # torch's FLOP counter, when an attention module's products are measured
+    started: dict[str, list[float]] = {}
+
+    def measure_start(name: str):
+        def hook(mod, inputs):
+            started.setdefault(name, []).append(_products(counter[0]))
+        return hook
+
+    def measure_end(name: str):
+        def hook(mod, inputs, output):
+            macs = _products(counter[0]) - started[name].pop()
+            report.attention[name] = report.attention.get(name, 0.0) + macs / batch
+        return hook
+
     counted: list[str] = []
     for mod_name, module in model.named_modules():
         if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
@@ -266,16 +327,23 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
             handles.append(module.register_forward_hook(make_hook(pname, module)))
         if _is_attention(module) and not any(mod_name.startswith(c + ".") or not c for c in counted):
             counted.append(mod_name)
-            handles.append(module.register_forward_hook(attention_hook(mod_name or "<model>"), with_kwargs=True))
+            if _measured(module):  # e.g. Hugging Face's LlamaAttention, BertSelfAttention, T5Attention
+                handles.append(module.register_forward_pre_hook(measure_start(mod_name or "<model>")))
+                handles.append(module.register_forward_hook(measure_end(mod_name or "<model>")))
+            else:
+                handles.append(module.register_forward_hook(attention_hook(mod_name or "<model>"), with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
-        model(*args)
+        if any(_measured(m) for m in model.modules()):
+            counter.append(_product_counter())
+        with counter[0] if counter else contextlib.nullcontext():
+            model(*args, **kwargs)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    first = args[0] if torch.is_tensor(args[0]) else None
+    first = lead if torch.is_tensor(lead) else None
     if len(seen_batch) == 1 and (true := seen_batch.pop()) != batch and first is not None and (
             true == 1 or (first.dim() > 1 and first.shape[1] == true)):  # unbatched, or sequence-first
         # the input's first dimension was not the batch (a sequence-first or unbatched recurrent
