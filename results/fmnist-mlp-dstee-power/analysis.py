@@ -1,7 +1,11 @@
-"""Paired tests of every arm against RigL, corrected for the three comparisons (Holm), with a
+"""Paired tests of every arm against RigL, per density, corrected over the DST-EE arms (Holm), with a
 non-parametric check (Wilcoxon signed-rank). Needs scipy (not a sparsetrain dependency).
 
     .venv/bin/python results/fmnist-mlp-dstee-power/analysis.py > results/fmnist-mlp-dstee-power/analysis.txt
+    .venv/bin/python results/fmnist-mlp-dstee-power/analysis.py results/fmnist-mlp-dstee-power-subset/runs
+
+Arguments: the runs directory (default: this directory's runs/) and the reference arm (default
+rigl). Arms not named ``dstee*`` (dense) are compared too but are not in the Holm family.
 """
 import json
 import math
@@ -12,54 +16,67 @@ from pathlib import Path
 from scipy import stats
 
 here = Path(__file__).resolve().parent
-base = sys.argv[1] if len(sys.argv) > 1 else "rigl"
-runs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/summary.json"))]
-by = {}
+root = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "runs"
+base = sys.argv[2] if len(sys.argv) > 2 else "rigl"
+runs = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
+by_density = {}
 for r in runs:
-    by.setdefault(r["label"], {})[r["config"]["seed"]] = r
+    by_density.setdefault(r["config"]["density"], {}).setdefault(r["label"], {})[r["config"]["seed"]] = r
 
 
 def survival_fresh(r):
     """Mean over updates of the survival of grown weights and of the fresh share of growth (grown
-    weights never active before: the history's "exploration")."""
+    weights never active before: the history's "exploration"); None for dense."""
     h = r.get("update_history") or []
     surv = [u["survival"] for u in h if u.get("survival") is not None]
     fresh = [u["exploration"] for u in h if "exploration" in u]
-    return statistics.mean(surv), statistics.mean(fresh)
+    return (statistics.mean(surv) if surv else math.nan), (statistics.mean(fresh) if fresh else math.nan)
 
 
-print(f"paired by seed against {base}; accuracy in points; Holm over {len(by) - 1} comparisons\n")
-print(f"{'arm':22} {'n':>2} {'acc':>6} {'Δ':>6} {'95% CI':>16} {'p(t)':>6} {'p Holm':>6} {'p(W)':>6} "
-      f"{'+/-':>5} {'R_s':>6} {'surv.':>6} {'fresh':>6}")
-rows = []
-for arm, seeds in sorted(by.items()):
-    common = sorted(set(seeds) & set(by[base]))
-    acc = statistics.mean(100 * seeds[s]["test_acc"] for s in common)
-    rs = statistics.mean(seeds[s]["itop_rate"] for s in common)
-    sv, fr = zip(*(survival_fresh(seeds[s]) for s in common))
-    if arm == base:
-        print(f"{arm:22} {len(common):2d} {acc:6.2f} {'':>6} {'':>16} {'':>6} {'':>6} {'':>6} {'':>5} {rs:6.3f} "
-              f"{statistics.mean(sv):6.3f} {statistics.mean(fr):6.3f}")
-        continue
-    d = [100 * (seeds[s]["test_acc"] - by[base][s]["test_acc"]) for s in common]
-    m, sd = statistics.mean(d), statistics.stdev(d)
-    half = stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
-    p = stats.ttest_1samp(d, 0.0).pvalue
-    pw = stats.wilcoxon(d).pvalue
-    rows.append([arm, len(d), acc, m, m - half, m + half, p, pw, sum(x > 0 for x in d), sum(x < 0 for x in d), rs,
-                 statistics.mean(sv), statistics.mean(fr)])
-# Holm: the k-th smallest p times (m - k + 1), made monotone
-order = sorted(range(len(rows)), key=lambda i: rows[i][6])
-adj, running = [0.0] * len(rows), 0.0
-for k, i in enumerate(order):
-    running = max(running, min(1.0, rows[i][6] * (len(rows) - k)))
-    adj[i] = running
-for r, a in zip(rows, adj):
-    arm, n, acc, m, lo, hi, p, pw, plus, minus, rs, sv, fr = r
-    print(f"{arm:22} {n:2d} {acc:6.2f} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}] {p:6.3f} {a:6.3f} {pw:6.3f} "
-          f"{plus:2d}/{minus:<2d} {rs:6.3f} {sv:6.3f} {fr:6.3f}")
-print("\nper seed (test accuracy, %):")
-print("seed " + " ".join(f"{a:>20}" for a in sorted(by)))
-for s in sorted(by[base]):
-    print(f"{s:4d} " + " ".join(f"{100 * by[a][s]['test_acc']:20.2f}" if s in by[a] else f"{'-':>20}"
-                                for a in sorted(by)))
+def table(density, by):
+    family = [a for a in by if a != base and a.startswith("dstee")]
+    print(f"=== density {density}: paired by seed against {base}; accuracy in points; "
+          f"Holm over the {len(family)} DST-EE arms\n")
+    print(f"{'arm':22} {'n':>2} {'acc':>6} {'Δ':>6} {'95% CI':>16} {'p(t)':>6} {'p Holm':>6} {'p(W)':>6} "
+          f"{'+/-':>5} {'R_s':>6} {'surv.':>6} {'fresh':>6}")
+    rows = []
+    for arm, seeds in sorted(by.items()):
+        common = sorted(set(seeds) & set(by[base]))
+        acc = statistics.mean(100 * seeds[s]["test_acc"] for s in common)
+        rs = statistics.mean(seeds[s].get("itop_rate") or 1.0 for s in common)
+        sv, fr = zip(*(survival_fresh(seeds[s]) for s in common))
+        if arm == base:
+            print(f"{arm:22} {len(common):2d} {acc:6.2f} {'':>6} {'':>16} {'':>6} {'':>6} {'':>6} {'':>5} {rs:6.3f} "
+                  f"{statistics.mean(sv):6.3f} {statistics.mean(fr):6.3f}")
+            continue
+        d = [100 * (seeds[s]["test_acc"] - by[base][s]["test_acc"]) for s in common]
+        if len(d) < 2:
+            continue
+        m, sd = statistics.mean(d), statistics.stdev(d)
+        half = stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
+        p = stats.ttest_1samp(d, 0.0).pvalue
+        pw = stats.wilcoxon(d).pvalue
+        rows.append([arm, len(d), acc, m, m - half, m + half, p, pw, sum(x > 0 for x in d), sum(x < 0 for x in d),
+                     rs, statistics.mean(sv), statistics.mean(fr)])
+    # Holm over the DST-EE arms: the k-th smallest p times (m - k + 1), made monotone
+    fam = [i for i, r in enumerate(rows) if r[0] in family]
+    adj, running = [math.nan] * len(rows), 0.0
+    for k, i in enumerate(sorted(fam, key=lambda i: rows[i][6])):
+        running = max(running, min(1.0, rows[i][6] * (len(fam) - k)))
+        adj[i] = running
+    for r, a in zip(rows, adj):
+        arm, n, acc, m, lo, hi, p, pw, plus, minus, rs, sv, fr = r
+        holm = f"{a:6.3f}" if not math.isnan(a) else f"{'-':>6}"
+        print(f"{arm:22} {n:2d} {acc:6.2f} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}] {p:6.3f} {holm} {pw:6.3f} "
+              f"{plus:2d}/{minus:<2d} {rs:6.3f} {sv:6.3f} {fr:6.3f}")
+    print("\nper seed (test accuracy, %):")
+    print("seed " + " ".join(f"{a:>20}" for a in sorted(by)))
+    for s in sorted(by[base]):
+        print(f"{s:4d} " + " ".join(f"{100 * by[a][s]['test_acc']:20.2f}" if s in by[a] else f"{'-':>20}"
+                                    for a in sorted(by)))
+    print()
+
+
+for density in sorted(by_density, reverse=True):
+    if base in by_density[density]:
+        table(density, by_density[density])
