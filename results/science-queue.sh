@@ -2,14 +2,13 @@
 # The long sweeps of issues 13 and 15, one after the other (each resumable; rerunning this continues
 # where it stopped, finished runs are skipped). Log: results/science-queue.log. Never time a benchmark
 # while this runs (it keeps both cores busy). Order: the issue's first densities, Sup-tickets in the
-# reference regime, then the second densities (dstee-power 0.01, itop-time 0.05), then the optional
-# dstee-power arm on a 10k training subset (where dense overfits).
+# reference regime, the optional dstee-power arm on a 10k training subset (where dense overfits), then
+# the second densities (dstee-power 0.01, itop-time 0.05).
 cd "$(dirname "$0")/.."
 # Finished (text-gpt 39/39, dstee-power 40/40, itop-time 60/60), dropped from the loop so that a restart does not rewrite their reports:
 # results/text-gpt/command.sh results/fmnist-mlp-dstee-power/command.sh results/fmnist-mlp-itop-time/command.sh
-for s in results/fmnist-mlp-suptickets-ref/command.sh \
-         results/fmnist-mlp-dstee-power/command-then.sh results/fmnist-mlp-itop-time/command-then.sh \
-         results/fmnist-mlp-dstee-power-subset/command.sh; do
+for s in results/fmnist-mlp-suptickets-ref/command.sh results/fmnist-mlp-dstee-power-subset/command.sh \
+         results/fmnist-mlp-dstee-power/command-then.sh results/fmnist-mlp-itop-time/command-then.sh; do
   echo "=== $(date -u +%FT%TZ) $s"
   sh "$s"
 done
