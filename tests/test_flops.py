@@ -86,7 +86,7 @@ def test_training_flops_before_the_first_step_is_nothing_spent():
 
 
 def test_training_flops_rigl_matches_spec_formula():
-    m, sp = _train(st.RigL(density=0.3, update_interval=4, end=None, drop_schedule="constant"), steps=40)
+    m, sp = _train(st.RigL(density=0.3, update_interval=4, end=None, drop_schedule="constant"), steps=40, total=41)
     assert sp.dense_grad_steps == 10
     r = st.flops(m, torch.randn(1, 1, 8, 8), masks=sp.masks)
     # constant per-layer counts, one dense-gradient step every ΔT=4 steps:

@@ -97,6 +97,16 @@ def test_resume_and_extend_need_only_the_run_directory(tmp_path, capsys):
     assert {k: v for k, v in cfg.items() if k != "epochs"} == {k: v for k, v in saved.items() if k != "epochs"}
 
 
+def test_resume_of_a_directory_with_no_run_says_a_new_one_starts(tmp_path, capsys):
+    # a typo in --out used to start a default run silently; a requeued job's first start needs it to work
+    out = tmp_path / "typo"
+    assert cli.main(["train", *_SYN, "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: --resume: .*typo holds no run yet.*new run starts.*check --out", err), err
+    assert cli.main(["train", *_SYN, "--out", str(out), "--resume"]) == 0  # now it exists: no warning
+    assert "holds no run" not in capsys.readouterr().err
+
+
 def test_a_dense_run_is_not_reported_at_a_density(tmp_path, capsys):
     assert cli.main(["train", *_SYN, "--method", "dense", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

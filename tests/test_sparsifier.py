@@ -172,7 +172,7 @@ def test_invariants_after_every_step(opt_name, algo):
         assert sp.step == step + 1
         checked += check_invariants(sp, opt, counts, density)
     assert sp.updates == 4  # steps 3, 6, 9, 12 (end = 0.75 * 20 = 15)
-    assert [h["step"] for h in sp.history] == [3, 6, 9, 12]
+    assert [h["step"] for h in sp.history] == [3, 6, 9]  # none after the last step (12)
     assert any(not torch.equal(first[n], sp.masks[n]) for n in first), "no update moved any connection"
     if opt_name not in STATELESS:
         assert checked > 0, "no weight-shaped optimizer state was checked"
@@ -245,7 +245,7 @@ def test_invariants_random_models(spec, opt_name, density, algo):
         opt.step()
         opt.zero_grad()
         check_invariants(sp, opt, counts)
-    assert sp.updates == (3 if algo != "static" else 0)
+    assert sp.updates == (2 if algo != "static" else 0)
     for n, p in model.named_parameters():
         if n not in sp.layers:
             assert n.endswith("bias") or isinstance(dict(model.named_modules())[n.rsplit(".", 1)[0]],
@@ -555,6 +555,30 @@ def test_frozen_layer_left_dense():
     assert torch.equal(model[0].weight, frozen) and torch.all(frozen != 0)
 
 
+def test_a_layer_frozen_at_attach_then_unfrozen_is_warned_once():
+    # staged fine-tuning: frozen (so left dense) when the Sparsifier is built, unfrozen later
+    model = mlp(7)
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = st.Sparsifier(model, opt, st.RigL(density=0.3, update_interval=2), total_steps=10)
+    x, y = torch.randn(8, 12), torch.randint(0, 4, (8,))
+
+    def step():
+        nn.functional.cross_entropy(model(x), y).backward()
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            opt.step()
+        opt.zero_grad()
+        return [str(w.message) for w in rec if "frozen" in str(w.message)]
+
+    assert step() == []  # still frozen: nothing to say
+    model[0].weight.requires_grad_(True)
+    said = step()
+    assert len(said) == 1 and "0.weight was frozen" in said[0] and "unfreeze it before building" in said[0]
+    assert step() == []  # once
+    assert "0.weight" not in sp.layers
+
+
 class Reused(nn.Module):
     """The same Linear applied twice."""
 
@@ -845,10 +869,10 @@ def test_metrics_static():
 def test_metrics_dynamic(algo):
     sp, in_effect, r_s = _metric_run(ALGOS[algo](0.2, update_interval=3, end=None, drop_schedule="constant"))
     m = sp.metrics()
-    assert m["updates"] == sp.updates == 4
+    assert m["updates"] == sp.updates == 3
     assert all(b >= a for a, b in zip(r_s, r_s[1:])), "R_s decreased"
     assert r_s[-1] > r_s[0] == m["density"]
-    assert [h["step"] for h in sp.history] == [3, 6, 9, 12]
+    assert [h["step"] for h in sp.history] == [3, 6, 9]  # none after the last step (12)
     for h in sp.history:
         assert {"step", "drop_fraction", "turnover", "itop_rate"} <= set(h)
         assert h["drop_fraction"] == pytest.approx(0.3)
@@ -943,7 +967,7 @@ def test_bf16_autocast_on_cpu_keeps_the_invariants():
         opt.step()
         opt.zero_grad()
         assert_invariants(sp, opt)
-    assert sp.updates == 4 and {n: l.n_active for n, l in sp.layers.items()} == counts
+    assert sp.updates == 3 and {n: l.n_active for n, l in sp.layers.items()} == counts
     assert all(r["turnover"] > 0 for r in sp.history[:-1])  # the drop fraction is 0 at the very end
 
 
@@ -960,10 +984,32 @@ def test_torch_compile_with_the_sparsifier_attached():
         opt.step()
         opt.zero_grad()
         assert_invariants(sp, opt)
-    assert sp.updates == 3 and all(r["grown"] > 0 for r in sp.history[:-1])
+    assert sp.updates == 2 and all(r["grown"] > 0 for r in sp.history[:-1])
     # the compiled model computes with the current (updated) masks: same output as eager
     with torch.no_grad():
         assert torch.allclose(compiled(data[0][0]), model(data[0][0]), atol=1e-5)
+
+
+def test_a_sparsifier_attached_to_the_compiled_model_uses_the_plain_names():
+    # torch.compile(m) names m's parameters "_orig_mod.*": masks, reports and checkpoints of a
+    # Sparsifier built on either must be the same
+    torch.manual_seed(0)
+    model = _conv_net()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sp = st.Sparsifier(compiled, opt, st.RigL(density=0.3, update_interval=3), total_steps=9)
+    assert sp.model is model and set(sp.masks) == {n for n, _ in model.named_parameters() if n in sp.layers}
+    assert not any(n.startswith("_orig_mod") for n in sp.masks)
+    x = torch.randn(2, 1, 8, 8)
+    plain, via_compiled = st.flops(model, x, masks=sp.masks), st.flops(compiled, x, masks=sp.masks)
+    assert plain.sparse == via_compiled.sparse < plain.dense
+    prefixed = {f"_orig_mod.{n}": m for n, m in sp.masks.items()}  # masks of a compiled model's names
+    assert st.flops(model, x, masks=prefixed).sparse == plain.sparse
+    sp.remove()
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.05)
+    st.Sparsifier(model, opt2, st.RigL(density=0.3, update_interval=3), total_steps=9, state=sp.state_dict())
+    with pytest.raises(st.InputError, match="'0.weigth'.*not a parameter"):
+        st.flops(model, x, masks={"0.weigth": next(iter(sp.masks.values()))})
 
 
 def test_meta_device_model_is_refused_with_the_fix():
@@ -1020,7 +1066,7 @@ def test_model_cast_to_another_dtype_after_attaching_keeps_training(dtype):
         opt.step()
         opt.zero_grad()
         assert check_invariants(sp, opt, counts) > 0
-    assert sp.updates == 3 and all(l.param.dtype == dtype for l in sp.layers.values())
+    assert sp.updates == 2 and all(l.param.dtype == dtype for l in sp.layers.values())
 
 
 @pytest.mark.parametrize("make, key, value", [

@@ -41,6 +41,16 @@ def atomic_write_text(text: str, path: Union[str, os.PathLike]) -> Path:
     return path
 
 
+def uncompiled(model: Any) -> Any:
+    """The module that ``torch.compile`` wrapped (``torch.compile(m)._orig_mod is m``), else ``model``.
+
+    Sparsifiers, selections and FLOP counts work on it: the compiled wrapper shares its parameters
+    and modules, but its names carry an ``_orig_mod.`` prefix, which would make masks, reports and
+    checkpoints of a compiled and a plain model disagree."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
 def parse_value(text: str) -> Any:
     """Read a setting's value from text: int, float, ``true``/``false``, ``none``/``null``, else the string."""
     text = str(text).strip()

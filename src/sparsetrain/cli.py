@@ -462,6 +462,9 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         out = _check_out(args.out)
         given = file_cfg = load_config(args.config) if args.config else {}
         saved = out / "config.json"
+        if args.resume and not saved.exists():  # a typo in --out, or the first start of a requeued job
+            warnings.warn(f"--resume: {out} holds no run yet (no config.json), so a new run starts there with the "
+                          "settings given; if you meant an existing run, check --out", InputWarning)
         if (args.resume or args.extend) and saved.exists():  # the run's own settings, unless given again
             try:
                 own = run_settings(json.loads(saved.read_text()))

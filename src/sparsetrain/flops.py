@@ -47,6 +47,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from ._util import uncompiled
+from .errors import InputError
 from .selection import default_kind, is_conv1d_like
 from .sparse.linear import SparseLinear
 
@@ -222,7 +224,17 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     without a mask counts fully (dense). The report's keys are the weight parameters' names,
     so they match ``Sparsifier.masks``. The model runs once in eval mode (no gradients).
     """
-    masks = dict(masks or {})
+    model = uncompiled(model)  # torch.compile(m): counted on m, eagerly (the same function; hooks in a
+    # compiled forward would break its graph), with m's names
+    masks = {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in (masks or {}).items()}
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)} | {
+        f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    unknown = sorted(set(masks) - names)
+    if unknown:
+        raise InputError(f"st.flops: masks= names {', '.join(map(repr, unknown[:3]))}"
+                         f"{f' and {len(unknown) - 3} more' if len(unknown) > 3 else ''}, which "
+                         f"{'is' if len(unknown) == 1 else 'are'} not a parameter of the model; keys are full parameter "
+                         "names such as 'fc1.weight' (sp.masks gives them)")
     groups: dict[int, list[str]] = {}  # a tied parameter's mask under every one of its names
     for n, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(n)

@@ -146,8 +146,10 @@ class UpdateSchedule:
         return to_step(self.end, total, "end")
 
     def is_update_step(self, t: int, total: Optional[int]) -> bool:
-        """Whether a topology update follows optimizer step ``t`` (1-based)."""
-        if t <= 0 or t < self.start or t % self.interval != 0:
+        """Whether a topology update follows optimizer step ``t`` (1-based). Never after the last
+        step of the run (``t >= total``): weights grown there would never be trained, and the
+        returned model would hold them at their initial value (0) in place of trained ones."""
+        if t <= 0 or t < self.start or t % self.interval != 0 or (total is not None and t >= total):
             return False
         end = self.end_step(total)
         return end is None or t < end

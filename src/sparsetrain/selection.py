@@ -48,6 +48,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ._util import uncompiled
 from .errors import InputError, InputTypeError
 from .sparse.linear import SparseLinear
 
@@ -275,6 +276,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
     no sparse parameter, and when nothing is sparse (naming ``include=`` when the model's only
     weight matrices are embeddings).
     """
+    model = uncompiled(model)  # torch.compile(m): m's names
     include, exclude, dense = as_list(include), as_list(exclude), as_list(dense)
     for s in include + exclude + dense:
         if isinstance(s, nn.Module):

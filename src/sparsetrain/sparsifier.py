@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import capture, checkpoint, distributed as dist_mod, metrics as metrics_mod, ownership
+from ._util import uncompiled
 from .algorithms import Algorithm
 from .bits import SparseCounts
 from .checkpoint import STATE_FORMAT
@@ -173,6 +174,7 @@ class Sparsifier:
         order = "the arguments are Sparsifier(model, optimizer, algorithm, ...)"
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be an nn.Module, got {type(model).__name__} ({order})")
+        model = uncompiled(model)  # torch.compile(m): attach to m (same parameters, names without _orig_mod.)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InputTypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__} ({order})")
         if isinstance(algorithm, type) and issubclass(algorithm, Algorithm):
@@ -239,6 +241,9 @@ class Sparsifier:
             warnings.warn(heavy, stacklevel=2)
         self._claimed: list = []
         self._check_loaded = False
+        # weight matrices left dense only because they were frozen: warned about if they train later
+        self._frozen_left = [(n, model.get_parameter(n)) for n, _, why in self.selection.left
+                             if why.startswith("frozen")]
         #: per layer, the active weights that were exactly 0 in the last loaded state
         self.loaded_zeros: dict[str, int] = {}
         self._attach()
@@ -326,12 +331,26 @@ class Sparsifier:
         if self._check_loaded and self._enabled:
             self._check_loaded = False
             self._warn_if_weights_lost()
+        if self._frozen_left and self._enabled:
+            self._warn_if_unfrozen()
         if not self._enabled or not self._capturing():
             return
         group = self._group()
         if group is not None:
             self._reduce_once(group)
         capture.match_optimizer_scale(self.layers.values(), self.step)
+
+    def _warn_if_unfrozen(self) -> None:
+        """Warn once if a weight matrix left dense because it was frozen now trains (dense)."""
+        training = [n for n, p in self._frozen_left if p.requires_grad and p.grad is not None]
+        if training:
+            self._frozen_left = [(n, p) for n, p in self._frozen_left if n not in training]
+            warnings.warn(
+                f"sparsetrain: {', '.join(training)} {'was' if len(training) == 1 else 'were'} frozen "
+                "(requires_grad=False) when the Sparsifier was built, so left dense, and now train"
+                f"{'s' if len(training) == 1 else ''} dense: the model's real density is above sp.density. To train "
+                "it sparse, unfreeze it before building the Sparsifier (or sp.remove() and build a new one after "
+                "unfreezing); to keep it frozen, set requires_grad=False again", InputWarning, stacklevel=3)
 
     def _warn_if_weights_lost(self) -> None:
         """After a load, at the first step: warn if more active weights are exactly 0 than when the
@@ -347,9 +366,11 @@ class Sparsifier:
                 if now > saved + max(1, layer.n_active // 100):
                     lost[name] = now - saved
         if lost:
+            shown = ", ".join(f"{n}: {k}" for n, k in list(lost.items())[:3])
+            more = f" and {len(lost) - 3} more layers" if len(lost) > 3 else ""
             warnings.warn(
                 f"sparsetrain: after loading, {sum(lost.values())} weights the saved masks keep active are 0 that were "
-                f"not when the state was saved ({', '.join(f'{n}: {k}' for n, k in list(lost.items())[:3])}): the "
+                f"not when the state was saved ({shown}{more}): the "
                 "model's weights were probably loaded before this Sparsifier was built (building it zeroes the "
                 "weights off its fresh random mask). Build the Sparsifier first (or pass state=), then load the "
                 "model, the optimizer and the Sparsifier (docs/correctness.md, resume recipe)", InputWarning,
