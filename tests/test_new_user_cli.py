@@ -153,7 +153,7 @@ def test_a_train_subset_or_batch_larger_than_the_data_is_warned_about():
 @pytest.mark.parametrize("methods, seeds, words", [
     ("rigl,rigl", "0", ["rigl-d0.1-s0", "twice"]),
     ("a=rigl,a=set", "0", ["a-d0.1-s0", "twice", "label"]),
-    ("rigl", "0,0", ["rigl-d0.1-s0", "twice"]),
+    ("rigl", "0,0", ["--seeds lists the seed 0 twice"]),
 ])
 def test_a_grid_with_the_same_run_twice_is_refused(tmp_path, capsys, methods, seeds, words):
     _error(capsys, ["sweep", "--dataset", "synthetic", "--methods", methods, "--densities", "0.1", "--seeds", seeds,
@@ -164,6 +164,11 @@ def test_a_grid_with_the_same_run_twice_is_refused(tmp_path, capsys, methods, se
 def test_plan_runs_refuses_duplicate_tags():
     with pytest.raises(InputError, match="twice"):
         plan_runs(["set", "set"], [0.1], [0], {})
+    # a repeated density, seed or grid value is named as such, not blamed on the method
+    with pytest.raises(InputError, match="--densities lists the density 0.1 twice"):
+        plan_runs(["rigl"], [0.1, 0.05, 0.1], [0], {})
+    with pytest.raises(InputError, match=r"--grid update_interval=\.\.\. lists the grid value of update_interval 2 "):
+        plan_runs(["rigl"], [0.1], [0], {}, grid={"update_interval": [2, 2]})
     assert len(plan_runs(["rigl", "rigl+sup-tickets", "r=rigl:end=0.5", "r=rigl:end=0.5+sup-tickets"],
                          [0.1], [0], {})) == 4
 

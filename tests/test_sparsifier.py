@@ -579,6 +579,32 @@ def test_a_layer_frozen_at_attach_then_unfrozen_is_warned_once():
     assert "0.weight" not in sp.layers
 
 
+def test_a_model_that_is_already_sparse_and_an_unreachable_density_are_said():
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def notes(**kw):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp = st.Sparsifier(model, opt, st.RigL(update_interval=2, **kw), total_steps=100)
+        return sp, [str(w.message) for w in rec if issubclass(w.category, st.InputWarning)]
+
+    sp, said = notes(density=0.2)
+    assert said == []  # a freshly initialised model: nothing to say
+    sp.remove()
+    sp, said = notes(density=0.6)  # re-attached denser: most of its new active weights are the old zeros
+    assert len(said) == 1 and "already exactly 0" in said[0] and "load its Sparsifier state" in said[0]
+    sp.remove()
+    fresh = mlp()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sp = st.Sparsifier(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), st.RigL(density=1e-9), total_steps=100)
+    said = [str(w.message) for w in rec if "realises" in str(w.message)]
+    assert len(said) == 1 and "every sparse layer keeps at least one weight" in said[0]
+    assert sp.density == pytest.approx(len(sp.layers) / sum(l.numel for l in sp.layers.values()))
+
+
 class Reused(nn.Module):
     """The same Linear applied twice."""
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -29,6 +30,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from . import registry
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
 from .experiments.configfile import is_run_record, load_config, run_settings
@@ -366,6 +368,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default=None, help="only the runs on this dataset (runs of different datasets or "
                      "models are never averaged together)")
     rep.add_argument("--model", default=None, help="only the runs of this model")
+    parser.set_defaults(_subcommands={"demo": demo, "train": train, "sweep": sw, "compare": cmp_, "report": rep})
     return parser
 
 
@@ -379,7 +382,12 @@ USER_ERRORS = (InputError, FileNotFoundError, FileExistsError, ImportError, Sche
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``sparsetrain`` / ``python -m sparsetrain``."""
-    args = _build_parser().parse_args(argv)
+    args, extra = _build_parser().parse_known_args(argv)
+    subcommand = vars(args).pop("_subcommands")[args.command]
+    if extra:  # said by the subcommand's parser (its usage, its name), with the closest of its flags
+        flags = sorted(set(re.findall(r"--[\w-]+", subcommand.format_usage())))
+        near = next((registry._near(e.split("=")[0], flags) for e in extra if e.startswith("-")), "")
+        subcommand.error(f"unrecognized arguments: {' '.join(extra)}{near}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)

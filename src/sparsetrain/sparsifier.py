@@ -256,6 +256,9 @@ class Sparsifier:
         except BaseException:  # a failed constructor leaves no hook on the model or the optimizer
             self.remove()
             raise
+        if state is None:
+            for note in self._start_notes():
+                warnings.warn(note, InputWarning, stacklevel=2)
         for problem in self.algorithm.schedule_problems(self.total_steps):
             warnings.warn(problem, ScheduleWarning, stacklevel=2)
         for note in self.algorithm.schedule_notes(self.total_steps):
@@ -339,6 +342,32 @@ class Sparsifier:
         if group is not None:
             self._reduce_once(group)
         capture.match_optimizer_scale(self.layers.values(), self.step)
+
+    def _start_notes(self) -> list[str]:
+        """What a fresh Sparsifier's first masks say about its input: a density far below what the
+        layers can realise, and active weights that are already exactly 0 (a model that was sparse)."""
+        notes = []
+        target = self.algorithm.initial_density
+        if self.density > 1.5 * target and self.density - target > 1e-4:
+            notes.append(f"sparsetrain: density {target:g} realises {self.density:.4g}: every sparse layer keeps at "
+                         f"least one weight ({len(self.layers)} layers, {sum(l.numel for l in self.layers.values())} "
+                         "weights); a smaller density cannot be reached with this selection")
+        zeros = {}
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                if layer.storage.kind != "masked" or not bool(torch.any(layer.param != 0)):
+                    continue  # an all-zero weight is zero by design (a zero-initialised layer)
+                k = int(torch.count_nonzero((layer.param == 0) & layer.mask))
+                if k > max(1, layer.n_active // 100):
+                    zeros[name] = k
+        if zeros:
+            shown = ", ".join(f"{n}: {k} of {self.layers[n].n_active}" for n, k in list(zeros.items())[:3])
+            more = f" and {len(zeros) - 3} more layers" if len(zeros) > 3 else ""
+            notes.append(f"sparsetrain: active weights are already exactly 0 ({shown}{more}): the model looks sparse "
+                         "already (trained under another Sparsifier, or loaded from a sparse checkpoint), and this "
+                         "Sparsifier's fresh masks keep those zeros as active weights. To continue a sparse run, "
+                         "load its Sparsifier state (state= or load_state_dict) instead of drawing new masks")
+        return notes
 
     def _warn_if_unfrozen(self) -> None:
         """Warn once if a weight matrix left dense because it was frozen now trains (dense)."""

@@ -149,7 +149,8 @@ class RunConfig:
         if self.method != "dense":
             name, _ = registry.parse_method(self.method)
             if name.lower() not in registry.names():
-                bad(f"unknown method {name!r}; valid: dense, {', '.join(registry.names())}")
+                bad(f"unknown method {name!r}{registry._near(name.lower(), ['dense', *registry.names()])}; valid: dense, "
+                    f"{', '.join(registry.names())}")
             number("density", 0.0, 1.0, lo_open=True, hint=" (the fraction of weights kept: 0.05 = 95% sparsity)")
         if self.distribution not in ("erk", "er", "uniform"):
             bad(f"unknown distribution {self.distribution!r}; valid: erk, er, uniform")

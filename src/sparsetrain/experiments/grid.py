@@ -75,6 +75,11 @@ def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequenc
     before the next seed (same order within a seed).
     """
     grid = grid or {}
+    for what, flag, values in [("density", "--densities", densities), ("seed", "--seeds", seeds)] + \
+            [(f"grid value of {k}", f"--grid {k}=...", v) for k, v in grid.items()]:
+        twice = sorted({repr(v) for i, v in enumerate(values) if v in list(values)[:i]})
+        if twice:
+            raise InputError(f"{flag} lists the {what} {', '.join(twice)} twice: list each once")
     setting_names = {f.name for f in fields(RunConfig)}
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
