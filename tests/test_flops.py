@@ -356,3 +356,53 @@ def test_sequence_first_attention_counts_per_sequence_like_batch_first():
     a, b = st.flops(first, x), st.flops(batch_first, x.transpose(0, 1))
     assert a.dense == b.dense and a.layers["linear1.weight"].positions == 10
     assert st.flops(first, x[:, 0]).dense == b.dense  # one unbatched sequence
+
+
+def test_a_multihead_attention_wrapped_in_an_attention_module_is_counted_as_mha():
+    # the wrapper's name ends in Attention, but the MHA inside says what it computes (its projections run
+    # in its functional call, which no Linear hook sees): the wrapper is a container
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x)[0]
+
+    class Wrapper(SelfAttention):
+        pass
+
+    for kind in (SelfAttention, Wrapper):
+        torch.manual_seed(0)
+        net = nn.Sequential(kind(), nn.Linear(32, 4))
+        r = st.flops(net, torch.randn(2, 8, 32))
+        assert r.attention == {"0.mha": 2 * 8 * 8 * 32}
+        assert r.layers["0.mha.in_proj_weight"].dense == 8 * 3 * 32 * 32 and "0.mha.out_proj.weight" in r.layers
+
+
+def test_a_mapping_for_a_model_that_takes_one_dict_names_the_tuple_form():
+    class DictModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, batch):
+            return self.fc(batch["x"])
+
+    with pytest.raises(st.InputError, match=r"st.flops\(model, \(batch,\)\)"):
+        st.flops(DictModel(), {"x": torch.randn(3, 4)})
+    assert st.flops(DictModel(), ({"x": torch.randn(3, 4)},)).dense == 8
+
+
+def test_an_attention_module_whose_products_are_not_seen_is_warned():
+    class PoolAttention(nn.Module):  # elementwise scores: no matmul for the counter to see
+        def __init__(self):
+            super().__init__()
+            self.score = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return (torch.softmax(self.score(x), dim=1) * x).sum(1)
+
+    with pytest.warns(st.InputWarning, match="no attention product seen in 0"):
+        r = st.flops(nn.Sequential(PoolAttention()), torch.randn(2, 5, 8))
+    assert r.attention == {"0": 0.0}

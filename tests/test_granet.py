@@ -148,6 +148,14 @@ def test_regrowth_drops_by_magnitude_on_top_of_pruning():
     assert grown.tolist() == [False] * 8 + [True, True]
 
 
+def test_pruning_that_ends_with_the_run_reaches_the_final_density_at_the_last_update():
+    # no update follows the run's last step, so the cubic schedule ends at the last update before it
+    alg = GraNet(0.1, initial_density=0.5, update_interval=10, prune_end=1.0)
+    assert alg.prune_rounds(40) == (0, 3)
+    assert [t for t in range(1, 41) if alg.is_update_step(t, 40)] == [10, 20, 30]
+    assert alg.target_density(30, 40) == 0.1
+
+
 def test_no_update_before_pruning_starts():
     alg = GraNet(0.1, update_interval=2, prune_start=10, prune_end=30)
     assert [t for t in range(1, 41) if alg.is_update_step(t, 40)] == list(range(10, 40, 2))

@@ -58,12 +58,12 @@ def test_trainer_callback_trains_sparse_logs_and_resumes(tmp_path):
     tr = _trainer(tmp_path / "full", 24, model, cb)
     tr.train()
     sp = cb.sparsifier
-    assert sp.step == 24 and sp.updates == 6
+    assert sp.step == 24 and sp.updates == 5
     for n, p in model.named_parameters():
         if n in sp.masks:
             assert bool((p[~sp.masks[n]] == 0).all()) and int(sp.masks[n].sum()) == sp.layers[n].n_active
     logs = [h for h in tr.state.log_history if "sparsetrain/itop_rate" in h]
-    assert logs and logs[-1]["sparsetrain/updates"] == 6
+    assert logs and logs[-1]["sparsetrain/updates"] == 5
     # a checkpoint at step 12 holds the sparsifier; resuming from it continues the schedule
     cb1 = _callback()
     tr1 = _trainer(tmp_path / "part", 24, Tiny(), cb1, save_steps=12)
@@ -75,7 +75,7 @@ def test_trainer_callback_trains_sparse_logs_and_resumes(tmp_path):
     tr2 = _trainer(tmp_path / "part", 24, m2, cb2, save_steps=12)
     tr2.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-12"))
     sp2 = cb2.sparsifier
-    assert sp2.step == 12 + 12 and sp2.updates == 6
+    assert sp2.step == 12 + 12 and sp2.updates == 5
     assert json.loads((tmp_path / "part" / "checkpoint-24" / "trainer_state.json").read_text())["global_step"] == 24
     for n in sp2.masks:
         assert bool((dict(m2.named_parameters())[n][~sp2.masks[n]] == 0).all())
@@ -95,7 +95,7 @@ def test_resume_from_a_checkpoint_outside_output_dir_equals_the_uninterrupted_ru
     cb2, m2 = _callback(), Tiny()
     _trainer(tmp_path / "other", 24, m2, cb2).train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-12"))
     assert cb2.resumed_from == str(tmp_path / "part" / "checkpoint-12" / STATE_FILE)
-    assert cb2.sparsifier.step == 24 and cb2.sparsifier.updates == 6
+    assert cb2.sparsifier.step == 24 and cb2.sparsifier.updates == 5
     # 2. the checkpoint moved away from where it was saved: resume_from names it
     moved = tmp_path / "elsewhere" / "ck"
     shutil.copytree(tmp_path / "part" / "checkpoint-12", moved)

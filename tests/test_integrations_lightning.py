@@ -58,7 +58,7 @@ def test_lightning_callback_trains_sparse_logs_and_resumes_exactly(tmp_path):
     t = _trainer(tmp_path / "full2", 24, callbacks=[full_cb])
     t.fit(full_cb_model, _loader())
     spf = full_cb.sparsifier
-    assert spf.step == 24 and spf.updates == 6
+    assert spf.step == 24 and spf.updates == 5
     for n, p in full_cb_model.named_parameters():
         if n in spf.masks:
             assert bool((p[~spf.masks[n]] == 0).all())
@@ -77,7 +77,7 @@ def test_lightning_callback_trains_sparse_logs_and_resumes_exactly(tmp_path):
     m2 = Tiny()
     _trainer(tmp_path / "b", 24, callbacks=[cb2]).fit(m2, _loader(), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
     sp2 = cb2.sparsifier
-    assert sp2.step == 24 and sp2.updates == 6
+    assert sp2.step == 24 and sp2.updates == 5
     assert all(torch.equal(sp2.masks[n], spf.masks[n]) for n in spf.masks)
     for (n, a), (_, b) in zip(full_cb_model.state_dict().items(), m2.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n
@@ -140,7 +140,7 @@ def test_with_several_optimizers_only_the_chosen_ones_weights_are_sparse(tmp_pat
     trainer.fit(model, _loader())
     sp = cb.sparsifier
     assert set(sp.masks) == {"g.0.weight", "g.2.weight"}
-    assert sp.step == 12 and sp.updates == 3
+    assert sp.step == 12 and sp.updates == 2
     for n in sp.masks:
         p = model.get_parameter(n)
         assert bool((p[~sp.masks[n]] == 0).all()) and int(sp.masks[n].sum()) == sp.layers[n].n_active

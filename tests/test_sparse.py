@@ -106,6 +106,10 @@ def test_converting_draws_no_random_numbers():
     frozen.bias.requires_grad_(False)
     back = to_dense(to_sparse(nn.Sequential(frozen)))[0]
     assert back.bias.requires_grad is False and back.weight.requires_grad is True
+    frozen.weight.requires_grad_(False)  # a frozen layer stays frozen through both conversions
+    converted = to_sparse(nn.Sequential(frozen))
+    assert converted[0].values.requires_grad is False
+    assert to_dense(converted)[0].weight.requires_grad is False
 
 
 def _train(sparse: bool, make_alg, steps=240, opt="sgd", data=None):

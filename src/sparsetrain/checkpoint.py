@@ -240,6 +240,12 @@ def check_names(ours: set[str], state: Mapping[str, Any]) -> None:
             hint = (f" (if the model is the same, its checkpoint has fewer sparse layers — saved with another "
                     f"include=, or before MultiheadAttention and RNN weights were sparse by default: build the "
                     f"Sparsifier with exclude={extra!r} to load it)")
+        prefix = "_orig_mod."
+        if {n[len(prefix):] if n.startswith(prefix) else n for n in theirs} == ours:
+            hint = (" (the same layers under torch.compile's '_orig_mod.' prefix: the checkpoint was saved by a "
+                    "Sparsifier built on a compiled model by an earlier sparsetrain, which kept that prefix; "
+                    "Sparsifiers now use the uncompiled names whether built on the model or on its compiled "
+                    "wrapper, and this version cannot load that state)")
         raise InputError(
             "this checkpoint is from a different model or sparse-layer selection: "
             f"missing here {sorted(theirs - ours)}, not in checkpoint {extra}; "

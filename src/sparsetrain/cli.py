@@ -387,6 +387,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:  # said by the subcommand's parser (its usage, its name), with the closest of its flags
         flags = sorted(set(re.findall(r"--[\w-]+", subcommand.format_usage())))
         near = next((registry._near(e.split("=")[0], flags) for e in extra if e.startswith("-")), "")
+        if {"-v", "--verbose"} & set(extra):
+            near = " (-v/--verbose goes before the subcommand: sparsetrain -v " + args.command + " ...)"
         subcommand.error(f"unrecognized arguments: {' '.join(extra)}{near}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -41,6 +41,7 @@ example (the example input's first dimension is the batch).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 
 from ._util import uncompiled
-from .errors import InputError
+from .errors import InputError, InputWarning
 from .selection import default_kind, is_conv1d_like
 from .sparse.linear import SparseLinear
 
@@ -121,9 +122,14 @@ def _mha_projections(mod: nn.MultiheadAttention, name: str, inputs, kwargs, outp
             prev.positions += positions
 
 
-def _is_attention(module: nn.Module) -> bool:
+def _declares(module: nn.Module) -> bool:
+    """An attention module whose products are counted from what it says (its method, MHA, GPT-2's shape)."""
     return callable(getattr(module, ATTENTION_METHOD, None)) or isinstance(module, nn.MultiheadAttention) or \
-        type(module).__name__.endswith("Attention")
+        _shaped_like_gpt2(module)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return _declares(module) or _measured(module)
 
 
 def _shaped_like_gpt2(module: nn.Module) -> bool:
@@ -132,9 +138,11 @@ def _shaped_like_gpt2(module: nn.Module) -> bool:
 
 
 def _measured(module: nn.Module) -> bool:
-    """An attention module that does not say what it computed: its products are measured."""
-    return type(module).__name__.endswith("Attention") and not callable(getattr(module, ATTENTION_METHOD, None)) \
-        and not isinstance(module, nn.MultiheadAttention) and not _shaped_like_gpt2(module)
+    """An attention module that does not say what it computed: its products are measured. One that
+    holds a module that does (a wrapper around ``nn.MultiheadAttention``) is a container: the inner
+    module is counted (MHA's projections run inside its functional call, seen by no Linear hook)."""
+    return type(module).__name__.endswith("Attention") and not _declares(module) and \
+        not any(_declares(m) for m in module.modules() if m is not module)
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -250,7 +258,9 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
     if isinstance(example_input, Mapping) and not kwargs:
         raise ValueError("st.flops: example_input is an empty mapping: give the model's inputs, e.g. "
                          "{'input_ids': ids}")
-    lead = args[0] if args else next((v for v in kwargs.values() if torch.is_tensor(v)), None)
+    lead = args[0] if args else kwargs
+    if isinstance(lead, Mapping):  # keyword arguments, or one dict argument: its first tensor
+        lead = next((v for v in lead.values() if torch.is_tensor(v)), None)
     if isinstance(lead, nn.utils.rnn.PackedSequence):  # a recurrent model's packed batch
         batch = int(lead.batch_sizes[0])
     else:
@@ -316,6 +326,7 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
         return hook
 
     counter: list = []  # torch's FLOP counter, when an attention module's products are measured
+    unseen: list[str] = []  # measured attention modules in which it saw no product
     started: dict[str, list[float]] = {}
 
     def measure_start(name: str):
@@ -327,6 +338,8 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
         def hook(mod, inputs, output):
             macs = _products(counter[0]) - started[name].pop()
             report.attention[name] = report.attention.get(name, 0.0) + macs / batch
+            if macs == 0 and name not in unseen:
+                unseen.append(name)
         return hook
 
     counted: list[str] = []
@@ -350,7 +363,14 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
         if any(_measured(m) for m in model.modules()):
             counter.append(_product_counter())
         with counter[0] if counter else contextlib.nullcontext():
-            model(*args, **kwargs)
+            try:
+                model(*args, **kwargs)
+            except TypeError as e:
+                if kwargs and "argument" in str(e):
+                    raise InputError(f"st.flops ran model(**example_input) with a mapping and the model refused it "
+                                     f"({e}); to give the mapping as one positional argument, pass it in a tuple: "
+                                     "st.flops(model, (batch,))") from e
+                raise
     finally:
         model.train(was_training)
         for h in handles:
@@ -363,6 +383,11 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
         for layer in report.layers.values():
             layer.positions *= batch / true
         report.attention = {k: v * batch / true for k, v in report.attention.items()}
+    if unseen:
+        warnings.warn(f"st.flops: no attention product seen in {', '.join(unseen)}: its QKᵀ/AV run in operators "
+                      "torch's FLOP counter has no formula for (a custom or third-party kernel), so they count 0; "
+                      "give the module an attention_macs(inputs, output) method (docs/metrics.md)", InputWarning,
+                      stacklevel=2)
     return report
 
 

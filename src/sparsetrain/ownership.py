@@ -14,10 +14,12 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-__all__ = ["claim", "release", "held_by"]
+__all__ = ["claim", "release", "held_by", "was_released"]
 
 # id(parameter) -> (weak parameter, weak holder)
 _OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+# id(parameter) -> weak parameter, for parameters a removed Sparsifier held (they carry its zeros)
+_RELEASED: dict[int, weakref.ref] = {}
 
 
 def held_by(param: torch.Tensor) -> Optional[Any]:
@@ -39,7 +41,16 @@ def claim(params: Iterable[torch.Tensor], holder: Any) -> list[int]:
 
 def release(keys: Iterable[int], holder: Any) -> None:
     """Forget the claims of ``holder`` under ``keys`` (claims since taken by another holder stay)."""
+    for key in [k for k, ref in _RELEASED.items() if ref() is None]:
+        del _RELEASED[key]
     for key in keys:
         entry = _OWNERS.get(key)
         if entry is not None and entry[1]() is holder:
             del _OWNERS[key]
+            _RELEASED[key] = entry[0]
+
+
+def was_released(param: torch.Tensor) -> bool:
+    """Whether a Sparsifier that held ``param`` was removed (so its masked-out entries are zeros)."""
+    ref = _RELEASED.get(id(param))
+    return ref is not None and ref() is param

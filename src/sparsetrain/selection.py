@@ -110,12 +110,15 @@ class Selection:
         pinned: names of sparse parameters pinned dense by ``dense=`` (kept in the budget).
         why: for each sparse name, why it is sparse (``"Linear"``, ``"include='x'"``, ...).
         left: ``(name, shape, reason)`` for every parameter left dense.
+        frozen: the weight matrices left dense only because they were frozen, by name (their
+            parameter: a compressed layer's ``values``).
     """
 
     selected: list[Selected] = field(default_factory=list)
     pinned: list[str] = field(default_factory=list)
     why: dict[str, str] = field(default_factory=dict)
     left: list[tuple[str, tuple[int, ...], str]] = field(default_factory=list)
+    frozen: dict[str, nn.Parameter] = field(default_factory=dict)
 
     def table(self) -> list[str]:
         """Lines saying what was left dense and why; 1-D parameters are counted on one line."""
@@ -333,7 +336,8 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             opt_in = f"include=[st.DEFAULT_LAYERS, {name!r}]"
         if not found:
             # a (1, 1, E) tensor (MultiheadAttention's bias_k/bias_v) is a vector too: not offered as a layer
-            why = ("1-D" if sum(d > 1 for d in _shape(param, aliases)) < 2 else
+            why = ("1-D" if _dims(param, aliases) < 2 or (_dims(param, aliases) > 2 and
+                                                         sum(d > 1 for d in _shape(param, aliases)) < 2) else
                    f"embedding (opt in: {opt_in})" if pid in embedded else
                    f"{type(aliases[0].module).__name__} {aliases[0].attr}, not sparse by default (opt in: {opt_in})"
                    if not include else "not matched by include=")
@@ -355,6 +359,7 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
         if not param.requires_grad:
             log.info("sparsetrain: %s is frozen (requires_grad=False); left dense", name)
             out.left.append((name, shape, "frozen (requires_grad=False)"))
+            out.frozen[name] = param
             continue
         if any(isinstance(a.module, EMBEDDING_MODULES) and a.module.sparse for a in aliases):
             raise InputError(f"{name} is the weight of an embedding built with sparse=True: its gradients are sparse "

@@ -242,8 +242,7 @@ class Sparsifier:
         self._claimed: list = []
         self._check_loaded = False
         # weight matrices left dense only because they were frozen: warned about if they train later
-        self._frozen_left = [(n, model.get_parameter(n)) for n, _, why in self.selection.left
-                             if why.startswith("frozen")]
+        self._frozen_left = list(self.selection.frozen.items())
         #: per layer, the active weights that were exactly 0 in the last loaded state
         self.loaded_zeros: dict[str, int] = {}
         self._attach()
@@ -344,34 +343,39 @@ class Sparsifier:
         capture.match_optimizer_scale(self.layers.values(), self.step)
 
     def _start_notes(self) -> list[str]:
-        """What a fresh Sparsifier's first masks say about its input: a density far below what the
-        layers can realise, and active weights that are already exactly 0 (a model that was sparse)."""
+        """What a fresh Sparsifier's first masks say about its input: a density below what the layers
+        can realise (each keeps at least one weight), and active weights that are exactly 0 because a
+        removed Sparsifier had masked them (its masks are not this one's)."""
         notes = []
         target = self.algorithm.initial_density
-        if self.density > 1.5 * target and self.density - target > 1e-4:
-            notes.append(f"sparsetrain: density {target:g} realises {self.density:.4g}: every sparse layer keeps at "
+        floored = [l for l in self.layers.values() if l.n_active == 1]
+        if isinstance(self.algorithm.distribution, str) and floored and self.density > 1.5 * target and \
+                self.density - target > 1e-4:
+            what = "initial density" if target != self.algorithm.density else "density"
+            notes.append(f"sparsetrain: {what} {target:g} realises {self.density:.4g}: every sparse layer keeps at "
                          f"least one weight ({len(self.layers)} layers, {sum(l.numel for l in self.layers.values())} "
                          "weights); a smaller density cannot be reached with this selection")
         zeros = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
-                if layer.storage.kind != "masked" or not bool(torch.any(layer.param != 0)):
-                    continue  # an all-zero weight is zero by design (a zero-initialised layer)
+                if layer.storage.kind != "masked" or not ownership.was_released(layer.param):
+                    continue  # zeros in weights no Sparsifier masked are the model's own (eye_, dirac_ inits)
                 k = int(torch.count_nonzero((layer.param == 0) & layer.mask))
                 if k > max(1, layer.n_active // 100):
                     zeros[name] = k
         if zeros:
             shown = ", ".join(f"{n}: {k} of {self.layers[n].n_active}" for n, k in list(zeros.items())[:3])
             more = f" and {len(zeros) - 3} more layers" if len(zeros) > 3 else ""
-            notes.append(f"sparsetrain: active weights are already exactly 0 ({shown}{more}): the model looks sparse "
-                         "already (trained under another Sparsifier, or loaded from a sparse checkpoint), and this "
-                         "Sparsifier's fresh masks keep those zeros as active weights. To continue a sparse run, "
-                         "load its Sparsifier state (state= or load_state_dict) instead of drawing new masks")
+            notes.append(f"sparsetrain: these weights were sparse under a Sparsifier that was removed, and this one's "
+                         f"new masks make some of its zeros active: they start at 0 ({shown}{more} active weights "
+                         "are 0). To continue that sparse run instead, build the Sparsifier with its state "
+                         "(state=sp.state_dict()) rather than drawing new masks")
         return notes
 
     def _warn_if_unfrozen(self) -> None:
         """Warn once if a weight matrix left dense because it was frozen now trains (dense)."""
-        training = [n for n, p in self._frozen_left if p.requires_grad and p.grad is not None]
+        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        training = [n for n, p in self._frozen_left if p.requires_grad and p.grad is not None and id(p) in held]
         if training:
             self._frozen_left = [(n, p) for n, p in self._frozen_left if n not in training]
             warnings.warn(
@@ -379,7 +383,8 @@ class Sparsifier:
                 "(requires_grad=False) when the Sparsifier was built, so left dense, and now train"
                 f"{'s' if len(training) == 1 else ''} dense: the model's real density is above sp.density. To train "
                 "it sparse, unfreeze it before building the Sparsifier (or sp.remove() and build a new one after "
-                "unfreezing); to keep it frozen, set requires_grad=False again", InputWarning, stacklevel=3)
+                "unfreezing: it draws new masks); to keep it frozen, set requires_grad=False again", InputWarning,
+                stacklevel=3)
 
     def _warn_if_weights_lost(self) -> None:
         """After a load, at the first step: warn if more active weights are exactly 0 than when the

@@ -193,7 +193,7 @@ class Algorithm:
             run = f"total_steps={total_steps}" if total_steps is not None else "an unknown run length"
             hint = ""
             if total_steps is not None:  # an interval that fits about 5 updates
-                last = min(total_steps, end - 1) if end is not None else total_steps
+                last = min(total_steps, end) - 1 if end is not None else total_steps - 1  # updates stop before the last step
                 k = max(1, (last - max(sched.start, 1)) // 5)
                 fits = sum(1 for t in range(k, last + 1, k) if t >= sched.start)
                 if fits:

@@ -117,6 +117,8 @@ class GraNet(Algorithm):
         s0 = to_step(self.prune_start, total_steps, "prune_start")
         sf = to_step(self.prune_end, total_steps, "prune_end")
         i0, i_f = s0 // dt, sf // dt
+        if total_steps is not None:  # no update at or after the run's last step: pruning ends by the last one
+            i_f = min(i_f, (int(total_steps) - 1) // dt)
         if i_f <= i0:
             raise InputError(
                 f"pruning ends (step {sf}) less than one update interval ({dt}) after it starts (step {s0}): "

@@ -371,6 +371,7 @@ class SparseLinear(nn.Module):
         # RNG stream, and so a seeded run's later draws, is the same with or without conversion)
         m = cls(linear.in_features, linear.out_features, bias=False,
                 weight=linear.weight.detach(), mask=mask, index_dtype=index_dtype)
+        m.values.requires_grad_(linear.weight.requires_grad)  # a frozen layer stays frozen
         if linear.bias is not None:
             m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
         return m
