@@ -21,7 +21,12 @@ base = sys.argv[2] if len(sys.argv) > 2 else "rigl"
 runs = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
 by_density = {}
 for r in runs:
-    by_density.setdefault(r["config"]["density"], {}).setdefault(r["label"], {})[r["config"]["seed"]] = r
+    if r["config"]["method"] != "dense":
+        by_density.setdefault(r["config"]["density"], {}).setdefault(r["label"], {})[r["config"]["seed"]] = r
+for r in runs:  # dense (density 1) is compared at every density
+    if r["config"]["method"] == "dense":
+        for by in by_density.values():
+            by.setdefault(r["label"], {})[r["config"]["seed"]] = r
 
 
 def survival_fresh(r):
