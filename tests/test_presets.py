@@ -31,3 +31,19 @@ def test_itop_keeps_exploring_until_the_end():
     assert rs == sorted(rs) and rs[-1] > 0.2
     with pytest.raises(ValueError, match="total_steps"):
         st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), st.presets.set_itop(0.2))
+
+
+def test_the_suptickets_base_is_the_reference_codes_rigl():
+    base = st.presets.suptickets_base(0.05)
+    ref = st.RigL(0.05, update_interval=1200, drop_fraction=0.5, drop_schedule="constant", end=None)
+    assert base.config() == ref.config()
+    assert st.presets.suptickets_base(0.05, update_interval=300).update_schedule.interval == 300
+    # as a method name, with Sup-tickets on top (the sweep's spelling)
+    from sparsetrain.experiments.config import RunConfig
+    from sparsetrain.experiments.grid import plan_runs
+
+    (run,) = plan_runs(["suptickets-base+sup-tickets"], [0.05], [0], {"dataset": "synthetic", "model": "mlp", "epochs": 10, "cycle_epochs": 1})
+    assert run.tag == "suptickets-base+sup-tickets-d0.05-s0"
+    cfg = RunConfig.from_settings(run.settings)
+    cfg.validate()
+    assert cfg.method == "suptickets-base" and cfg.sup_tickets
