@@ -24,3 +24,15 @@ def test_a_serial_grid_prints_the_time_left_after_each_run_but_the_last(tmp_path
     assert len(results) == 2 and not failures
     done = [line for line in lines if line.startswith("[") and "acc " in line]
     assert re.search(r"\[≈ \d+ min left\]$", done[0]) and "left" not in done[1]
+
+
+def test_dense_runs_once_per_value_of_the_grids_run_settings_only():
+    # an algorithm hyper-parameter does not apply to dense: one dense run per seed, not one per value
+    tags = [r.tag for r in plan_runs(["dense", "set"], [0.1], [0, 1], {}, grid={"drop_fraction": [0.3, 0.5]})]
+    assert [t for t in tags if t.startswith("dense")] == ["dense-d1-s0", "dense-d1-s1"]
+    assert len(tags) == 2 + 4
+    mixed = plan_runs(["dense", "set"], [0.1], [0], {}, grid={"lr": [0.1, 0.2], "drop_fraction": [0.3, 0.5]})
+    dense = [r for r in mixed if r.settings["method"] == "dense"]
+    assert [r.tag for r in dense] == ["dense-d1-s0-lr=0.1", "dense-d1-s0-lr=0.2"]
+    assert [r.settings["name"] for r in dense] == ["dense lr=0.1", "dense lr=0.2"]
+    assert all("algorithm_kwargs" not in r.settings for r in dense)

@@ -88,3 +88,25 @@ def test_plots_order_a_grids_variants_as_numbers_and_shade_one_hue_per_arm():
     assert abs(hls["rigl epochs=30"][0] - hls["rigl epochs=120"][0]) < 1e-6
     assert abs(hls["rigl epochs=30"][0] - hls["set epochs=30"][0]) > 0.05
     assert hls["rigl epochs=30"][1] > hls["rigl epochs=60"][1] > hls["rigl epochs=120"][1]
+
+
+def test_runs_are_read_once_and_different_lengths_are_warned(tmp_path, capsys):
+    import json
+
+    from sparsetrain.errors import InputWarning
+    from sparsetrain.experiments.report import load_runs, one_setup
+
+    for seed in range(2):
+        d = tmp_path / "sw" / "runs" / f"rigl-s{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(_result(seed, 0.8)))
+    # the same directory twice, or a directory and one inside it: each run once
+    assert len(load_runs([str(tmp_path / "sw"), str(tmp_path / "sw"), str(tmp_path / "sw" / "runs")])) == 2
+    longer = dict(_result(2, 0.8), config={**_result(2, 0.8)["config"], "epochs": 3})
+    with pytest.warns(InputWarning, match=r"different epoch counts \(1, 3\)"):
+        one_setup(load_runs([str(tmp_path / "sw")]) + [longer], None, None)
+    from sparsetrain import cli
+
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 2  # an input error
+    assert "sparsetrain report: error: no run results found under" in capsys.readouterr().err

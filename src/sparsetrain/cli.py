@@ -586,6 +586,9 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             if all(r["config"]["method"] == "dense" for r in results) and 1.0 not in ds:
                 results = []  # the dense reference alone is not what was asked for
         results = one_setup(results, args.dataset, args.model)
+        if not found:
+            raise InputError(f"no run results found under {', '.join(args.dirs)} (report reads the summary.json "
+                             "of each run directory a train, sweep or compare wrote)")
         if not results:
             print(f"no run results found under {', '.join(args.dirs)}" if not found else
                   f"none of the {len(found)} runs under {', '.join(args.dirs)} matches the filters; there are: "

@@ -83,12 +83,16 @@ def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequenc
     setting_names = {f.name for f in fields(RunConfig)}
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
+    # dense has no algorithm: it runs once per value of the grid's run settings (lr, epochs, ...), not
+    # once per algorithm hyper-parameter value (None marks a key that does not apply)
+    dense_combos = list(dict.fromkeys(tuple(v if k in setting_names else None for k, v in zip(keys, c))
+                                      for c in combos))
     if dense_first:
-        order = [("dense", 1.0, c, s) for c in combos for s in seeds if "dense" in methods]
+        order = [("dense", 1.0, c, s) for c in dense_combos for s in seeds if "dense" in methods]
         order += [(m, d, c, s) for d in densities for m in methods if m != "dense" for c in combos for s in seeds]
     else:
         order = [(m, d, c, s) for m in methods for d in ([1.0] if m == "dense" else densities)
-                 for c in combos for s in seeds]
+                 for c in (dense_combos if m == "dense" else combos) for s in seeds]
     if seed_major:  # every arm of seed 0, then seed 1, ...: paired comparisons usable mid-sweep
         rank = {s: i for i, s in enumerate(seeds)}
         order.sort(key=lambda o: rank[o[3]])
@@ -97,18 +101,19 @@ def plan_runs(methods: Sequence[str], densities: Sequence[float], seeds: Sequenc
         label, method = split_label(arm)
         values = {**base, "method": method, "density": density, "seed": seed}
         algo = dict(values.get("algorithm_kwargs", {}))
-        for k, v in zip(keys, combo):
+        used = [(k, v) for k, v in zip(keys, combo) if not (method == "dense" and k not in setting_names)]
+        for k, v in used:
             if k in setting_names:
                 values[k] = v
             else:  # anything else is an algorithm hyper-parameter
                 algo[k] = v
         if algo:
             values["algorithm_kwargs"] = algo
-        if keys:  # grid variants are separate rows of the report
-            values["name"] = (label or method) + "".join(f" {k}={v}" for k, v in zip(keys, combo))
+        if used:  # grid variants are separate rows of the report
+            values["name"] = (label or method) + "".join(f" {k}={v}" for k, v in used)
         elif label:
             values["name"] = label
-        plan.append(PlannedRun(run_tag({**values, "method": label or method}, keys), values))
+        plan.append(PlannedRun(run_tag({**values, "method": label or method}, [k for k, _ in used]), values))
     first: dict[str, str] = {}
     for (arm, _, _, _), run in zip(order, plan):
         if run.tag in first:

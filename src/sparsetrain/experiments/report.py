@@ -12,10 +12,11 @@ import functools
 import json
 import math
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from .paired import SUP_SUFFIX, _natural, report_sections  # SUP_SUFFIX is re-exported (config and grid read it here)
 
 __all__ = [
@@ -158,7 +159,7 @@ def ticket_table(results) -> str:
         return f"{m:.2f} ± {sd:.2f}"
 
     lines = [
-        "| method | sparsity | superposed (%) | live model (%) | best ticket (%) | ticket ensemble (%) | "
+        "| method | sparsity | superposed (%) | live model (%) | last ticket (%) | ticket ensemble (%) | "
         "tickets | overlap of consecutive tickets | density before pruning |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -167,7 +168,7 @@ def ticket_table(results) -> str:
         before = [t["density_before"] for r in rs for t in r["tickets"]]
         lines.append(
             f"| {label} | {100 * (1 - d):.0f}% | {ms([r['test_acc'] for r in rs])} | {ms([r['live_test_acc'] for r in rs])} | "
-            f"{ms([max(t['ticket_acc'] for t in r['tickets']) for r in rs])} | {ms([r['ensemble_test_acc'] for r in rs])} | "
+            f"{ms([r['tickets'][-1]['ticket_acc'] for r in rs])} | {ms([r['ensemble_test_acc'] for r in rs])} | "
             f"{len(rs[0]['tickets'])} | {sum(ov) / len(ov) if ov else float('nan'):.3f} | "
             f"{sum(before) / len(before):.4f} |"
         )
@@ -203,9 +204,12 @@ def write_report(out: Path, results, command: str, title: str, protocol: str, wa
 def load_runs(dirs: Sequence[str], skipped: Optional[list] = None) -> list[dict[str, Any]]:
     """Every run result (``runs/*.json`` or ``*.json`` with a ``config``) under the given directories;
     files that cannot be read or parsed are appended to ``skipped`` as ``(path, reason)``."""
-    results = []
+    results, seen = [], set()
     for d in dirs:
         for path in sorted(Path(d).rglob("*.json")):
+            if path.resolve() in seen:  # a directory given twice, or one inside another: each run once
+                continue
+            seen.add(path.resolve())
             try:
                 r = json.loads(path.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -524,6 +528,11 @@ def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> li
     for r in results:
         key = (ds(r), r["config"].get("model"))
         setups[key] = setups.get(key, 0) + 1
+    epochs = sorted({r["config"].get("epochs") for r in results if r["config"].get("epochs") is not None})
+    if len(epochs) > 1:
+        warnings.warn(f"these runs have different epoch counts ({', '.join(map(str, epochs))}): the table averages "
+                      "and the paired differences pair runs of different lengths; report each length separately "
+                      "(one directory each)", InputWarning)
     if len(setups) > 1:
         listed = ", ".join(f"{d}/{m} ({n} run{'s' if n > 1 else ''})" for (d, m), n in setups.items())
         raise InputError(f"the runs are of {len(setups)} different setups (dataset/model: {listed}), whose accuracies "
