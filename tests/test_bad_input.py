@@ -331,8 +331,8 @@ def test_report_names_the_files_it_skipped(tmp_path, capsys):
     runs = tmp_path / "a" / "runs"
     runs.mkdir(parents=True)
     (runs / "broken.json").write_text('{"config": {')
-    assert cli.main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 1
-    _says(capsys.readouterr().err, "skipped .*broken.json", "corrupt")
+    assert cli.main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 2  # nothing readable
+    _says(capsys.readouterr().err, "skipped .*broken.json", "corrupt", "error: no run results found")
     _cli_error(capsys, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "rep")], "no such directory")
 
 

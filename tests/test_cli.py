@@ -58,7 +58,7 @@ def test_report_aggregates_hand_made_run_directories(tmp_path):
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 1000
     assert cli.main(["report", str(tmp_path / "missing"), "--out", str(out)]) == 2  # a typo'd directory
     (tmp_path / "empty").mkdir()
-    assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 1  # no results in it
+    assert cli.main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 2  # no results in it: an input error
 
 
 def test_report_reads_the_protocol_line_from_the_runs_unless_named(tmp_path):
@@ -224,7 +224,7 @@ def test_one_grid_plan_for_compare_and_sweep_orders_and_tags():
     assert cmp_plan[2].settings == {"epochs": 1, "algorithm_kwargs": {"update_interval": 5}, "method": "rigl",
                                     "density": 0.1, "seed": 0}
     sweep_plan = plan_runs(["dense", "dstee"], [0.1], [0], base, {"lr": [0.1, 0.05], "c": [0.01]})
-    assert [p.tag for p in sweep_plan] == ["dense-d1-s0-lr=0.1-c=0.01", "dense-d1-s0-lr=0.05-c=0.01",
+    assert [p.tag for p in sweep_plan] == ["dense-d1-s0-lr=0.1", "dense-d1-s0-lr=0.05",  # c is not dense's
                                            "dstee-d0.1-s0-lr=0.1-c=0.01", "dstee-d0.1-s0-lr=0.05-c=0.01"]
     s = sweep_plan[3].settings
     assert s["lr"] == 0.05 and s["algorithm_kwargs"] == {"update_interval": 5, "c": 0.01}  # a setting vs a hyper-parameter
