@@ -374,8 +374,10 @@ class Sparsifier:
 
     def _warn_if_unfrozen(self) -> None:
         """Warn once if a weight matrix left dense because it was frozen now trains (dense)."""
-        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        training = [n for n, p in self._frozen_left if p.requires_grad and p.grad is not None and id(p) in held]
+        training = [n for n, p in self._frozen_left if p.requires_grad and p.grad is not None]
+        if training:  # the optimizer's parameters are read only then: a frozen backbone costs nothing per step
+            held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+            training = [n for n, p in self._frozen_left if n in training and id(p) in held]
         if training:
             self._frozen_left = [(n, p) for n, p in self._frozen_left if n not in training]
             warnings.warn(
