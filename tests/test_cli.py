@@ -75,6 +75,9 @@ def test_report_reads_the_protocol_line_from_the_runs_unless_named(tmp_path):
             "runs' settings; name it with --protocol)") in (out / "results.md").read_text()
     assert cli.main(["report", str(runs), "--out", str(out), "--protocol", "text-gpt"]) == 0
     assert "Protocol: text-gpt\n" in (out / "results.md").read_text()
+    # the Command line is the shell command that reproduces the table: arguments with spaces stay quoted
+    assert cli.main(["report", str(runs), "--out", str(out), "--protocol", "text gpt, 10 epochs"]) == 0
+    assert "--protocol 'text gpt, 10 epochs'`" in (out / "results.md").read_text()
 
 
 def test_compare_resume_skips_finished_runs(tmp_path, capsys):

@@ -110,3 +110,21 @@ def test_runs_are_read_once_and_different_lengths_are_warned(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 2  # an input error
     assert "sparsetrain report: error: no run results found under" in capsys.readouterr().err
+
+
+def test_the_ticket_table_selects_no_ticket_on_the_test_set():
+    """Per Sup-tickets run: superposed (the output), live model (= the last ticket), the tickets' mean,
+    the ensemble; mean ± sd over seeds. The best ticket (chosen by test accuracy) is not a column."""
+    rs = []
+    for seed, (accs, out) in enumerate([([0.80, 0.90, 0.70], 0.85), ([0.82, 0.92, 0.72], 0.87)]):
+        r = _result(seed, out)
+        r.update(label="rigl+sup-tickets", live_test_acc=accs[-1], ensemble_test_acc=0.86,
+                 tickets=[{"ticket_acc": a, "density_before": 0.15, **({"overlap_prev": 0.5} if i else {})}
+                          for i, a in enumerate(accs)])
+        rs.append(r)
+    rows = report.ticket_table(rs).splitlines()
+    assert "mean ticket" in rows[0] and "best" not in rows[0]
+    cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+    assert cells[:6] == ["rigl+sup-tickets", "90%", "86.00 ± 1.41", "71.00 ± 1.41", "81.00 ± 1.41", "86.00 ± 0.00"]
+    assert cells[6:] == ["3", "0.500", "0.1500"]
+    assert report.ticket_table([_result(0, 0.8)]) == ""  # no Sup-tickets runs: no table

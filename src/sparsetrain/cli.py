@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 import traceback
@@ -392,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         subcommand.error(f"unrecognized arguments: {' '.join(extra)}{near}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    command = "sparsetrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "sparsetrain " + shlex.join(sys.argv[1:] if argv is None else argv)  # copy-pasteable
     start = time.perf_counter()
     commit = loaded_commit()  # the code the runs use, even if the checkout moves on meanwhile
     with warnings.catch_warnings():
