@@ -283,3 +283,25 @@ def test_seed_major_plan_runs_every_arm_of_a_seed_first():
     plan = plan_runs(["rigl", "set"], [0.1, 0.05], [0, 1], {}, seed_major=True)
     assert [p.tag for p in plan] == ["rigl-d0.1-s0", "rigl-d0.05-s0", "set-d0.1-s0", "set-d0.05-s0",
                                      "rigl-d0.1-s1", "rigl-d0.05-s1", "set-d0.1-s1", "set-d0.05-s1"]
+
+
+def test_baseline_flag_chooses_the_paired_reference_and_a_typo_trains_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in (0, 1):
+        (runs / f"set{seed}.json").write_text(json.dumps(_result("set", 0.05, seed, 0.80 + 0.01 * seed)))
+        (runs / f"itop{seed}.json").write_text(json.dumps(_result("set-itop", 0.05, seed, 0.81 + 0.01 * seed)))
+    out = tmp_path / "rep"
+    assert cli.main(["report", str(runs), "--out", str(out), "--baseline", "set"]) == 0
+    text = (out / "results.md").read_text()
+    assert "## Paired differences from set" in text and "| set-itop | 95% | 2 |" in text
+    assert cli.main(["report", str(runs), "--out", str(out), "--baseline", "rigl"]) == 2
+    assert "--baseline 'rigl' is not one of these runs' methods (set, set-itop)" in capsys.readouterr().err
+    # sweep and compare check it before the first run trains
+    sw = tmp_path / "sw"
+    assert cli.main(["sweep", "--out", str(sw), "--methods", "set,rigl", "--densities", "0.1", "--seeds", "0",
+                     "--dataset", "synthetic", "--epochs", "1", "--baseline", "rigll"]) == 2
+    assert "did you mean 'rigl'" in capsys.readouterr().err and not (sw / "runs").exists()
+    assert cli.main(["compare", "--out", str(tmp_path / "c"), "--methods", "dense,set", "--densities", "0.1",
+                     "--seeds", "0", "--dataset", "synthetic", "--epochs", "1", "--baseline", "rigl"]) == 2
+    assert not list((tmp_path / "c").glob("runs/*.json"))

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from sparsetrain.errors import InputError
 from sparsetrain.experiments.paired import (mean_ci, paired_rows, paired_table, report_sections, t975,
                                             ticket_paired_table, ticket_rows)
 
@@ -96,3 +97,22 @@ def test_the_baseline_has_its_own_row_and_lengths_sort_as_numbers():
         "| rigl epochs=30 (baseline)", "| set-itop epochs=30", "| rigl epochs=120 (baseline)", "| set-itop epochs=120"]
     # the baseline's level, its run count and its mechanism numbers; no difference from itself
     assert lines[0] == "| rigl epochs=30 (baseline) | 98% | 2 | 80.00 | | — | | 0.100 | 0.500 | 0.300 |"
+
+
+def test_a_chosen_baseline_and_dense_pairs_with_every_density():
+    results = [run("set", s, 0.80 + 0.01 * s, d) for s in range(3) for d in (0.05, 0.02)]
+    results += [run("set-itop", s, 0.805 + 0.01 * s, d) for s in range(3) for d in (0.05, 0.02)]
+    results += [run("dense", s, 0.90 + 0.01 * s, 1.0) for s in range(3)]
+    assert report_sections(results) == ""  # no rigl: nothing paired by default
+    rows = paired_rows(results, "set")
+    assert {(r["arm"], r["density"]) for r in rows} == {("set-itop", 0.05), ("set-itop", 0.02)}
+    assert all(r["pairs"] == 3 and r["diff"] == pytest.approx(0.005) for r in rows)
+    # dense, run once at density 1, is the reference of every density; each sparse arm pairs with it by seed
+    rows = paired_rows(results, "dense")
+    assert {(r["arm"], r["density"]) for r in rows} == {(a, d) for a in ("set", "set-itop") for d in (0.05, 0.02)}
+    assert all(r["pairs"] == 3 for r in rows)
+    assert {round(r["diff"], 6) for r in rows} == {-0.1, -0.095}
+    table = report_sections(results, "dense")
+    assert "Paired differences from dense" in table and table.count("| dense (baseline) | 0% | 3 | 91.00 |") == 1
+    with pytest.raises(InputError, match=r"--baseline 'sett' is not one of .*dense, set, set-itop.*did you mean 'set'"):
+        report_sections(results, "sett")

@@ -35,6 +35,7 @@ from . import registry
 from ._util import parse_value
 from .errors import InputError, InputWarning, ScheduleWarning
 from .experiments.configfile import is_run_record, load_config, run_settings
+from .experiments.paired import check_baseline
 from .experiments.report import (  # aggregate, format_table: re-exported for users of the CLI module
     SUP_SUFFIX, aggregate, describe_found, describe_runs, format_table, load_runs, loaded_commit, make_plots, one_setup,
     write_report,
@@ -176,13 +177,26 @@ def _echo(text: str, end: str = "\n") -> None:
 
 # ---------------------------------------------------------------------------- compare and sweep
 def _compare(methods, densities, seeds, base: dict[str, Any], out: Path, quiet: bool = False,
-             resume: bool = False) -> list[dict]:
+             resume: bool = False, baseline: Optional[str] = None) -> list[dict]:
     """``compare``/``demo``: dense first, then density × method × seed; ``out/runs/<tag>.json`` each."""
     from .experiments.grid import ResultFiles, plan_runs, run_grid
 
     plan = plan_runs(methods, densities, seeds, base, dense_first=True)
+    _check_plan_baseline(baseline, plan)
     results, _ = run_grid(plan, ResultFiles(out), skip_finished=resume, echo=None if quiet else _echo)
     return results
+
+
+_BASELINE_HELP = ("the method (table label) the paired table compares every other with, by seed (default: rigl "
+                  "when it was run; dense pairs with every density)")
+
+
+def _check_plan_baseline(baseline: Optional[str], plan) -> None:
+    """A ``--baseline`` no planned run has is an error before anything trains."""
+    if baseline is not None:
+        from .experiments.config import RunConfig
+
+        check_baseline(baseline, [RunConfig.from_settings(p.settings).label for p in plan])
 
 
 def _methods(text: str) -> list[str]:
@@ -205,7 +219,7 @@ def _grid_values(items: Sequence[str]) -> dict[str, list[Any]]:
 
 def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[float], seeds: Sequence[int],
           grid: dict[str, list[Any]], out: Path, progress: bool = False, jobs: int = 1,
-          seed_major: bool = False) -> tuple[list[dict], list[dict], int]:
+          seed_major: bool = False, baseline: Optional[str] = None) -> tuple[list[dict], list[dict], int]:
     """Run the grid into ``out/runs/<tag>/`` (``jobs`` runs at once, every arm of a seed before the
     next seed with ``seed_major``); returns (results, failures, how many runs it trained, the rest
     having been finished before). Never stops on a failed run. Says when ``out/runs`` holds finished
@@ -213,6 +227,7 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
     from .experiments.grid import RunDirectories, plan_runs, run_grid
 
     plan = plan_runs(methods, densities, seeds, base, grid, seed_major=seed_major)
+    _check_plan_baseline(baseline, plan)
     layout = RunDirectories(out)
     before = sum(layout.finished(item.tag) is not None for item in plan)
     others = {p.parent.name for p in (out / "runs").glob("*/summary.json")} - {item.tag for item in plan}
@@ -227,8 +242,9 @@ def sweep(base: dict[str, Any], methods: Sequence[str], densities: Sequence[floa
 
 # ---------------------------------------------------------------------------- main
 def _report_files(out: Path, results, command: str, title: str, protocol: str, wall: Optional[float],
-                  commit: Optional[str] = None, trained: Optional[int] = None) -> tuple[str, list[Path]]:
-    table = write_report(out, results, command, title, protocol, wall, commit, trained)
+                  commit: Optional[str] = None, trained: Optional[int] = None,
+                  baseline: Optional[str] = None) -> tuple[str, list[Path]]:
+    table = write_report(out, results, command, title, protocol, wall, commit, trained, baseline)
     try:
         import matplotlib  # noqa: F401 - only to say why there are no plots
     except ImportError:
@@ -321,6 +337,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="also vary a setting or algorithm hyper-parameter (repeatable), e.g. --grid lr=0.1,0.05")
     sw.add_argument("--title", default="Sweep", help="title of results.md and the plots")
     sw.add_argument("--protocol", default="see the command", help="protocol line for results.md")
+    sw.add_argument("--baseline", default=None, help=_BASELINE_HELP)
     sw.add_argument("--progress", action="store_true", help="progress bars for each run (with --jobs 1)")
     sw.add_argument("--jobs", type=int, default=1,
                     help="runs trained at once, each in its own process with cpu_count/jobs threads (unless "
@@ -347,6 +364,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", required=True, help="output directory")
     cmp_.add_argument("--title", default="Accuracy comparison", help="title of results.md")
     cmp_.add_argument("--protocol", default="fmnist-mlp (shared/spec/BENCHMARK.md)", help="protocol line for results.md")
+    cmp_.add_argument("--baseline", default=None, help=_BASELINE_HELP)
     cmp_.add_argument("--data-root", default=None, help="dataset directory")
     cmp_.add_argument("--resume", action="store_true", help="skip runs whose result already exists in --out")
     cmp_.add_argument("--sup-tickets", action="store_true",
@@ -363,6 +381,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--title", default="Accuracy comparison", help="title of results.md and the plots")
     rep.add_argument("--protocol", default=None,
                      help="protocol line (default: the runs' model, dataset, epochs, batch and optimizer)")
+    rep.add_argument("--baseline", default=None, help=_BASELINE_HELP)
     rep.add_argument("--command-note", default="", help="the command(s) that produced the runs, for results.md")
     rep.add_argument("--methods", default=None, help="only these methods (comma-separated table labels; default: all)")
     rep.add_argument("--densities", default=None, help="only these densities (comma-separated; dense is always kept)")
@@ -535,10 +554,10 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
                           "is slower (no faster overall); --jobs "
                           f"{cores} --threads 1 uses every core once", InputWarning)
         results, failures, trained = sweep(base, methods, densities, seeds, grid, out, progress=args.progress,
-                                           jobs=args.jobs, seed_major=args.seed_major)
+                                           jobs=args.jobs, seed_major=args.seed_major, baseline=args.baseline)
         if results:
             table, plots = _report_files(out, results, command, args.title, args.protocol,
-                                         time.perf_counter() - start, commit, trained)
+                                         time.perf_counter() - start, commit, trained, args.baseline)
             _print_table(table, out, plots)
         if failures:
             print(f"\n{len(failures)} run(s) failed (details in {out / 'failures.jsonl'}):", file=sys.stderr)
@@ -561,9 +580,9 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             methods = [m if m == "dense" or m.endswith(SUP_SUFFIX) else m + SUP_SUFFIX for m in methods]
         densities = _numbers("--densities", args.densities, float)
         seeds = _numbers("--seeds", args.seeds, int)
-        results = _compare(methods, densities, seeds, base, out, resume=args.resume)
+        results = _compare(methods, densities, seeds, base, out, resume=args.resume, baseline=args.baseline)
         table, plots = _report_files(out, results, command, args.title, args.protocol,
-                                     time.perf_counter() - start, commit)
+                                     time.perf_counter() - start, commit, baseline=args.baseline)
         _print_table(_mark_slow(table, out, results), out, plots)
         return 0
     if args.command == "report":
@@ -597,7 +616,8 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
             return 1
         out.mkdir(parents=True, exist_ok=True)
         note = args.command_note or command
-        table, plots = _report_files(out, results, note, args.title, args.protocol or describe_runs(results), None)
+        table, plots = _report_files(out, results, note, args.title, args.protocol or describe_runs(results), None,
+                                     baseline=args.baseline)
         print(table)
         print(f"\n{len(results)} runs; written to {out}/results.md" + (f" and {len(plots)} plots" if plots else ""))
         return 0

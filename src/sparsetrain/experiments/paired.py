@@ -23,7 +23,7 @@ import re
 from typing import Any, Optional, Sequence
 
 __all__ = ["LOWER_IS_BETTER", "t975", "mean_ci", "pair_key", "paired_rows", "paired_table", "ticket_rows", "ticket_paired_table",
-           "report_sections"]
+           "report_sections", "check_baseline"]
 
 #: The label suffix of a Sup-tickets run (``"rigl+sup-tickets"``); as a method name it turns Sup-tickets on.
 SUP_SUFFIX = "+sup-tickets"
@@ -122,7 +122,9 @@ def paired_rows(results: Sequence[dict[str, Any]], baseline: str, metric: str = 
         for (a, v, d, s), r in runs.items():
             if (a, v, d) != (arm, variant, density):
                 continue
-            base = runs.get((baseline, variant, density, s)) or runs.get((baseline, "", density, s))
+            base = next((runs[k] for k in ((baseline, variant, density, s), (baseline, "", density, s),
+                                              (baseline, variant, 1.0, s), (baseline, "", 1.0, s))
+                         if k in runs), None)  # a dense baseline (density 1) pairs with every density
             if base is not None:
                 pairs.append((r, base))
         if not pairs:
@@ -162,13 +164,14 @@ def paired_table(results: Sequence[dict[str, Any]], baseline: str, metric: str =
     shown = set()
     for r in rows:
         group = (r["variant"], r["density"])
-        if group not in shown and (group in base_runs or ("", r["density"]) in base_runs):
+        found = next((g for g in (group, ("", r["density"]), (r["variant"], 1.0), ("", 1.0)) if g in base_runs), None)
+        if found is not None and found not in shown:
             # the baseline's own row: its level and mechanism numbers, to read the others against
-            shown.add(group)
-            runs = base_runs.get(group) or base_runs[("", r["density"])]
+            shown.add(found)
+            runs = base_runs[found]
             avg = _mean_stats(runs)
             level = _mean([float(x[metric]) for x in runs])
-            lines.append(f"| {baseline} {r['variant']}".rstrip() + f" (baseline) | {100 * (1 - r['density']):.0f}% | "
+            lines.append(f"| {baseline} {found[0]}".rstrip() + f" (baseline) | {100 * (1 - found[1]):.0f}% | "
                          f"{len(runs)} | {f'{100 * level:.2f}' if pct else f'{level:.4f}'} | | — | | "
                          f"{fmt(avg['itop_rate'])} | {fmt(avg['survival'])} | {fmt(avg['exploration'])} |")
         name = f"{r['arm']} {r['variant']}".strip()
@@ -238,9 +241,23 @@ def ticket_paired_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_baseline(baseline: Optional[str], labels: Sequence[str]) -> None:
+    """An :class:`~sparsetrain.errors.InputError` unless ``baseline`` (``None``: the default) is the
+    arm of one of ``labels`` (run labels; a grid variant's suffix is not part of its arm)."""
+    arms = sorted({str(label).partition(" ")[0] for label in labels})
+    if baseline is not None and baseline not in arms:
+        from ..errors import InputError
+        from ..registry import _near
+
+        raise InputError(f"--baseline {baseline!r} is not one of these runs' methods ({', '.join(arms)})"
+                         f"{_near(baseline, arms)}; name the arm as its table label, e.g. --baseline {arms[0]}")
+
+
 def report_sections(results: Sequence[dict[str, Any]], baseline: Optional[str] = None) -> str:
     """The paired sections of a report: differences from ``baseline`` (default ``rigl`` when it was
-    run) and the Sup-tickets comparison; ``""`` when there is nothing to pair."""
+    run; ``dense`` pairs with every density) and the Sup-tickets comparison; ``""`` when there is
+    nothing to pair. A ``baseline`` no run has is an :class:`~sparsetrain.errors.InputError`."""
+    check_baseline(baseline, [_label(r) for r in results])
     arms = {pair_key(r)[0] for r in results}
     if baseline is None and "rigl" in arms:
         baseline = "rigl"

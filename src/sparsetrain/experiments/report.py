@@ -176,10 +176,11 @@ def ticket_table(results) -> str:
 
 
 def write_report(out: Path, results, command: str, title: str, protocol: str, wall: Optional[float],
-                 commit: Optional[str] = None, trained: Optional[int] = None) -> str:
-    """Write ``results.md`` (title, protocol, command, :func:`provenance`, table, Sup-tickets table)
-    and ``results.csv`` into ``out``; return the markdown table. ``wall``: the seconds the writing
-    command ran (``None``: not shown); ``trained``: how many of ``results`` it trained."""
+                 commit: Optional[str] = None, trained: Optional[int] = None, baseline: Optional[str] = None) -> str:
+    """Write ``results.md`` (title, protocol, command, :func:`provenance`, table, Sup-tickets table,
+    paired differences from ``baseline``: default ``rigl`` when it was run) and ``results.csv`` into
+    ``out``; return the markdown table. ``wall``: the seconds the writing command ran (``None``: not
+    shown); ``trained``: how many of ``results`` it trained."""
     rows = aggregate(results)
     table = format_table(rows)
     meta = (
@@ -192,7 +193,7 @@ def write_report(out: Path, results, command: str, title: str, protocol: str, wa
                    "table's above); the live model (the last ticket), the tickets' mean accuracy (no ticket "
                    "is selected on the test set) and the tickets' softmax ensemble (FreeTickets-style, K× the "
                    "inference cost) are shown beside it; the paired table below compares it with θ_pre.\n\n" + tickets)
-    paired = report_sections(results)
+    paired = report_sections(results, baseline)
     (out / "results.md").write_text(meta + table + tickets + ("\n\n" + paired if paired else "") + "\n")
     with open(out / "results.csv", "w") as f:
         keys = list(rows[0])
