@@ -3,9 +3,13 @@ non-parametric check (Wilcoxon signed-rank). Needs scipy (not a sparsetrain depe
 
     .venv/bin/python results/fmnist-mlp-dstee-power/analysis.py > results/fmnist-mlp-dstee-power/analysis.txt
     .venv/bin/python results/fmnist-mlp-dstee-power/analysis.py results/fmnist-mlp-dstee-power-subset/runs
+    .venv/bin/python results/fmnist-mlp-dstee-power/analysis.py results/fmnist-mlp-dstee-power/runs \
+        results/fmnist-mlp-dstee-power-subset/runs      # each, then both pooled per density
 
-Arguments: the runs directory (default: this directory's runs/) and the reference arm (default
-rigl). Arms not named ``dstee*`` (dense) are compared too but are not in the Holm family.
+Arguments: runs directories (default: this directory's runs/); ``--base ARM`` names the reference
+arm (default rigl). Arms not named ``dstee*`` (dense) are compared too but are not in the Holm
+family. With several directories, a last table per density pools their pairs (a pair = one seed
+of one directory): a post-hoc summary across regimes, not a pre-registered test.
 """
 import json
 import math
@@ -16,17 +20,27 @@ from pathlib import Path
 from scipy import stats
 
 here = Path(__file__).resolve().parent
-root = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "runs"
-base = sys.argv[2] if len(sys.argv) > 2 else "rigl"
-runs = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
-by_density = {}
-for r in runs:
-    if r["config"]["method"] != "dense":
-        by_density.setdefault(r["config"]["density"], {}).setdefault(r["label"], {})[r["config"]["seed"]] = r
-for r in runs:  # dense (density 1) is compared at every density
-    if r["config"]["method"] == "dense":
-        for by in by_density.values():
-            by.setdefault(r["label"], {})[r["config"]["seed"]] = r
+args = sys.argv[1:]
+base = "rigl"
+if "--base" in args:
+    i = args.index("--base")
+    base = args[i + 1]
+    del args[i:i + 2]
+roots = [Path(a) for a in args] or [here / "runs"]
+
+
+def load(root, key=lambda seed: seed):
+    """{density: {arm: {key(seed): run}}} of one runs directory; dense is compared at every density."""
+    runs = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/summary.json"))]
+    by_density = {}
+    for r in runs:
+        if r["config"]["method"] != "dense":
+            by_density.setdefault(r["config"]["density"], {}).setdefault(r["label"], {})[key(r["config"]["seed"])] = r
+    for r in runs:  # dense (density 1) is compared at every density
+        if r["config"]["method"] == "dense":
+            for by in by_density.values():
+                by.setdefault(r["label"], {})[key(r["config"]["seed"])] = r
+    return by_density
 
 
 def survival_fresh(r):
@@ -38,9 +52,9 @@ def survival_fresh(r):
     return (statistics.mean(surv) if surv else math.nan), (statistics.mean(fresh) if fresh else math.nan)
 
 
-def table(density, by):
+def table(density, by, where=""):
     family = [a for a in by if a != base and a.startswith("dstee")]
-    print(f"=== density {density}: paired by seed against {base}; accuracy in points; "
+    print(f"=== {where}density {density}: paired by seed against {base}; accuracy in points; "
           f"Holm over the {len(family)} DST-EE arms\n")
     print(f"{'arm':22} {'n':>2} {'acc':>6} {'Δ':>6} {'95% CI':>16} {'p(t)':>6} {'p Holm':>6} {'p(W)':>6} "
           f"{'+/-':>5} {'R_s':>6} {'surv.':>6} {'fresh':>6}")
@@ -77,11 +91,23 @@ def table(density, by):
     print("\nper seed (test accuracy, %):")
     print("seed " + " ".join(f"{a:>20}" for a in sorted(by)))
     for s in sorted(by[base]):
-        print(f"{s:4d} " + " ".join(f"{100 * by[a][s]['test_acc']:20.2f}" if s in by[a] else f"{'-':>20}"
-                                    for a in sorted(by)))
+        print(f"{str(s):>4} " + " ".join(f"{100 * by[a][s]['test_acc']:20.2f}" if s in by[a] else f"{'-':>20}"
+                                         for a in sorted(by)))
     print()
 
 
-for density in sorted(by_density, reverse=True):
-    if base in by_density[density]:
-        table(density, by_density[density])
+for root in roots:
+    by_density = load(root)
+    for density in sorted(by_density, reverse=True):
+        if base in by_density[density]:
+            table(density, by_density[density], f"{root}: " if len(roots) > 1 else "")
+if len(roots) > 1:  # pairs of every directory together, seed s of directory i keyed "i:s"
+    pooled, sources = {}, {}
+    for i, root in enumerate(roots):
+        for density, by in load(root, lambda seed, i=i: f"{i}:{seed}").items():
+            sources.setdefault(density, set()).add(i)
+            for arm, seeds in by.items():
+                pooled.setdefault(density, {}).setdefault(arm, {}).update(seeds)
+    for density in sorted(pooled, reverse=True):
+        if base in pooled[density] and len(sources[density]) > 1:  # a density of one directory: shown above
+            table(density, pooled[density], f"pooled over {len(roots)} directories (post hoc): ")
