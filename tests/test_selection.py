@@ -236,3 +236,56 @@ def test_new_user_mistakes_in_selectors_are_named():
     with pytest.raises(ValueError) as e:  # everything excluded: not "the only weight matrices are embeddings"
         plan(Block(), exclude=[nn.MultiheadAttention, nn.LSTM])
     assert "exclude=" in str(e.value) and "only weight matrices are embeddings" not in str(e.value)
+
+
+def _mobile_block():
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
+                         nn.Conv2d(32, 64, 1), nn.Conv1d(64, 64, 4, groups=64), nn.Conv2d(64, 64, 3, groups=4),
+                         nn.Linear(64, 10))
+
+
+def test_depthwise_names_the_convolutions_with_one_input_channel_per_filter():
+    from sparsetrain.selection import depthwise
+
+    m = _mobile_block()
+    hits = [n for n, p in m.named_parameters() for mod in [m.get_submodule(n.rsplit(".", 1)[0])]
+            if depthwise(n, p, mod)]
+    assert hits == ["1.weight", "3.weight"]  # a grouped (groups=4) conv, biases and Linear are not depthwise
+    sel = plan(m, exclude=[depthwise])
+    assert [s.name for s in sel.selected] == ["0.weight", "2.weight", "4.weight", "5.weight"]
+    assert dict((n, r) for n, _, r in sel.left)["1.weight"] == "excluded by depthwise"
+    assert [s.name for s in select(m)] == ["0.weight", "1.weight", "2.weight", "3.weight", "4.weight", "5.weight"]
+
+
+def test_depthwise_channels_with_no_active_weight_are_named_with_the_fix():
+    import warnings
+
+    import sparsetrain as st
+
+    torch.manual_seed(0)
+    m = _mobile_block()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        sp = st.Sparsifier(m, opt, st.RigL(density=0.02), total_steps=100)
+    msg = [str(x.message) for x in w if "no active weight at the start" in str(x.message)]
+    assert len(msg) == 1 and "exclude=[st.depthwise]" in msg[0]
+    # the counts it gives are the masks' own, for the depthwise layers only
+    for name, layer in sp.layers.items():
+        empty = int((~layer.mask.reshape(layer.shape[0], -1).any(1)).sum())
+        if name in ("1.weight", "3.weight"):
+            assert empty and f"{name}: {empty} of {layer.shape[0]}" in msg[0]
+        else:
+            assert f"{name}: " not in msg[0]
+    sp.remove()
+    m = _mobile_block()
+    with warnings.catch_warnings(record=True) as w:  # excluded: nothing to say
+        warnings.simplefilter("always")
+        st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.02), total_steps=100,
+                      exclude=[st.depthwise])
+    assert not [x for x in w if "no active weight" in str(x.message)]
+    m = _mobile_block()
+    with warnings.catch_warnings(record=True) as w:  # dense enough: no note
+        warnings.simplefilter("always")
+        st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.5), total_steps=100)
+    assert not [x for x in w if "no active weight" in str(x.message)]

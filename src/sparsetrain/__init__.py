@@ -14,7 +14,7 @@ from .algorithms import (
 )
 from .errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from .flops import FlopsReport, flops, training_flops_per_step
-from .selection import DEFAULT_LAYERS
+from .selection import DEFAULT_LAYERS, depthwise
 from .sparsifier import Sparsifier
 from .tickets import SupTickets, TicketEnsemble
 
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Sparsifier",
     "DEFAULT_LAYERS",
+    "depthwise",
     "SupTickets",
     "TicketEnsemble",
     "tickets",

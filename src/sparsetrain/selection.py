@@ -54,7 +54,7 @@ from .sparse.linear import SparseLinear
 
 __all__ = ["DEFAULT_SPARSE_MODULES", "EMBEDDING_MODULES", "DEFAULT_LAYERS", "Selector", "Selected", "Selection",
            "as_list", "matches", "is_conv1d_like", "is_weight_name", "weight_layer_kind", "default_kind", "plan",
-           "select", "check_selected"]
+           "select", "check_selected", "depthwise", "dead_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,30 @@ def is_conv1d_like(module: nn.Module) -> bool:
     ``Conv1D``, it has an ``nf`` attribute and a 2-D ``weight``."""
     w = getattr(module, "weight", None)
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(w, torch.Tensor) and w.dim() == 2
+
+
+def depthwise(name: str, param: Optional[torch.Tensor], module: Optional[nn.Module]) -> bool:
+    """Selector predicate (``exclude=[st.depthwise]``, ``dense=[st.depthwise]``): the weight of a
+    depthwise convolution, a Conv1d/2d/3d whose every output channel reads a single input channel
+    (``groups > 1`` and one input channel per group, as in MobileNet, ConvNeXt or Mamba). Its filter
+    is the channel's only path, so at high sparsity whole channels lose every weight."""
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups > 1
+            and name.rsplit(".", 1)[-1] == "weight" and module.weight.shape[1] == 1)
+
+
+def dead_channels(layers, modules: dict[str, nn.Module]) -> list[tuple[str, int, int]]:
+    """``(name, empty, channels)`` of every masked depthwise convolution (:func:`depthwise`) with
+    output channels that have no active weight (the channel outputs its bias alone: its filter is
+    its only path). ``modules``: each layer's module by name; index-backed layers are skipped."""
+    out = []
+    for name, layer in layers.items():
+        module = modules.get(name)
+        if module is None or layer.index_backed or layer.pinned or not depthwise(name, None, module):
+            continue
+        empty = int((~layer.mask.reshape(layer.shape[0], -1).any(dim=1)).sum())
+        if empty:
+            out.append((name, empty, int(layer.shape[0])))
+    return out
 
 
 def weight_layer_kind(module: nn.Module) -> Optional[str]:

@@ -42,7 +42,7 @@ from .errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from .initial import build_layers
 from .masks import LayerState
 from .registry import make_algorithm
-from .selection import DEFAULT_SPARSE_MODULES, Selector, check_selected, plan as plan_selection
+from .selection import DEFAULT_SPARSE_MODULES, Selector, check_selected, dead_channels, plan as plan_selection
 from .storage import Hooks
 from .update import ForcedUpdate, run_update, streaming_warning
 
@@ -355,6 +355,15 @@ class Sparsifier:
             notes.append(f"sparsetrain: {what} {target:g} realises {self.density:.4g}: every sparse layer keeps at "
                          f"least one weight ({len(self.layers)} layers, {sum(l.numel for l in self.layers.values())} "
                          "weights); a smaller density cannot be reached with this selection")
+        dead = dead_channels(self.layers, {x.name: x.module for x in self.selection.selected})
+        if dead:
+            shown = ", ".join(f"{n}: {k} of {m}" for n, k, m in dead[:3]) + (f" and {len(dead) - 3} more layers"
+                                                                             if len(dead) > 3 else "")
+            notes.append(f"sparsetrain: depthwise convolutions have output channels with no active weight at the "
+                         f"start ({shown}): a depthwise filter is its channel's only path, so these channels output "
+                         "their bias alone until an update grows weights there (with static masks: never). To keep "
+                         "depthwise convolutions dense (a small share of the weights, as is usual): "
+                         "exclude=[st.depthwise], or dense=[st.depthwise] to count them in the density budget")
         zeros = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
