@@ -434,7 +434,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         except KeyboardInterrupt:
             again = {"train": "the same command with --resume continues it exactly from its last checkpoint",
-                     "sweep": "the same command continues it (finished runs are skipped, the interrupted one resumes)",
+                     "sweep": "the same command continues it (finished runs are skipped, a run stopped midway "
+                              "resumes from its last checkpoint)",
                      "compare": "the same command with --resume skips the finished runs"}.get(args.command, "")
             print(f"\nsparsetrain {args.command}: interrupted" + (f"; {again}" if again else ""), file=sys.stderr)
             return 130
