@@ -192,3 +192,27 @@ def test_defaults_and_config():
     assert cfg["name"] == "granet" and cfg["initial_density"] == 0.5 and cfg["end"] is None
     assert cfg["prune_start"] == 0.0 and cfg["prune_end"] == 0.6875
     assert a.prune_rounds(16000) == (0, 110)
+
+
+def test_an_unreachable_final_density_is_said_at_the_start_and_pruning_stops_at_the_floor():
+    import warnings
+
+    torch.manual_seed(0)
+    m = nn.Sequential(*[nn.Linear(4, 4) for _ in range(10)])  # 10 layers of 16: at least 10 of 160 weights
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        sp = st.Sparsifier(m, opt, "granet", density=0.05, total_steps=1000)
+    msg = [str(x.message) for x in w if "cannot be reached" in str(x.message)]
+    assert len(msg) == 1 and "final density 0.05" in msg[0] and "stops at 0.0625 (10 of 160 weights)" in msg[0]
+    x = torch.randn(8, 4)
+    for _ in range(1000):
+        opt.zero_grad()
+        m(x).pow(2).mean().backward()
+        opt.step()
+    assert [l.n_active for l in sp.layers.values()] == [1] * 10
+    m = nn.Sequential(*[nn.Linear(4, 4) for _ in range(10)])
+    with warnings.catch_warnings(record=True) as w:  # reachable: nothing said
+        warnings.simplefilter("always")
+        st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), "granet", density=0.1, total_steps=300)
+    assert not [x for x in w if "cannot be reached" in str(x.message)]

@@ -355,6 +355,15 @@ class Sparsifier:
             notes.append(f"sparsetrain: {what} {target:g} realises {self.density:.4g}: every sparse layer keeps at "
                          f"least one weight ({len(self.layers)} layers, {sum(l.numel for l in self.layers.values())} "
                          "weights); a smaller density cannot be reached with this selection")
+        final = self.algorithm.density
+        if final < target:  # a pruning schedule (GraNet): can its end be reached, one weight per layer kept?
+            total = sum(l.numel for l in self.layers.values())
+            floor = sum(l.numel if l.pinned else 1 for l in self.layers.values())
+            if floor > round(final * total) and floor / total - final > 1e-4:
+                pinned = " (pinned layers all of theirs)" if any(l.pinned for l in self.layers.values()) else ""
+                notes.append(f"sparsetrain: final density {final:g} cannot be reached: every sparse layer keeps at "
+                             f"least one weight{pinned}, so pruning stops at {floor / total:.4g} "
+                             f"({floor} of {total} weights); a higher final density or fewer layers reach it")
         dead = dead_channels(self.layers, {x.name: x.module for x in self.selection.selected})
         if dead:
             shown = ", ".join(f"{n}: {k} of {m}" for n, k, m in dead[:3]) + (f" and {len(dead) - 3} more layers"
