@@ -305,3 +305,14 @@ def test_baseline_flag_chooses_the_paired_reference_and_a_typo_trains_nothing(tm
     assert cli.main(["compare", "--out", str(tmp_path / "c"), "--methods", "dense,set", "--densities", "0.1",
                      "--seeds", "0", "--dataset", "synthetic", "--epochs", "1", "--baseline", "rigl"]) == 2
     assert not list((tmp_path / "c").glob("runs/*.json"))
+
+
+def test_compare_takes_hp_like_train_and_sweep(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "set", "--densities", "0.3", "--seeds", "0", "--dataset", "synthetic",
+            "--epochs", "1", "--batch-size", "64", "--out", str(out)]
+    assert cli.main(args + ["--hp", "update_interval=3", "--hp", "drop_fraction=0.5"]) == 0
+    run = json.loads((out / "runs" / "set-d0.3-s0.json").read_text())
+    assert run["config"]["algorithm_kwargs"] == {"update_interval": 3, "drop_fraction": 0.5}
+    assert cli.main(args + ["--hp", "update_interval=3", "--update-interval", "4"]) == 2
+    assert "disagree" in capsys.readouterr().err

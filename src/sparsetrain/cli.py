@@ -148,14 +148,21 @@ def _resolve(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, An
                          "(algorithm hyper-parameters go in an [algorithm] table)")
     values.update({k: v for k, v in vars(args).items() if k in names})
     algo = {str(k).replace("-", "_"): v for k, v in file_cfg.get("algorithm", {}).items()}
-    for item in getattr(args, "hp", []):
-        if "=" not in item:
-            raise InputError(f"--hp takes KEY=VALUE, e.g. --hp update_interval=200, got {item!r}")
-        k, v = item.split("=", 1)
-        algo[k.strip()] = parse_value(v.strip())
+    algo.update(_hp(getattr(args, "hp", [])))
     if algo:
         values["algorithm_kwargs"] = algo
     return values
+
+
+def _hp(items: Sequence[str]) -> dict[str, Any]:
+    """The algorithm hyper-parameters of repeated ``--hp KEY=VALUE`` flags."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--hp takes KEY=VALUE, e.g. --hp update_interval=200, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
 
 
 def _numbers(flag: str, text: str, kind: type, count: Optional[int] = None) -> list:
@@ -360,6 +367,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
     cmp_.add_argument("--update-interval", type=int, default=None,
                       help="ΔT in optimizer steps for dynamic methods (default: each method's own)")
+    cmp_.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                      help="an algorithm hyper-parameter for every method, e.g. --hp drop_fraction=0.5 (repeatable)")
     cmp_.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     cmp_.add_argument("--out", required=True, help="output directory")
     cmp_.add_argument("--title", default="Accuracy comparison", help="title of results.md")
@@ -574,8 +583,14 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
                     lr=args.lr, weight_decay=args.weight_decay, threads=args.threads, data_root=args.data_root,
                     cycles=args.cycles, cycle_epochs=args.cycle_epochs, cycle_ratio=args.cycle_ratio,
                     ticket_lr=(lo, hi))
+        algo = _hp(args.hp)
         if args.update_interval is not None:
-            base["algorithm_kwargs"] = {"update_interval": args.update_interval}
+            if algo.get("update_interval", args.update_interval) != args.update_interval:
+                raise InputError(f"--update-interval {args.update_interval} and --hp update_interval="
+                                 f"{algo['update_interval']} disagree; give one")
+            algo["update_interval"] = args.update_interval
+        if algo:
+            base["algorithm_kwargs"] = algo
         methods = _methods(args.methods)
         if args.sup_tickets:
             methods = [m if m == "dense" or m.endswith(SUP_SUFFIX) else m + SUP_SUFFIX for m in methods]
