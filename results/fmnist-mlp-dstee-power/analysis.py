@@ -9,7 +9,8 @@ non-parametric check (Wilcoxon signed-rank). Needs scipy (not a sparsetrain depe
 Arguments: runs directories (default: this directory's runs/); ``--base ARM`` names the reference
 arm (default rigl). Arms not named ``dstee*`` (dense) are compared too but are not in the Holm
 family. With several directories, a last table per density pools their pairs (a pair = one seed
-of one directory): a post-hoc summary across regimes, not a pre-registered test.
+of one directory), and a last one pools every directory and density (a pair = one seed of one
+density of one directory): post-hoc summaries across regimes, not pre-registered tests.
 """
 import json
 import math
@@ -101,6 +102,16 @@ for root in roots:
     for density in sorted(by_density, reverse=True):
         if base in by_density[density]:
             table(density, by_density[density], f"{root}: " if len(roots) > 1 else "")
+groups = [(i, d) for i, root in enumerate(roots) for d, by in load(root).items() if base in by]
+if len(groups) > 1:  # every directory and density together: seed s of density d in directory i keyed "i:d:s"
+    every = {}
+    for i, root in enumerate(roots):
+        for density, by in load(root, lambda seed, i=i: (i, seed)).items():
+            if base not in by:
+                continue
+            for arm, seeds in by.items():
+                every.setdefault(arm, {}).update({f"{k[0]}:{density}:{k[1]}": r for k, r in seeds.items()})
+    table("all", every, f"pooled over {len(groups)} regimes (directories x densities; post hoc): ")
 if len(roots) > 1:  # pairs of every directory together, seed s of directory i keyed "i:s"
     pooled, sources = {}, {}
     for i, root in enumerate(roots):
