@@ -5,10 +5,12 @@
 # reference regime, the optional dstee-power arm on a 10k training subset (where dense overfits), then
 # the second densities (dstee-power 0.01, itop-time 0.05).
 cd "$(dirname "$0")/.."
-# Finished (text-gpt 39/39, dstee-power 40/40, itop-time 60/60), dropped from the loop so that a restart does not rewrite their reports:
+# Finished, dropped from the loop so that a restart does not rewrite their reports (text-gpt 39/39,
+# dstee-power 80/80 at both densities, itop-time 60/60 at 0.02, suptickets-ref 40/40, dstee-power-subset 50/50):
 # results/text-gpt/command.sh results/fmnist-mlp-dstee-power/command.sh results/fmnist-mlp-itop-time/command.sh
-for s in results/fmnist-mlp-suptickets-ref/command.sh results/fmnist-mlp-dstee-power-subset/command.sh \
-         results/fmnist-mlp-dstee-power/command-then.sh results/fmnist-mlp-itop-time/command-then.sh; do
+# results/fmnist-mlp-suptickets-ref/command.sh results/fmnist-mlp-dstee-power-subset/command.sh
+# results/fmnist-mlp-dstee-power/command-then.sh
+for s in results/fmnist-mlp-itop-time/command-then.sh; do
   echo "=== $(date -u +%FT%TZ) $s"
   sh "$s"
 done
