@@ -316,3 +316,9 @@ def test_compare_takes_hp_like_train_and_sweep(tmp_path, capsys):
     assert run["config"]["algorithm_kwargs"] == {"update_interval": 3, "drop_fraction": 0.5}
     assert cli.main(args + ["--hp", "update_interval=3", "--update-interval", "4"]) == 2
     assert "disagree" in capsys.readouterr().err
+
+
+def test_demo_takes_threads_and_checks_it_before_training(tmp_path, capsys):
+    assert cli.main(["demo", "--threads", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--threads must be an integer >= 1" in capsys.readouterr().err
+    assert not list((tmp_path / "d").glob("runs/*.json"))

@@ -317,6 +317,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="lenet300-100", help="model (lenet5-caffe is ~20x slower on 2 cores)")
     demo.add_argument("--out", default="runs/demo", help="output directory for the tables, plots and per-run JSON")
     demo.add_argument("--data-root", default=None, help="directory with the Fashion-MNIST idx files")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch threads per run (default: torch's choice; 1 on a machine busy with other work)")
 
     train = sub.add_parser("train", formatter_class=fmt, help="one training run into a run directory")
     train.add_argument("--config", default=None, help="TOML/YAML/JSON file of run settings (flags override it)")
@@ -483,7 +485,7 @@ def _dispatch(args, command: str, start: float, commit: str) -> int:
         print(f"sparsetrain demo: {args.model} on Fashion-MNIST, {args.epochs} epochs, {sparsity:.0f}% sparsity, "
               f"seed {args.seed}")
         base = dict(model=args.model, dataset="fashion-mnist", epochs=args.epochs, data_root=args.data_root,
-                    cycles=2, cycle_epochs=1)
+                    cycles=2, cycle_epochs=1, threads=args.threads)
         methods = ["dense", "static", "set", "rigl", "dstee", "rigl" + SUP_SUFFIX]
         results = _compare(methods, [args.density], [args.seed], base, out)
         table, plots = _report_files(out, results, command, "sparsetrain demo",
