@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -39,6 +40,17 @@ def atomic_write_text(text: str, path: Union[str, os.PathLike]) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def stable_repr(obj: Any) -> str:
+    """``repr(obj)``, except that a default object repr (``<function f at 0x7f...>``, whose address
+    changes from one process to the next) becomes the object's qualified name (``<module.f>``), so
+    a saved configuration compares equal when a new process loads it."""
+    text = repr(obj)
+    if re.search(r" at 0x[0-9a-fA-F]+>", text):
+        owner = obj if hasattr(obj, "__qualname__") else type(obj)
+        return f"<{getattr(owner, '__module__', '?')}.{owner.__qualname__}>"
+    return text
 
 
 def uncompiled(model: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from .. import scores
+from .._util import stable_repr
 from ..distributions import DISTRIBUTIONS, DistributionSpec
 from ..errors import InputError, InputTypeError, InputWarning, ScheduleWarning
 from ..masks import LayerState
@@ -147,7 +148,7 @@ class Algorithm:
     # -- configuration -----------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The hyper-parameters as plain containers (for logs, summaries and checkpoints)."""
-        dist = self.distribution if isinstance(self.distribution, (str, dict)) else repr(self.distribution)
+        dist = self.distribution if isinstance(self.distribution, (str, dict)) else stable_repr(self.distribution)
         return {
             "name": self.name,
             "density": self.density,
@@ -155,7 +156,7 @@ class Algorithm:
             "update_interval": self.update_schedule.interval,
             "start": self.update_schedule.start,
             "end": self.update_schedule.end,
-            "drop_schedule": repr(self.drop_schedule),
+            "drop_schedule": stable_repr(self.drop_schedule),
             "seed": self.seed,
             "grow_init": self.grow_init,
             "erk_power": self.erk_power,
