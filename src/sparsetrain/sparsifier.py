@@ -74,6 +74,11 @@ def _whole_steps(total_steps: Any) -> Optional[int]:
     return value
 
 
+def _first_three(items: list[str]) -> str:
+    """The first three of ``items`` and how many layers more, for a note naming layers."""
+    return ", ".join(items[:3]) + (f" and {len(items) - 3} more layers" if len(items) > 3 else "")
+
+
 def _check_not_attached(selected) -> None:
     """Refuse parameters whose hooks belong to another (not removed) Sparsifier."""
     for s in selected:
@@ -366,8 +371,7 @@ class Sparsifier:
                              f"({floor} of {total} weights); a higher final density or fewer layers reach it")
         dead = dead_channels(self.layers, {x.name: x.module for x in self.selection.selected})
         if dead:
-            shown = ", ".join(f"{n}: {k} of {m}" for n, k, m in dead[:3]) + (f" and {len(dead) - 3} more layers"
-                                                                             if len(dead) > 3 else "")
+            shown = _first_three([f"{n}: {k} of {m}" for n, k, m in dead])
             notes.append(f"sparsetrain: depthwise convolutions have output channels with no active weight at the "
                          f"start ({shown}): a depthwise filter is its channel's only path, so these channels output "
                          "their bias alone until an update grows weights there (with static masks: never). To keep "
@@ -382,10 +386,9 @@ class Sparsifier:
                 if k > max(1, layer.n_active // 100):
                     zeros[name] = k
         if zeros:
-            shown = ", ".join(f"{n}: {k} of {self.layers[n].n_active}" for n, k in list(zeros.items())[:3])
-            more = f" and {len(zeros) - 3} more layers" if len(zeros) > 3 else ""
+            shown = _first_three([f"{n}: {k} of {self.layers[n].n_active}" for n, k in zeros.items()])
             notes.append(f"sparsetrain: these weights were sparse under a Sparsifier that was removed, and this one's "
-                         f"new masks make some of its zeros active: they start at 0 ({shown}{more} active weights "
+                         f"new masks make some of its zeros active: they start at 0 ({shown} active weights "
                          "are 0). To continue that sparse run instead, build the Sparsifier with its state "
                          "(state=sp.state_dict()) rather than drawing new masks")
         return notes
@@ -420,11 +423,10 @@ class Sparsifier:
                 if now > saved + max(1, layer.n_active // 100):
                     lost[name] = now - saved
         if lost:
-            shown = ", ".join(f"{n}: {k}" for n, k in list(lost.items())[:3])
-            more = f" and {len(lost) - 3} more layers" if len(lost) > 3 else ""
+            shown = _first_three([f"{n}: {k}" for n, k in lost.items()])
             warnings.warn(
                 f"sparsetrain: after loading, {sum(lost.values())} weights the saved masks keep active are 0 that were "
-                f"not when the state was saved ({shown}{more}): the "
+                f"not when the state was saved ({shown}): the "
                 "model's weights were probably loaded before this Sparsifier was built (building it zeroes the "
                 "weights off its fresh random mask). Build the Sparsifier first (or pass state=), then load the "
                 "model, the optimizer and the Sparsifier (docs/correctness.md, resume recipe)", InputWarning,
