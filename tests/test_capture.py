@@ -79,3 +79,52 @@ def test_an_update_without_any_gradient_is_skipped_and_one_missing_layer_is_name
     opt2.step()
     assert sp2.updates == 1 and sp2.history[-1]["no_gradient"] == ["unused.weight"]
     assert "unused.weight" not in sp2.history[-1]["layers"] and "used.weight" in sp2.history[-1]["layers"]
+
+
+def _dense_grad(model, x):
+    """The unmasked gradient of ``model(x).pow(2).sum()`` (a hook-free copy of the layer)."""
+    ref = nn.Linear(6, 5)
+    ref.load_state_dict(model[0].state_dict())
+    ref(x).pow(2).sum().backward()
+    return ref.weight.grad
+
+
+def test_a_torch_autograd_grad_probe_between_backward_and_step_is_not_captured():
+    """A gradient penalty or probe with ``torch.autograd.grad`` after ``backward()`` runs the gradient hooks too;
+    it used to be added to the growth gradient."""
+    model, opt, sp, layer = _setup()
+    x = torch.randn(3, 6)
+    opt.zero_grad()
+    model(x).pow(2).sum().backward()
+    torch.autograd.grad(model(torch.randn(3, 6)).sum() * 100, [model[0].weight])
+    assert torch.allclose(layer.grad_buffer, _dense_grad(model, x))
+
+
+def test_an_assigned_grad_is_masked_and_captured():
+    """``p.grad = g`` instead of ``backward()``: the optimizer used to see an unmasked gradient and growth none."""
+    model, opt, sp, layer = _setup()
+    x = torch.randn(3, 6)
+    dense = _dense_grad(model, x)
+    # from torch.autograd.grad (through the hooks, so g is masked): growth ranks the dense gradient the hooks saw
+    opt.zero_grad()
+    (g,) = torch.autograd.grad(model(x).pow(2).sum(), [model[0].weight])
+    assert torch.all(g[~layer.mask] == 0)
+    model[0].weight.grad, model[0].bias.grad = g, torch.zeros(5)
+    sp._pre_step(opt, (), {})
+    assert torch.allclose(layer.grad_buffer, dense)
+    # from elsewhere (dense as given): masked before the step, and taken as the growth gradient
+    model2, opt2, sp2, layer2 = _setup()
+    model2[0].weight.grad, model2[0].bias.grad = dense.clone(), torch.zeros(5)
+    sp2._pre_step(opt2, (), {})
+    assert torch.equal(layer2.grad_buffer, dense)
+    assert torch.all(model2[0].weight.grad[~layer2.mask] == 0)
+    assert torch.equal(model2[0].weight.grad[layer2.mask], dense[layer2.mask])
+    # and an update follows it like one after backward()
+    model3, opt3, sp3, layer3 = _setup()
+    opt3.zero_grad()
+    model3(x).pow(2).sum().backward()
+    opt.step()
+    opt2.step()
+    opt3.step()
+    assert sp.updates == sp2.updates == sp3.updates == 1
+    assert torch.equal(layer.mask, layer3.mask) and torch.equal(layer2.mask, layer3.mask)

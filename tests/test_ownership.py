@@ -1,6 +1,9 @@
 """Ownership: a parameter belongs to at most one live Sparsifier; weak references only."""
 
 import gc
+import warnings
+
+import pytest
 
 import torch
 from torch import nn
@@ -43,3 +46,73 @@ def test_the_sparsifier_claims_its_weights_and_remove_releases_them():
     assert ownership.held_by(model[0].bias) is None
     sp.remove()
     assert ownership.held_by(model[0].weight) is None
+
+
+def _steps(model, opt, n, x):
+    for _ in range(n):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 4))
+
+
+def test_another_optimizer_stepping_the_sparse_weights_warns_once():
+    """A new optimizer built mid-run used to leave the Sparsifier (hooked on the first one) idle without a word:
+    no step counted, no state masked, no update."""
+    m = _model()
+    sgd = torch.optim.SGD(m.parameters(), lr=0.1)
+    sp = st.Sparsifier(m, sgd, st.SET(density=0.3, update_interval=2), total_steps=100)
+    x = torch.randn(4, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(m, sgd, 2, x)  # its own optimizer: no warning
+    adam = torch.optim.Adam(m.parameters())
+    with pytest.warns(st.InputWarning, match=r"an optimizer \(Adam\) other than the Sparsifier's \(SGD\) steps 2 of "
+                                             r"its sparse weights \(0.weight, 2.weight\)"):
+        _steps(m, adam, 1, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(m, adam, 2, x)  # once per optimizer
+    assert sp.step == 2
+    # the recipe the warning gives continues the run on the new optimizer
+    state = sp.state_dict()
+    sp.remove()
+    sp = st.Sparsifier(m, adam, st.SET(density=0.3, update_interval=2), total_steps=100, state=state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(m, adam, 2, x)
+    assert sp.step == 4 and sp.updates == 2
+    sp.remove()
+
+
+def test_an_optimizer_of_other_weights_or_one_stepped_inside_the_sparsifiers_is_not_foreign():
+    m = _model()
+    head = nn.Linear(4, 2)
+
+    class Wrapper(torch.optim.Optimizer):  # a Lookahead / ZeroRedundancyOptimizer-like wrapper
+        def __init__(self, params):
+            params = list(params)
+            super().__init__(params, {})
+            self.inner = torch.optim.SGD(params, lr=0.1)
+
+        def step(self, closure=None):
+            self.inner.step()
+
+    wrapped = Wrapper(m.parameters())
+    other = torch.optim.SGD(head.parameters(), lr=0.1)
+    sp = st.Sparsifier(m, wrapped, st.SET(density=0.3, update_interval=2), total_steps=100)
+    x = torch.randn(4, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            wrapped.zero_grad()
+            other.zero_grad()
+            head(m(x)).sum().backward()
+            wrapped.step()
+            other.step()
+    assert sp.step == 3
+    sp.remove()

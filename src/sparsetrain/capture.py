@@ -5,10 +5,17 @@ included, but only at the steps a topology update follows. The storages hand it 
 ``backward()`` (a masked layer's tensor hook sees the dense gradient before masking it; a
 compressed layer forms ``∂L/∂yᵀ x`` or keeps its factors) and this module keeps it:
 
-- :func:`accumulate` sums the micro-batches of one step into ``layer.grad_buffer``; the buffer
-  continues only if ``.grad`` is exactly what the last accumulation left (same tensor, same
-  version), so ``zero_grad`` or a step skipped by GradScaler starts afresh;
-- :func:`record_signature` (a post-accumulate-grad hook) remembers that tensor and version;
+- :func:`accumulate` (the storages' gradient hooks) stages this backward's dense gradient; the
+  buffer will continue only if ``.grad`` is exactly what the last accumulation left (same tensor,
+  same version), so ``zero_grad`` or a step skipped by GradScaler starts afresh;
+- :func:`record_signature` (a post-accumulate-grad hook) adds the staged gradient to
+  ``layer.grad_buffer`` and remembers ``.grad``'s tensor and version. Only a backward that
+  accumulates into ``.grad`` counts: a ``torch.autograd.grad`` call between backward and step
+  (a gradient penalty, a probe) runs the gradient hooks too, but its gradient is never staged in;
+- :func:`adopt_assigned` (before the step) takes a ``.grad`` the user assigned instead of
+  accumulating it (``p.grad = g``): it is masked like a backward's and, at a step an update
+  follows, the gradient the hooks last saw (``g = torch.autograd.grad(...)``: the hooks mask
+  ``g`` but see it dense) or else the assigned one becomes the captured gradient;
 - :func:`match_optimizer_scale` brings the buffer to the scale the optimizer sees (GradScaler's
   unscaling and gradient clipping rescale ``.grad`` in place after backward);
 - :func:`first_nonfinite` names a layer whose captured gradient has a NaN or infinity.
@@ -24,11 +31,13 @@ import torch
 from .masks import LayerState
 from .sparse.lowrank import LowRankGrad
 
-__all__ = ["accumulate", "record_signature", "match_optimizer_scale", "first_nonfinite", "clear"]
+__all__ = ["accumulate", "record_signature", "adopt_assigned", "match_optimizer_scale", "first_nonfinite",
+           "clear"]
 
 
 def accumulate(layer: LayerState, grad: Any, step: int) -> None:
-    """Add this backward's dense gradient (a tensor or :class:`LowRankGrad`) to the step's buffer."""
+    """Stage this backward's dense gradient (a tensor or :class:`LowRankGrad`) for the step's buffer;
+    :func:`record_signature` adds it once autograd has accumulated ``.grad``."""
     g = layer.param.grad
     fresh = (
         layer.grad_buffer is None
@@ -37,14 +46,38 @@ def accumulate(layer: LayerState, grad: Any, step: int) -> None:
         or layer.grad_signature != (g.data_ptr(), g._version)
     )
     grad = grad.detach() if torch.is_tensor(grad) else grad  # a LowRankGrad holds detached factors
-    layer.grad_buffer = grad if fresh else layer.grad_buffer + grad
-    layer.grad_buffer_step = step
+    layer.grad_pending = (grad, fresh, step)
 
 
 def record_signature(layer: LayerState, param: torch.Tensor) -> None:
-    """After ``.grad`` was accumulated: remember which tensor and version our buffer matches."""
-    if layer.grad_buffer is not None and param.grad is not None:
+    """After ``.grad`` was accumulated: add the staged gradient to the buffer and remember which
+    tensor and version of ``.grad`` the buffer matches."""
+    pending, layer.grad_pending = layer.grad_pending, None
+    if pending is not None:
+        grad, fresh, step = pending
+        layer.grad_buffer = grad if fresh or layer.grad_buffer is None else layer.grad_buffer + grad
+        layer.grad_buffer_step = step
+    if param.grad is not None:
         layer.grad_signature = (param.grad.data_ptr(), param.grad._version)
+
+
+def adopt_assigned(layer: LayerState, step: int, capturing: bool) -> None:
+    """Before the optimizer step: if ``.grad`` is not the tensor the last backward accumulated (the
+    user assigned it), mask it like a backward's gradient and, when ``capturing``, take it as the
+    step's dense gradient (in place of one no backward captured)."""
+    g = layer.param.grad
+    if g is None or (layer.grad_signature and layer.grad_signature[0] == g.data_ptr()):
+        return
+    pending, layer.grad_pending = layer.grad_pending, None
+    if capturing and (layer.grad_buffer is None or layer.grad_buffer_step != step):
+        if pending is not None and pending[2] == step:
+            # torch.autograd.grad's gradient went through the hooks (so the assigned one is masked):
+            # the dense gradient the hooks saw is the captured one
+            layer.grad_buffer, layer.grad_buffer_step = pending[0], step
+        elif layer.storage.kind == "masked":  # assigned from elsewhere: dense as given
+            layer.grad_buffer, layer.grad_buffer_step = g.detach().clone(), step
+    layer.storage.mask_grad(layer)
+    layer.grad_signature = (g.data_ptr(), g._version)
 
 
 def match_optimizer_scale(layers: Iterable[LayerState], step: int) -> None:

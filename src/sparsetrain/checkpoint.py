@@ -197,6 +197,7 @@ def state_dict(sp: "Sparsifier") -> dict[str, Any]:
             "shape": list(l.shape),
             "n_active": l.n_active,
             "target_density": l.target_density,
+            "pinned": l.pinned,
             **_active_form(l),
             **_counter_form(l),
             "count_step": l.count_step,
@@ -275,6 +276,13 @@ def check_config(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = True
     if saved is not None:
         diff = sorted(k for k in set(saved) | set(ours) if k != "name" and saved.get(k) != ours.get(k))
         problems += [f"{k}={saved.get(k)!r} (this sparsifier: {ours.get(k)!r})" for k in diff]
+    # layers pinned with dense=: saved since format 'pinned' exists (older states carry no flag)
+    theirs_pinned = sorted(n for n, s in state["layers"].items() if s.get("pinned"))
+    if all("pinned" in s for s in state["layers"].values()):
+        ours_pinned = sorted(n for n, l in sp.layers.items() if l.pinned)
+        if theirs_pinned != ours_pinned:
+            problems.append(f"layers pinned dense {theirs_pinned} (this sparsifier: {ours_pinned}, "
+                            "set by dense=)")
     if problems:
         msg = (f"this Sparsifier state was saved with {', '.join(problems)}; build the sparsifier with the "
                "saved settings, or pass strict=False to load it into this configuration on purpose")

@@ -162,6 +162,8 @@ class LayerState:
         self.grad_buffer = grad_buffer
         self.grad_buffer_step = grad_buffer_step
         self.grad_signature = grad_signature
+        #: this backward's gradient, staged until ``.grad`` is accumulated (:mod:`sparsetrain.capture`)
+        self.grad_pending: Optional[tuple] = None
         #: dense shape of the weight
         self.shape = torch.Size(shape if shape is not None else param.shape)
         #: where the weight lives (a :class:`~sparsetrain.storage.Storage`); set by the Sparsifier

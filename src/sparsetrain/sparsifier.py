@@ -227,6 +227,7 @@ class Sparsifier:
         self.generator = torch.Generator().manual_seed(self.algorithm.seed)
         self._enabled = True
         self._warned_past_end = False
+        self._in_step = False  # inside this optimizer's step(): an inner optimizer stepping is not foreign
         self._handles: list[Any] = []
 
         #: what is sparse, what is left dense and why (:class:`~sparsetrain.selection.Selection`)
@@ -335,12 +336,18 @@ class Sparsifier:
             self._reduced_at = self.step
 
     def _pre_step(self, optimizer, args, kwargs):
+        self._in_step = True
         if self._check_loaded and self._enabled:
             self._check_loaded = False
             self._warn_if_weights_lost()
         if self._frozen_left and self._enabled:
             self._warn_if_unfrozen()
-        if not self._enabled or not self._capturing():
+        if not self._enabled:
+            return
+        capturing = self._capturing()
+        for layer in self.layers.values():  # a .grad assigned instead of accumulated: masked, and captured
+            capture.adopt_assigned(layer, self.step, capturing)
+        if not capturing:
             return
         group = self._group()
         if group is not None:
@@ -433,6 +440,7 @@ class Sparsifier:
                 stacklevel=3)
 
     def _post_step(self, optimizer, args, kwargs):
+        self._in_step = False
         if not self._enabled:
             return
         if self._capturing():

@@ -120,6 +120,10 @@ class Storage:
         """The last gradient with the weight's dense shape (zeros off the mask), or ``None``."""
         raise NotImplementedError
 
+    def mask_grad(self, layer: "LayerState") -> None:
+        """Zero ``.grad`` off the mask (a gradient assigned instead of accumulated by backward); a
+        storage whose gradient exists only at its nonzeros has nothing to do."""
+
     def grad_at_active(self, layer: "LayerState", grad: Any) -> torch.Tensor:
         """A captured dense gradient restricted to the active entries (for its norm)."""
         return grad[layer.mask]

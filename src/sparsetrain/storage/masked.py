@@ -84,6 +84,17 @@ class MaskedStorage(Storage):
     def dense_grad(self) -> Optional[torch.Tensor]:
         return self.param.grad
 
+    @torch.no_grad()
+    def mask_grad(self, layer: "LayerState") -> None:
+        g = self.param.grad
+        if g is None or layer.is_dense:
+            return
+        self._sync(layer)
+        if self._nan_safe or g.dtype != self.mask_mul.dtype or g.device != self.mask_mul.device:
+            g.masked_fill_(~layer.mask.to(g.device), 0)  # selection: a NaN at a masked weight is cleared too
+        else:
+            g.mul_(self.mask_mul)
+
     def grad_at_active(self, layer: "LayerState", grad) -> torch.Tensor:
         self._sync(layer)
         return grad * self.mask_mul
