@@ -406,3 +406,15 @@ def test_an_attention_module_whose_products_are_not_seen_is_warned():
     with pytest.warns(st.InputWarning, match="no attention product seen in 0"):
         r = st.flops(nn.Sequential(PoolAttention()), torch.randn(2, 5, 8))
     assert r.attention == {"0": 0.0}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_transposed_convolution_counts_its_input_positions(stride):
+    """Each input position of a transposed convolution meets every weight once: its MACs are the ones torch computes
+    (checked here against a hand count from the unfolded matmul), not its output positions times the weight."""
+    torch.manual_seed(0)
+    m = nn.ConvTranspose2d(4, 6, 3, stride=stride, groups=2)
+    x = torch.randn(2, 4, 5, 5)
+    r = st.flops(m, x)
+    # hand count: every one of the 25 input positions multiplies each in-channel by its 3 out-channels x 9 taps
+    assert r.layers["weight"].dense == 25 * 4 * 3 * 9 == 25 * m.weight.numel()

@@ -289,3 +289,29 @@ def test_depthwise_channels_with_no_active_weight_are_named_with_the_fix():
         warnings.simplefilter("always")
         st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.5), total_steps=100)
     assert not [x for x in w if "no active weight" in str(x.message)]
+
+
+def test_an_uninitialised_lazy_module_is_refused_with_the_fix():
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(Exception, match=r"lazy modules .* run one forward pass with an example batch"):
+        plan(model)
+    model(torch.randn(3, 5))  # materialised: selected as usual
+    assert [s.name for s in plan(model).selected] == ["0.weight", "2.weight"]
+
+
+def test_parametrized_weights_stay_dense_and_say_why():
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    model = nn.Sequential(weight_norm(nn.Linear(8, 16)), nn.ReLU(), spectral_norm(nn.Linear(16, 4)), nn.Linear(4, 4))
+    sel = plan(model)
+    assert [s.name for s in sel.selected] == ["3.weight"]
+    why = {n: r for n, _, r in sel.left}
+    assert why["0.parametrizations.weight.original1"].startswith("parametrized weight (WeightNorm): remove")
+    assert why["2.parametrizations.weight.original"].startswith("parametrized weight (SpectralNorm): remove")
+    # only parametrized weights: the error says so (it used to be the generic "no prunable parameter matched")
+    only = nn.Sequential(weight_norm(nn.Linear(8, 16)), nn.ReLU(), spectral_norm(nn.Linear(16, 4)))
+    with pytest.raises(Exception, match=r"weight matrices are parametrized .*remove_parametrizations"):
+        plan(only)
+    # named in include=, spectral_norm's original is sparse
+    sel = plan(only, include=["2.parametrizations.weight.original"])
+    assert [s.name for s in sel.selected] == ["2.parametrizations.weight.original"]

@@ -125,3 +125,40 @@ def test_summary_names_each_layers_storage():
     assert rows["0.weight"][2] == "compressed" and rows["2.weight"][2] == "masked"
     sp.remove()
     assert model[0].dense_grad_request is None  # the storage detached its hooks
+
+
+def test_optimizer_state_masks_cannot_reach_is_warned_about_after_the_first_step():
+    import warnings
+
+    import pytest
+
+    for make, keys in ((lambda p: torch.optim.Adafactor(p, lr=0.01), "col_var, row_var"),
+                       (lambda p: torch.optim.LBFGS(p), "d, old_dirs, old_stps, prev_flat_grad")):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = make(m.parameters())
+        sp = st.Sparsifier(m, opt, st.RigL(density=0.3, update_interval=2), total_steps=100)
+        x = torch.randn(5, 8)
+
+        def closure():
+            opt.zero_grad()
+            loss = m(x).sum()
+            loss.backward()
+            return loss
+
+        with pytest.warns(st.InputWarning, match=rf"{type(opt).__name__} keeps state not shaped like the weights "
+                                                 rf"\({keys} of 0.weight"):
+            opt.step(closure)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.step(closure)  # once
+        sp.remove()
+    # per-weight state (Adam's moments): masked, so nothing to say
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.Adam(m.parameters())
+    sp = st.Sparsifier(m, opt, st.RigL(density=0.3), total_steps=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(torch.randn(5, 8)).sum().backward()
+        opt.step()
+    sp.remove()

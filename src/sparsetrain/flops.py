@@ -11,7 +11,8 @@ Convention (as in the DST literature): one multiply-accumulate counts as one FLO
 
   where ``positions`` is the number of output elements per example divided by the number of
   output channels (``1`` per example for a Linear layer on a vector, ``T`` on a sequence of
-  length ``T``, ``H_out·W_out`` for a Conv2d);
+  length ``T``, ``H_out·W_out`` for a Conv2d; for a transposed convolution ``H_in·W_in``, the
+  input positions, each of which meets every weight once);
 - **attention products** ``QKᵀ`` and ``AV`` (``2·T·S·d`` per example for ``T`` queries, ``S``
   keys and ``d = heads × head_dim``, the full score matrix even under a causal mask). They do not
   depend on weight sparsity, so they count the same in the dense and the sparse total. They are
@@ -272,6 +273,10 @@ def flops(model: nn.Module, example_input, masks: Optional[Mapping[str, torch.Te
             channels = (module.out_features if isinstance(module, (nn.Linear, SparseLinear)) else
                         module.nf if is_conv1d_like(module) else module.out_channels)
             positions = out.numel() / batch / channels
+            if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                # each input position meets every weight once (out_channels/groups x kernel per in-channel):
+                # its output positions would over-count by the stride's fill and the kernel's overlap
+                positions = _first(inputs).numel() / batch / module.in_channels
             if isinstance(module, SparseLinear):  # compressed: its stored entries are its nonzeros
                 numel, stored = module.weight_shape.numel(), module.nnz
             else:

@@ -153,6 +153,24 @@ def _weight_norm_gain(module: Optional[nn.Module], attr: str) -> bool:
     return attr.endswith("_g") and module is not None and isinstance(getattr(module, attr[:-2] + "_v", None), nn.Parameter)
 
 
+_PARAMETRIZED = "parametrized weight"
+_REMOVE_PARAMETRIZATION = "remove the parametrization to train it sparse (torch.nn.utils.parametrize.remove_parametrizations)"
+
+
+def _parametrized(module: Optional[nn.Module]) -> Optional[str]:
+    """For an ``original*`` tensor of ``torch.nn.utils.parametrize`` (weight_norm, spectral_norm,
+    orthogonal, ...), the parametrizations' names; else ``None``."""
+    if type(module).__name__ != "ParametrizationList" or not isinstance(module, nn.ModuleList):
+        return None
+    return ", ".join(type(m).__name__.lstrip("_") for m in module) or "parametrization"
+
+
+def _uninitialized(model: nn.Module) -> list[str]:
+    """Parameters of lazy modules (``nn.LazyLinear``, ...) that no forward pass has materialised."""
+    lazy = nn.parameter.UninitializedParameter
+    return [n for n, p in model.named_parameters() if isinstance(p, lazy)]
+
+
 def matches(selector: Selector, name: str, param: nn.Parameter, module: nn.Module, attr: str) -> bool:
     """Whether a selector (glob on the parameter name, module type, :data:`DEFAULT_LAYERS` or
     predicate) matches the parameter ``name`` held by ``module`` as ``attr``. A module type matches
@@ -312,6 +330,12 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
         if not _is_selector(s):
             raise InputTypeError(f"a selector must be a name glob, a module type, st.DEFAULT_LAYERS or a predicate, "
                                  f"got {s!r}")
+    lazy = _uninitialized(model)
+    if lazy:
+        raise InputError(
+            f"parameter(s) {lazy[:3]}{'...' if len(lazy) > 3 else ''} belong to lazy modules (nn.LazyLinear, "
+            "nn.LazyConv2d, ...) that no forward pass has initialised yet, so their shapes are unknown: run one "
+            "forward pass with an example batch (model(x)) before building the optimizer and the Sparsifier")
     params = _aliases(model)
     embedded = {id(p) for _, module in model.named_modules() if isinstance(module, EMBEDDING_MODULES)
                 for attr, p in module.named_parameters(recurse=False) if attr == "weight"}
@@ -360,9 +384,11 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
             opt_in = f"include=[st.DEFAULT_LAYERS, {name!r}]"
         if not found:
             # a (1, 1, E) tensor (MultiheadAttention's bias_k/bias_v) is a vector too: not offered as a layer
+            kinds = _parametrized(aliases[0].module)
             why = ("1-D" if _dims(param, aliases) < 2 or (_dims(param, aliases) > 2 and
                                                          sum(d > 1 for d in _shape(param, aliases)) < 2) else
                    f"embedding (opt in: {opt_in})" if pid in embedded else
+                   f"{_PARAMETRIZED} ({kinds}): {_REMOVE_PARAMETRIZATION}" if kinds and not include else
                    f"{type(aliases[0].module).__name__} {aliases[0].attr}, not sparse by default (opt in: {opt_in})"
                    if not include else "not matched by include=")
             out.left.append((name, shape, why))
@@ -420,6 +446,15 @@ def plan(model: nn.Module, include=None, exclude=None, dense=None) -> Selection:
                 f"no prunable parameter: the model's only weight matrices are embeddings or tied to one ({', '.join(emb)}), "
                 f"which stay dense by default; to make them sparse name them: include=[{emb[0]!r}] or "
                 "include=[nn.Embedding]")
+        para = [n for n, _, r in out.left if r.startswith(_PARAMETRIZED)]
+        if para:
+            raise InputError(
+                f"no prunable parameter: the model's weight matrices are parametrized ({', '.join(para[:3])}"
+                f"{', ...' if len(para) > 3 else ''}), and parametrized weights stay dense: the optimizer holds "
+                "their originals, from which the weight is recomputed at every access. To train them sparse, remove "
+                "the parametrizations first (torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')); "
+                "naming an original in include= works for spectral_norm's but not for weight_norm's (it divides by "
+                "each row's norm, so a row with no active weight gives NaN)")
         raise InputError(
             "no prunable parameter matched: by default the weight matrices of Linear, Conv1d/2d/3d, Conv1D, "
             "MultiheadAttention and RNN/LSTM/GRU modules are sparse; pass include=[...] with parameter-name globs "

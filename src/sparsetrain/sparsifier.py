@@ -439,6 +439,23 @@ class Sparsifier:
                 "model, the optimizer and the Sparsifier (docs/correctness.md, resume recipe)", InputWarning,
                 stacklevel=3)
 
+    def _warn_if_state_unmasked(self) -> None:
+        """After the first step: warn once about optimizer state that no mask can reach."""
+        found = {n: keys for n, l in self.layers.items() if (keys := l.storage.unmasked_state(self.optimizer, l.param))}
+        if not found:
+            return
+        name, keys = next(iter(found.items()))
+        lbfgs = isinstance(self.optimizer, torch.optim.LBFGS)
+        warnings.warn(
+            f"sparsetrain: {type(self.optimizer).__name__} keeps state not shaped like the weights ({', '.join(keys)} of "
+            f"{name}{' and others' if len(found) > 1 else ''}), which masks cannot reach: it is not zero at masked "
+            "weights, and regrown weights inherit it instead of starting from fresh state. " + (
+                "LBFGS's flat direction history also moves dropped weights inside step() after a topology update "
+                "(they are zeroed after it); clear its state after each update (optimizer.state.clear()) to restart "
+                "the curvature estimate" if lbfgs else
+                "Their own weights still stay exactly 0 (zero gradient, zeroed after every step)"),
+            InputWarning, stacklevel=4)
+
     def _post_step(self, optimizer, args, kwargs):
         self._in_step = False
         if not self._enabled:
@@ -458,6 +475,8 @@ class Sparsifier:
                 "(end, drop fraction, pruning) have run their course, so no further update follows their plan; "
                 "pass the real run length as total_steps (len(loader) * epochs)", InputWarning, stacklevel=3)
         self.apply_masks()
+        if self.step == 1:
+            self._warn_if_state_unmasked()
         if self.algorithm.dense_grad_every_step:
             # e.g. SNFS's momentum of dense gradients; every such step costs a dense weight gradient
             self.dense_grad_steps += 1

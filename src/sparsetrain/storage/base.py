@@ -157,6 +157,18 @@ class Storage:
         return [v for v in state.values() if torch.is_tensor(v) and v.shape == param.shape]
 
     @staticmethod
+    def unmasked_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[str]:
+        """The state keys of ``param`` holding more than a scalar but not shaped like it (factored or
+        flattened state: Adafactor's row/column moments, LBFGS's direction history), which masks
+        cannot reach."""
+        def shaped(v):
+            if isinstance(v, (list, tuple)):
+                return any(torch.is_tensor(x) and x.numel() > 1 for x in v)
+            return torch.is_tensor(v) and v.numel() > 1 and v.shape != param.shape
+
+        return sorted(k for k, v in (optimizer.state.get(param) or {}).items() if shaped(v))
+
+    @staticmethod
     def fresh_state_values(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, float]:
         """The nonzero values a *new* parameter's weight-shaped state starts from, by state key, for
         the optimizers that start one away from zero: Rprop's ``step_size`` (the group's ``lr``) and
