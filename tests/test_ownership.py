@@ -116,3 +116,31 @@ def test_an_optimizer_of_other_weights_or_one_stepped_inside_the_sparsifiers_is_
             other.step()
     assert sp.step == 3
     sp.remove()
+
+
+def test_a_wrapper_around_the_sparsifiers_optimizer_or_one_holding_frozen_weights_is_not_foreign():
+    m = _model()
+    sgd = torch.optim.SGD(m.parameters(), lr=0.1)
+
+    class SAMLike(torch.optim.Optimizer):  # steps the Sparsifier's optimizer from inside its own step
+        def __init__(self, base):
+            super().__init__(base.param_groups, {})
+            self.base = base
+
+        def step(self, closure=None):
+            self.base.step()
+
+    sam = SAMLike(sgd)
+    sp = st.Sparsifier(m, sgd, st.SET(density=0.3, update_interval=2), total_steps=100)
+    x = torch.randn(4, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(m, sam, 3, x)
+        # an optimizer over the same weights that never gets their gradients steps none of them
+        idle = torch.optim.Adam(m.parameters())
+        sgd.zero_grad()
+        idle.step()
+    assert sp.step == 3
+    with pytest.warns(st.InputWarning, match=r"an optimizer \(Adam\) other than"):
+        _steps(m, idle, 1, x)  # checked again once it does
+    sp.remove()

@@ -162,3 +162,23 @@ def test_optimizer_state_masks_cannot_reach_is_warned_about_after_the_first_step
         m(torch.randn(5, 8)).sum().backward()
         opt.step()
     sp.remove()
+
+
+def test_lbfgs_state_is_warned_about_whatever_its_first_parameter():
+    import pytest
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.LBFGS(m.parameters())  # its state sits under the LayerNorm's weight, which is not sparse
+    sp = st.Sparsifier(m, opt, st.RigL(density=0.3, update_interval=2), total_steps=100)
+    x = torch.randn(5, 8)
+
+    def closure():
+        opt.zero_grad()
+        loss = m(x).sum()
+        loss.backward()
+        return loss
+
+    with pytest.warns(st.InputWarning, match=r"LBFGS keeps state not shaped like the weights \(d, old_dirs"):
+        opt.step(closure)
+    sp.remove()

@@ -24,6 +24,7 @@ compressed layer forms ``∂L/∂yᵀ x`` or keeps its factors) and this module 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Iterable, Optional
 
 import torch
@@ -43,13 +44,13 @@ def accumulate(layer: LayerState, grad: Any, step: int) -> None:
         layer.grad_buffer is None
         or layer.grad_buffer_step != step
         or g is None
-        or layer.grad_signature != (g.data_ptr(), g._version)
+        or not _recorded(layer, g, version=True)
     )
     grad = grad.detach() if torch.is_tensor(grad) else grad  # a LowRankGrad holds detached factors
     layer.grad_pending = (grad, fresh, step)
 
 
-def record_signature(layer: LayerState, param: torch.Tensor) -> None:
+def record_signature(layer: LayerState, param: torch.Tensor, step: int) -> None:
     """After ``.grad`` was accumulated: add the staged gradient to the buffer and remember which
     tensor and version of ``.grad`` the buffer matches."""
     pending, layer.grad_pending = layer.grad_pending, None
@@ -58,15 +59,32 @@ def record_signature(layer: LayerState, param: torch.Tensor) -> None:
         layer.grad_buffer = grad if fresh or layer.grad_buffer is None else layer.grad_buffer + grad
         layer.grad_buffer_step = step
     if param.grad is not None:
-        layer.grad_signature = (param.grad.data_ptr(), param.grad._version)
+        _record(layer, param.grad)
+        layer.grad_accumulated_at = step
+
+
+def _record(layer: LayerState, g: torch.Tensor) -> None:
+    # the tensor itself (a weak reference), not its address: a freed .grad's memory is often reused
+    layer.grad_signature = (weakref.ref(g), g._version)
+
+
+def _recorded(layer: LayerState, g: torch.Tensor, version: bool) -> bool:
+    sig = layer.grad_signature
+    return bool(sig) and sig[0]() is g and (not version or sig[1] == g._version)
 
 
 def adopt_assigned(layer: LayerState, step: int, capturing: bool) -> None:
-    """Before the optimizer step: if ``.grad`` is not the tensor the last backward accumulated (the
-    user assigned it), mask it like a backward's gradient and, when ``capturing``, take it as the
-    step's dense gradient (in place of one no backward captured)."""
+    """Before and after the optimizer step (a closure assigns ``.grad`` inside it): if ``.grad`` is
+    not a tensor a backward accumulated or this function saw (the user assigned it), mask it like a
+    backward's gradient and, when ``capturing``, take it as the step's dense gradient (in place of
+    one no backward captured)."""
     g = layer.param.grad
-    if g is None or (layer.grad_signature and layer.grad_signature[0] == g.data_ptr()):
+    if g is None or _recorded(layer, g, version=False):
+        return
+    if layer.grad_accumulated_at == step:
+        # a backward accumulated this step, and .grad was replaced since by a masked copy (DDP's
+        # gradient_as_bucket_view): nothing to mask or capture
+        _record(layer, g)
         return
     pending, layer.grad_pending = layer.grad_pending, None
     if capturing and (layer.grad_buffer is None or layer.grad_buffer_step != step):
@@ -77,7 +95,7 @@ def adopt_assigned(layer: LayerState, step: int, capturing: bool) -> None:
         elif layer.storage.kind == "masked":  # assigned from elsewhere: dense as given
             layer.grad_buffer, layer.grad_buffer_step = g.detach().clone(), step
     layer.storage.mask_grad(layer)
-    layer.grad_signature = (g.data_ptr(), g._version)
+    _record(layer, g)
 
 
 def match_optimizer_scale(layers: Iterable[LayerState], step: int) -> None:

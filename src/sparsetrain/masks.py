@@ -164,6 +164,8 @@ class LayerState:
         self.grad_signature = grad_signature
         #: this backward's gradient, staged until ``.grad`` is accumulated (:mod:`sparsetrain.capture`)
         self.grad_pending: Optional[tuple] = None
+        #: the step of the last backward that accumulated into ``.grad``
+        self.grad_accumulated_at = -1
         #: dense shape of the weight
         self.shape = torch.Size(shape if shape is not None else param.shape)
         #: where the weight lives (a :class:`~sparsetrain.storage.Storage`); set by the Sparsifier

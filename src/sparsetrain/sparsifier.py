@@ -43,7 +43,7 @@ from .initial import build_layers
 from .masks import LayerState
 from .registry import make_algorithm
 from .selection import DEFAULT_SPARSE_MODULES, Selector, check_selected, dead_channels, plan as plan_selection
-from .storage import Hooks
+from .storage import Hooks, Storage
 from .update import ForcedUpdate, run_update, streaming_warning
 
 __all__ = ["Sparsifier", "DEFAULT_SPARSE_MODULES", "STATE_FORMAT"]
@@ -228,6 +228,7 @@ class Sparsifier:
         self._enabled = True
         self._warned_past_end = False
         self._in_step = False  # inside this optimizer's step(): an inner optimizer stepping is not foreign
+        self._state_checked = False  # optimizer state masks cannot reach: looked for after the first step
         self._handles: list[Any] = []
 
         #: what is sparse, what is left dense and why (:class:`~sparsetrain.selection.Selection`)
@@ -283,7 +284,7 @@ class Sparsifier:
     def _make_accumulated_hook(self, layer: LayerState):
         def hook(param: torch.Tensor):
             if self._enabled:
-                capture.record_signature(layer, param)
+                capture.record_signature(layer, param, self.step)
 
         return hook
 
@@ -442,6 +443,9 @@ class Sparsifier:
     def _warn_if_state_unmasked(self) -> None:
         """After the first step: warn once about optimizer state that no mask can reach."""
         found = {n: keys for n, l in self.layers.items() if (keys := l.storage.unmasked_state(self.optimizer, l.param))}
+        if isinstance(self.optimizer, torch.optim.LBFGS) and not found:  # its state sits under its first parameter
+            first = self.optimizer.param_groups[0]["params"][0]
+            found = {"the first parameter": Storage.unmasked_state(self.optimizer, first) or ["its history"]}
         if not found:
             return
         name, keys = next(iter(found.items()))
@@ -460,6 +464,10 @@ class Sparsifier:
         self._in_step = False
         if not self._enabled:
             return
+        if callable(kwargs.get("closure")) or any(callable(a) for a in args):  # it may assign .grad inside step()
+            capturing = self._capturing()
+            for layer in self.layers.values():
+                capture.adopt_assigned(layer, self.step, capturing)
         if self._capturing():
             # optimizers stepped with a closure (Lightning) run backward inside step(), after
             # the pre-step hook: the dense gradients are averaged across ranks here instead
@@ -475,7 +483,8 @@ class Sparsifier:
                 "(end, drop fraction, pruning) have run their course, so no further update follows their plan; "
                 "pass the real run length as total_steps (len(loader) * epochs)", InputWarning, stacklevel=3)
         self.apply_masks()
-        if self.step == 1:
+        if not self._state_checked:
+            self._state_checked = True
             self._warn_if_state_unmasked()
         if self.algorithm.dense_grad_every_step:
             # e.g. SNFS's momentum of dense gradients; every such step costs a dense weight gradient
