@@ -300,7 +300,8 @@ def test_config_file_mistakes_are_one_error_line(tmp_path, capsys, text, words):
     (["sweep", "--methods", "rigl", "--grid", "foo=1,2"], ["run rigl", "'foo'", "valid"]),
     (["compare", "--ticket-lr", "0.1"], ["--ticket-lr", "2 comma-separated"]),
     (["demo", "--density", "1.5"], ["run static", "density"]),
-    (["demo", "--epochs", "0"], ["epochs", ">= 1"]),
+    (["demo", "--epochs", "0"], ["--epochs 0", "at least 3"]),
+    (["demo", "--epochs", "2"], ["--epochs 2", "at least 3"]),
 ])
 def test_grid_commands_validate_every_run_before_the_first(tmp_path, capsys, argv, words):
     extra = ["--dataset", "synthetic"] if argv[0] == "sweep" else []

@@ -41,9 +41,9 @@ def test_clipping_is_propagated_and_a_nonfinite_gradient_skips_the_update(monkey
     captured = {}
     orig = sparsifier_mod.run_update
 
-    def spy(sp_, rule):
+    def spy(sp_, rule, manual=False):
         captured["buf"] = layer.grad_buffer.clone()
-        return orig(sp_, rule)
+        return orig(sp_, rule, manual)
 
     monkeypatch.setattr(sparsifier_mod, "run_update", spy)
     opt.step()

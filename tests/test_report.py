@@ -128,3 +128,23 @@ def test_the_ticket_table_selects_no_ticket_on_the_test_set():
     assert cells[:6] == ["rigl+sup-tickets", "90%", "86.00 ± 1.41", "71.00 ± 1.41", "81.00 ± 1.41", "86.00 ± 0.00"]
     assert cells[6:] == ["3", "0.500", "0.1500"]
     assert report.ticket_table([_result(0, 0.8)]) == ""  # no Sup-tickets runs: no table
+
+
+def test_a_row_never_counts_a_seed_twice_and_warns_when_its_runs_differ():
+    """A compare and a sweep written to one directory gave one row "61.00 ± 30.95, seeds 2" from two seed-0 runs
+    trained with different batch sizes and data, without a word."""
+    import warnings
+
+    from sparsetrain.errors import InputError, InputWarning
+    from sparsetrain.experiments.report import check_rows
+
+    other = dict(_result(0, 0.3), config={**_result(0, 0.3)["config"], "batch_size": 256})
+    with pytest.raises(InputError, match=r"2 runs of rigl at density 0.1 have seed 0: a table row averages seeds"):
+        check_rows([_result(0, 0.9), other])
+    mixed = dict(_result(1, 0.3), config={**_result(1, 0.3)["config"], "batch_size": 256})
+    with pytest.warns(InputWarning, match=r"the rigl runs at density 0.1 differ in batch_size: \['256', 'None'\]"):
+        check_rows([_result(0, 0.9), mixed])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_rows([_result(0, 0.9), _result(1, 0.8), dict(_result(2, 0.8), config={**_result(2, 0.8)["config"],
+                                                                                     "threads": 2})])

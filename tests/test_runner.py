@@ -262,3 +262,24 @@ def test_run_directory_refuses_a_foreign_checkpoint_and_keeps_the_log_in_step(tm
     torch.save({"format": "something/else"}, out / "checkpoint_last.pt")
     with pytest.raises(ValueError, match="not a sparsetrain run checkpoint"):
         RunDirectory(out).prepare(_cfg(epochs=2), resume=True)
+
+
+def test_resume_refuses_a_checkpoint_copied_from_a_run_with_other_settings(tmp_path):
+    """Another run's checkpoint_last.pt (a job script copied the wrong file) used to be continued under this run's
+    config.json, so its summary reported the other run's training under these settings."""
+    import shutil
+
+    from sparsetrain.experiments.rundir import RunDirectory
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(_cfg(epochs=2, lr=0.1), a)
+    run(_cfg(epochs=2, lr=0.001), b)
+    (b / "summary.json").unlink()  # as if killed after the last checkpoint
+    shutil.copy(a / "checkpoint_last.pt", b / "checkpoint_last.pt")
+    (b / "checkpoint_prev.pt").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"other settings than this directory's config.json \(lr: 0.1 in the "
+                                         r"checkpoint, 0.001 here\): it comes from another run"):
+        RunDirectory(b).prepare(_cfg(epochs=2, lr=0.001), resume=True)
+    run(_cfg(epochs=2, lr=0.1), tmp_path / "c")
+    (tmp_path / "c" / "summary.json").unlink()
+    assert RunDirectory(tmp_path / "c").prepare(_cfg(epochs=2, lr=0.1), resume=True)["epoch"] == 2  # its own: fine

@@ -315,3 +315,15 @@ def test_parametrized_weights_stay_dense_and_say_why():
     # named in include=, spectral_norm's original is sparse
     sel = plan(only, include=["2.parametrizations.weight.original"])
     assert [s.name for s in sel.selected] == ["2.parametrizations.weight.original"]
+
+
+def test_an_optimizer_built_before_to_sparse_is_named_as_the_cause():
+    import sparsetrain as st
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    m = st.sparse.to_sparse(m)
+    with pytest.raises(st.InputError, match=r"not held by the optimizer.*to_sparse converted: an optimizer built "
+                                            r"before the conversion"):
+        st.Sparsifier(m, opt, st.RigL(density=0.1), total_steps=20)

@@ -283,3 +283,34 @@ def test_the_default_loss_that_does_not_fit_a_language_model_names_loss_fn():
     fit = SNIP(0.3, batch=(x, x), loss_fn=lambda out, y: nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()))
     sp = st.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), fit)
     assert abs(sp.density - 0.3) < 0.01
+
+
+def test_a_batch_of_keyword_inputs_is_scored_like_its_tensor_form():
+    """A Hugging Face batch is a mapping of keyword inputs: ``(mapping, y)`` was refused ("every batch must be an
+    (x, y) pair, got dict") and ``[(mapping, y)]`` failed inside the model."""
+
+    class Net(nn.Module):
+        def __init__(self, logits_dict=False):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+            self.logits_dict = logits_dict
+
+        def forward(self, inputs):
+            out = self.net(inputs)
+            return {"logits": out} if self.logits_dict else out
+
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def masks(batch, **kw):
+        m = Net(**kw)
+        return st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.SNIP(density=0.3, batch=batch)).masks
+
+    ref = masks((x, y))
+    for batch in (({"inputs": x}, y), [({"inputs": x}, y)]):
+        got = masks(batch)
+        assert all(torch.equal(got[n], ref[n]) for n in ref)
+    assert all(0 < int(ref[n].sum()) < ref[n].numel() for n in ref)
+    m = Net(logits_dict=True)
+    with pytest.raises(st.InputError, match="GraSP divides the model's output by its temperature"):
+        st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.GraSP(density=0.3, batch=({"inputs": x}, y)))

@@ -110,9 +110,9 @@ def masks_of(sp):
 def spy_updates(sp):
     """Record, at each topology update, the (post-step, pre-update) weights, masks and state."""
     seen = []
-    orig = sp.update
+    orig = sp._update  # what the step hook calls (sp.update() is the public, by-hand entry)
 
-    def update():
+    def update(*args, **kwargs):
         seen.append({
             "step": sp.step,
             "weights": {n: l.param.detach().clone() for n, l in sp.layers.items()},
@@ -120,9 +120,9 @@ def spy_updates(sp):
             "state": {n: {k: v.clone() for k, v in weight_state(sp.optimizer, l.param).items()}
                       for n, l in sp.layers.items()},
         })
-        return orig()
+        return orig(*args, **kwargs)
 
-    sp.update = update
+    sp._update = update
     return seen
 
 

@@ -273,7 +273,7 @@ def check_config(sp: "Sparsifier", state: Mapping[str, Any], strict: bool = True
     if state["algorithm"] != sp.algorithm.name:
         problems.append(f"algorithm {state['algorithm']!r} (this sparsifier: {sp.algorithm.name!r})")
     saved, ours = state.get("config"), _plain_config(sp)
-    if saved is not None:
+    if saved is not None and not problems:  # another algorithm: its settings differ in kind, not worth listing
         diff = sorted(k for k in set(saved) | set(ours) if k != "name" and saved.get(k) != ours.get(k))
         problems += [f"{k}={saved.get(k)!r} (this sparsifier: {ours.get(k)!r})" for k in diff]
     # layers pinned with dense=: saved since format 'pinned' exists (older states carry no flag)

@@ -311,7 +311,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", formatter_class=fmt,
                           help="quick comparison on Fashion-MNIST: dense, static, SET, RigL, DST-EE, RigL+Sup-tickets")
-    demo.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    demo.add_argument("--epochs", type=int, default=10, help="epochs per run (at least 3)")
     demo.add_argument("--density", type=float, default=0.05, help="fraction of weights kept (0.05 = 95%% sparsity)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--model", default="lenet300-100", help="model (lenet5-caffe is ~20x slower on 2 cores)")
@@ -479,6 +479,9 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 def _dispatch(args, command: str, start: float, commit: str) -> int:
     if args.command == "demo":
+        if args.epochs < 3:
+            raise InputError(f"--epochs {args.epochs}: the demo needs at least 3 (its Sup-tickets run spends the last 2 "
+                             "in cycles of 1 epoch); for a shorter or custom run use sparsetrain compare")
         out = _check_out(args.out)
         out.mkdir(parents=True, exist_ok=True)
         sparsity = 100 * (1 - args.density)

@@ -499,8 +499,11 @@ def check_selected(selected: Sequence[Selected], optimizer: Optional[torch.optim
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [s.name for s in selected if id(s.param) not in held]
     if missing:
+        converted = any(isinstance(s.module, SparseLinear) for s in selected if s.name in missing)
         raise InputError(
             f"parameter(s) {', '.join(missing)} are sparse but not held by the optimizer, so their "
             "masks could not be enforced; create the optimizer over model.parameters() (or add them "
             f"with optimizer.add_param_group), or leave them dense with exclude={missing!r}"
+            + (" (they belong to layers st.sparse.to_sparse converted: an optimizer built before the conversion "
+               "holds the replaced dense weights; build it after to_sparse)" if converted else "")
         )

@@ -121,7 +121,8 @@ class Sparsifier:
         algorithm: an :class:`~sparsetrain.algorithms.Algorithm` (``st.RigL(density=0.1)``) or a
             registered name (``"rigl"``), in which case ``algorithm_kwargs`` build it.
         total_steps: the number of optimizer steps of the run (needed by schedules that end at a
-            fraction of training or anneal over it).
+            fraction of training or anneal over it): ``len(loader) * epochs``, or
+            ``len(loader) // k * epochs`` when gradients accumulate over ``k`` batches.
         include: which parameters are sparse: name globs (``"features.*.weight"``), module types
             (the weight matrices of those modules and of the modules inside them), predicates
             ``f(name, param, module) -> bool`` and :data:`~sparsetrain.DEFAULT_LAYERS`. Default:
@@ -436,8 +437,9 @@ class Sparsifier:
                 f"sparsetrain: after loading, {sum(lost.values())} weights the saved masks keep active are 0 that were "
                 f"not when the state was saved ({shown}): the "
                 "model's weights were probably loaded before this Sparsifier was built (building it zeroes the "
-                "weights off its fresh random mask). Build the Sparsifier first (or pass state=), then load the "
-                "model, the optimizer and the Sparsifier (docs/correctness.md, resume recipe)", InputWarning,
+                "weights off its fresh random mask), or not loaded at all (model.load_state_dict). Build the "
+                "Sparsifier first (or pass state=), then load the model, the optimizer and the Sparsifier "
+                "(docs/correctness.md, resume recipe)", InputWarning,
                 stacklevel=3)
 
     def _warn_if_state_unmasked(self) -> None:
@@ -481,7 +483,8 @@ class Sparsifier:
             warnings.warn(
                 f"sparsetrain: optimizer step {self.step} is past total_steps={self.total_steps}: the schedules "
                 "(end, drop fraction, pruning) have run their course, so no further update follows their plan; "
-                "pass the real run length as total_steps (len(loader) * epochs)", InputWarning, stacklevel=3)
+                "pass the real run length as total_steps (len(loader) * epochs optimizer steps, divided by the "
+                "gradient-accumulation steps if you accumulate)", InputWarning, stacklevel=3)
         self.apply_masks()
         if not self._state_checked:
             self._state_checked = True
@@ -493,9 +496,9 @@ class Sparsifier:
         forced, self.pending_update = self.pending_update, None
         updated = forced is not None or self._scheduled(self.step)
         if forced is not None:
-            self.update(**forced.as_dict())
+            self._update(**forced.as_dict(), manual=False)
         elif updated:
-            self.update()
+            self._update(manual=False)
         if updated:
             group = self._group()
             if group is not None:
@@ -536,10 +539,14 @@ class Sparsifier:
         :meth:`request_update`, which is how to get a dense gradient for it) every sparse layer
         drops that fraction of its active weights by ``drop`` and regrows as many by ``grow``.
         """
+        return self._update(drop_fraction, grow, drop, manual=True)
+
+    def _update(self, drop_fraction: Optional[float] = None, grow: Optional[str] = None, drop: str = "magnitude",
+                manual: bool = True) -> dict[str, Any]:
         self._check_parameters_current()
         if drop_fraction is None:
-            return run_update(self, self.algorithm)
-        return run_update(self, ForcedUpdate(self.algorithm, drop_fraction, grow or "gradient", drop))
+            return run_update(self, self.algorithm, manual)
+        return run_update(self, ForcedUpdate(self.algorithm, drop_fraction, grow or "gradient", drop), manual)
 
     def _check_parameters_current(self) -> None:
         """Refuse to go on if a sparse weight was replaced in the model after attaching

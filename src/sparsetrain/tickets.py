@@ -39,6 +39,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, SequentialLR
 
 from ._util import global_topk
+from .errors import InputError
 from .storage import dense_state, load_dense_state
 from .sparsifier import Sparsifier
 
@@ -67,25 +68,25 @@ def phase_split(epochs: int, cycle_epochs: int = 8, ratio: float = 0.1,
     """
     epochs, cycle_epochs = int(epochs), int(cycle_epochs)
     if epochs < 2:
-        raise ValueError(f"Sup-tickets needs at least 2 epochs (a base phase and one cycle), got {epochs}")
+        raise InputError(f"Sup-tickets needs at least 2 epochs (a base phase and one cycle), got {epochs}")
     if cycle_epochs < 1:
-        raise ValueError(f"cycle_epochs must be >= 1, got {cycle_epochs}")
+        raise InputError(f"cycle_epochs must be >= 1, got {cycle_epochs}")
     if cycles is not None:
         k = int(cycles)
         if k < 1:
-            raise ValueError(f"cycles must be >= 1, got {cycles}")
+            raise InputError(f"cycles must be >= 1, got {cycles}")
     else:
         if not 0.0 < float(ratio) < 1.0:
-            raise ValueError(f"ratio (the share of epochs spent in cycles) must be in (0, 1), got {ratio}")
+            raise InputError(f"ratio (the share of epochs spent in cycles) must be in (0, 1), got {ratio}")
         k = int(math.floor(epochs * float(ratio) + 1e-9)) // cycle_epochs
         if k < 1:
-            raise ValueError(
+            raise InputError(
                 f"{epochs} epochs × ratio {ratio} leaves no full cycle of {cycle_epochs} epochs: "
                 "use a shorter cycle_epochs, a larger ratio, or pass cycles=K"
             )
     e_pre = epochs - k * cycle_epochs
     if e_pre < 1:
-        raise ValueError(
+        raise InputError(
             f"{k} cycles of {cycle_epochs} epochs do not fit in {epochs} epochs with a base phase left; "
             "use fewer or shorter cycles"
         )

@@ -176,7 +176,7 @@ def layer_record(k_drop: int, k_grow: int, n_before: int, fresh: int, changed: i
 
 
 @torch.no_grad()
-def run_update(sp: "Sparsifier", rule) -> dict[str, Any]:
+def run_update(sp: "Sparsifier", rule, manual: bool = False) -> dict[str, Any]:
     """Run one topology update of ``sp`` by ``rule`` now; append and return its record."""
     t = sp.step
     forced = isinstance(rule, ForcedUpdate)
@@ -185,15 +185,23 @@ def run_update(sp: "Sparsifier", rule) -> dict[str, Any]:
     if forced:
         record["forced"] = rule.label
     layers = list(sp.layers.values())
-    if rule.needs_dense_grad:
+    # a weight the step made NaN/inf (a bad batch): magnitudes cannot be ranked, whatever the rule
+    bad_weight = next((l.name for l in layers if not l.is_dense and not bool(torch.isfinite(l.param).all())), None)
+    if rule.needs_dense_grad or bad_weight is not None:
         sparse = [l for l in layers if not l.is_dense]
-        no_grad = bool(sparse) and all(l.grad_buffer is None for l in sparse)
-        bad = None if no_grad else capture.first_nonfinite(layers)
-        if no_grad or bad is not None:
+        no_grad = rule.needs_dense_grad and bool(sparse) and all(l.grad_buffer is None for l in sparse)
+        bad = None if no_grad or not rule.needs_dense_grad else capture.first_nonfinite(layers)
+        if no_grad or bad is not None or bad_weight is not None:
             why, detail = (("non-finite gradient", f"non-finite gradient in {bad} at step {t}") if bad is not None else
+                           ("non-finite weight", f"non-finite weight in {bad_weight} after step {t}")
+                           if bad_weight is not None else
+                           ("no gradient", f"sp.update() called outside an optimizer step has no dense gradient to "
+                                           "grow by (one is captured only for a step an update follows): call "
+                                           "sp.request_update(...) before the step instead, or grow='random'")
+                           if manual else
                            ("no gradient", f"no sparse layer received a gradient before step {t} (optimizer.step() "
                                            "without loss.backward()?)"))
-            fix = " (check the learning rate / loss scaling)" if bad is not None else ""
+            fix = " (check the learning rate / loss scaling)" if bad is not None or bad_weight is not None else ""
             warnings.warn(f"sparsetrain: {detail}; topology update skipped, masks unchanged{fix}", RuntimeWarning,
                           stacklevel=3)
             record.update(skipped=why, grown=0, turnover=0.0, itop_rate=sp.itop_rate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -20,7 +21,20 @@ POSITIONS = ("scored", "random")
 
 
 def _is_single_batch(batch) -> bool:
-    return isinstance(batch, (tuple, list)) and len(batch) == 2 and torch.is_tensor(batch[0])
+    return isinstance(batch, (tuple, list)) and len(batch) == 2 and (torch.is_tensor(batch[0])
+                                                                      or isinstance(batch[0], Mapping))
+
+
+def _to(x: Any, device) -> Any:
+    """A tensor, or a mapping of a model's keyword inputs (a Hugging Face batch), on ``device``."""
+    if isinstance(x, Mapping):
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}
+    return x.to(device) if torch.is_tensor(x) else x
+
+
+def _forward(model: nn.Module, x: Any) -> Any:
+    """``model(**x)`` for a mapping of keyword inputs, else ``model(x)``."""
+    return model(**x) if isinstance(x, Mapping) else model(x)
 
 
 class _Saliency(Static):
@@ -81,13 +95,13 @@ class _Saliency(Static):
             if not (isinstance(b, (tuple, list)) and len(b) >= 2):
                 raise InputTypeError(f"{type(self).__name__}: every batch must be an (x, y) pair, got {type(b).__name__}")
             x, y = b[0], b[1]
-            out.append((x.to(device) if torch.is_tensor(x) else x, y.to(device) if torch.is_tensor(y) else y))
+            out.append((_to(x, device), _to(y, device)))
         if not out:
             raise InputError(f"{type(self).__name__}: the batch iterable gave no batch to score on")
         return out
 
     def loss(self, model, x, y) -> torch.Tensor:
-        return self.loss_fn(model(x), y)
+        return self.loss_fn(_forward(model, x), y)
 
     # -- scores --------------------------------------------------------------------------
     def compute_scores(self, model, params: list[torch.Tensor], batches) -> list[torch.Tensor]:  # pragma: no cover
@@ -164,8 +178,10 @@ class SNIP(_Saliency):
     Args:
         density: global density D.
         batch: ``(x, y)``, or an iterable of ``(x, y)`` batches (all are used unless
-            ``num_batches`` is given).
-        loss_fn: ``loss_fn(output, target) -> scalar``; default cross-entropy.
+            ``num_batches`` is given); ``x`` is a tensor (``model(x)``) or a mapping of keyword
+            inputs (``model(**x)``, a Hugging Face batch).
+        loss_fn: ``loss_fn(output, target) -> scalar``; default cross-entropy (for a Hugging Face
+            model: ``lambda out, y: out.loss`` with ``labels`` in ``x``).
         positions: ``"scored"`` (default) or ``"random"``.
         num_batches: use at most this many batches of ``batch``.
         train_mode: score in train mode (default) or eval mode; the modes are restored after.
@@ -217,7 +233,12 @@ class GraSP(_Saliency):
         return {**super().config(), "temperature": self.temperature}
 
     def loss(self, model, x, y):
-        return self.loss_fn(model(x) / self.temperature, y)
+        out = _forward(model, x)
+        if not torch.is_tensor(out):
+            raise InputError(f"GraSP divides the model's output by its temperature, so it needs a tensor output, got "
+                             f"{type(out).__name__}; wrap the model in a Module whose forward returns its logits "
+                             "(model(**x).logits), or use SNIP, whose loss_fn takes any output")
+        return self.loss_fn(out / self.temperature, y)
 
     def compute_scores(self, model, params, batches):
         g = [torch.zeros_like(p) for p in params]

@@ -508,7 +508,8 @@ def describe_found(results) -> str:
 
 def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> list:
     """The results of one dataset and model (``dataset``/``model`` select them); an :class:`InputError`
-    naming the setups if they mix several: their accuracies are not comparable, let alone averageable."""
+    naming the setups if they mix several: their accuracies are not comparable, let alone averageable
+    (and :func:`check_rows`: no seed twice in a row, a warning for a row mixing settings)."""
     from .data import dataset_name
 
     def ds(r):
@@ -540,7 +541,40 @@ def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> li
         raise InputError(f"the runs are of {len(setups)} different setups (dataset/model: {listed}), whose accuracies "
                          "must not be averaged together: report them one at a time, with --dataset and --model, or "
                          "from separate directories")
+    check_rows(results)
     return results
+
+
+# settings that say how a run was executed or stored, not what was trained
+_HOW = ("seed", "threads", "data_root", "checkpoint_every", "device", "execution", "kernels", "name")
+
+
+def check_rows(results) -> None:
+    """Each table row averages one setting over seeds: an :class:`InputError` if a row would count a
+    seed twice (runs of one method, density and seed from two commands), an
+    :class:`InputWarning` if its runs differ in a setting other than the seed."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        c = r["config"]
+        groups.setdefault((r.get("label", c["method"]), 1.0 if c["method"] == "dense" else c["density"]), []).append(r)
+    for (label, density), rs in groups.items():
+        seeds: dict[Any, int] = {}
+        for r in rs:
+            seeds[r["config"].get("seed")] = seeds.get(r["config"].get("seed"), 0) + 1
+        twice = sorted(s for s, n in seeds.items() if n > 1)
+        if twice:
+            raise InputError(
+                f"{seeds[twice[0]]} runs of {label} at density {density:g} have seed {twice[0]}"
+                f"{f' (and {len(twice) - 1} more seeds are repeated)' if len(twice) > 1 else ''}: a table row averages "
+                "seeds, each once, so these runs come from two commands (e.g. a compare and a sweep written to one "
+                "directory). Report each command's directory separately, or remove the duplicates")
+        keys = sorted({k for r in rs for k in r["config"]} - set(_HOW))
+        differ = [k for k in keys if len({json.dumps(r["config"].get(k), sort_keys=True, default=str) for r in rs}) > 1]
+        if differ:
+            shown = ", ".join(f"{k}: {sorted({str(r['config'].get(k)) for r in rs})}" for k in differ[:3])
+            warnings.warn(f"the {label} runs at density {density:g} differ in {shown}{' ...' if len(differ) > 3 else ''}: "
+                          "their row averages runs trained differently; label them apart (--name) or report them "
+                          "separately", InputWarning)
 
 
 def describe_runs(results) -> str:

@@ -135,9 +135,28 @@ class RunDirectory:
             for f in RUN_FILES:
                 (out / f).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.check_settings(cfg)
-        return self.checkpoint() if resume else None
+        if not resume:
+            return None
+        self.check_settings(cfg)
+        ckpt = self.checkpoint()
+        self._check_own(ckpt)
+        return ckpt
+
+    def _check_own(self, ckpt: Optional[dict[str, Any]]) -> None:
+        """Refuse a checkpoint whose settings are not this directory's (copied from another run);
+        ``threads`` and ``epochs`` aside (``--extend`` raises the epochs before the next save)."""
+        theirs = ckpt.get("config") if isinstance(ckpt, dict) else None
+        if not isinstance(theirs, dict) or not (self.path / "config.json").exists():
+            return
+        saved = self._meta()["config"]
+        diff = sorted(k for k in set(saved) | set(theirs) if k not in ("threads", "epochs")
+                      and saved.get(k) != theirs.get(k))
+        if diff:
+            raise InputError(
+                f"{self.path}: its checkpoint was saved by a run with other settings than this directory's config.json "
+                f"({', '.join(f'{k}: {theirs.get(k)!r} in the checkpoint, {saved.get(k)!r} here' for k in diff[:4])}"
+                f"{', ...' if len(diff) > 4 else ''}): it comes from another run. Put back this run's checkpoint, or "
+                "start over with --overwrite")
 
     def check_settings(self, cfg: RunConfig) -> None:
         """Refuse to continue (or report) the run in this directory with other settings than its own
