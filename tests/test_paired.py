@@ -116,3 +116,15 @@ def test_a_chosen_baseline_and_dense_pairs_with_every_density():
     assert "Paired differences from dense" in table and table.count("| dense (baseline) | 0% | 3 | 91.00 |") == 1
     with pytest.raises(InputError, match=r"--baseline 'sett' is not one of .*dense, set, set-itop.*did you mean 'set'"):
         report_sections(results, "sett")
+
+
+def test_rows_with_fewer_than_three_pairs_are_flagged_under_the_table():
+    def r(m, seed, acc):
+        return {"config": {"method": m, "density": 0.1, "seed": seed, "model": "mlp", "dataset": "x"}, "label": m,
+                "test_acc": acc, "density": 0.1, "itop_rate": 0.2}
+
+    two = [r("rigl", 0, 0.8), r("rigl", 1, 0.81), r("set", 0, 0.79), r("set", 1, 0.805)]
+    assert "Rows with 2 pairs: with 2 the t quantile is 12.7" in report_sections(two)
+    three = two + [r("rigl", 2, 0.8), r("set", 2, 0.79)]
+    assert "Rows with" not in report_sections(three)
+    assert "with 1 pair there is no interval" in report_sections([r("rigl", 0, 0.8), r("set", 0, 0.79)])

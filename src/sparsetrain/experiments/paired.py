@@ -253,6 +253,18 @@ def check_baseline(baseline: Optional[str], labels: Sequence[str]) -> None:
                          f"{_near(baseline, arms)}; name the arm as its table label, e.g. --baseline {arms[0]}")
 
 
+def _few_pairs_note(results: Sequence[dict[str, Any]], baseline: str) -> str:
+    """A note under the paired table when a row has fewer than 3 pairs (its interval says little)."""
+    few = sorted({r["pairs"] for r in paired_rows(results, baseline) if r["pairs"] < 3})
+    if not few:
+        return ""
+    return ("\n\nRows with " + " or ".join(map(str, few)) + f" pair{'s' if few != [1] else ''}: "
+            + ("with 1 pair there is no interval; " if 1 in few else "")
+            + ("with 2 the t quantile is 12.7, so the interval is ~7x wider than with 5 pairs at the same spread; "
+               if 2 in few else "")
+            + "read them as indications, not tests (run more seeds: --seeds).")
+
+
 def report_sections(results: Sequence[dict[str, Any]], baseline: Optional[str] = None) -> str:
     """The paired sections of a report: differences from ``baseline`` (default ``rigl`` when it was
     run; ``dense`` pairs with every density) and the Sup-tickets comparison; ``""`` when there is
@@ -278,7 +290,7 @@ def report_sections(results: Sequence[dict[str, Any]], baseline: Optional[str] =
                          "accuracy with a Student-t 95% confidence interval; better / worse counts seeds. "
                          "R_s: weights ever active; survival: share of an update's newly grown weights still "
                          "active after the next update (mean over updates); fresh share: grown weights never "
-                         "active before (mean over updates).\n\n" + table)
+                         "active before (mean over updates).\n\n" + table + _few_pairs_note(results, baseline))
     tickets = ticket_paired_table(results)
     if tickets:
         parts.append("## Sup-tickets against θ_pre and the base alone\n\nθ_pre: the base phase's model just "
