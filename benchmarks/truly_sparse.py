@@ -139,7 +139,7 @@ def training_rss(mode: str, density: float, width: int, depth: int, steps: int =
     """
     code = f"""
 import ctypes, gc, sys, torch
-sys.path.insert(0, 'benchmarks')
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 import truly_sparse as b
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import platform
 import resource
@@ -78,7 +79,7 @@ def dense_peak(width: int, depth: int, steps: int, batch: int) -> float:
     """Peak resident memory (GiB) of ``steps`` dense SGD-momentum steps of the same MLP, in a fresh process."""
     code = f"""
 import resource, sys, torch
-sys.path.insert(0, 'benchmarks')
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 import wide_sparse_mlp as w
 torch.manual_seed(0)
 m = w.build({width}, {depth}, device='cpu')

@@ -142,3 +142,15 @@ def test_bad_hyper_parameters_fail_before_training(kwargs, match):
 def test_registry_and_config():
     a = st.make_algorithm("dstee", density=0.05, c=0.01, bonus="ucb")
     assert isinstance(a, st.DSTEE) and a.config()["bonus"] == "ucb" and a.config()["c"] == 0.01
+
+
+def test_count_steps_without_usage_counters_is_refused_when_built():
+    """It was accepted, then raised a RuntimeError at the first update."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(st.InputError, match="keep track_usage=True, or use count='updates'"):
+        st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.DSTEE(density=0.3), total_steps=1000,
+                      track_usage=False)
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.DSTEE(density=0.3, count="updates"),
+                       total_steps=1000, track_usage=False)
+    assert sp.layers["0.weight"].counter is None

@@ -564,3 +564,51 @@ def test_to_sparse_keeps_the_linears_a_transformer_encoder_layer_reads_as_weight
     model.eval()
     with torch.no_grad():  # the fused eval path too
         assert model(torch.randn(2, 3, 16)).shape == (2, 4)
+
+
+def test_a_gradient_penalty_differentiates_through_the_backward():
+    """``create_graph=True`` (a gradient penalty): the compiled kernels have no autograd of their own, so the
+    first layer's value gradient of the penalty came out 0, silently; it must equal the masked dense layer's."""
+    torch.manual_seed(0)
+    lin, mask = nn.Linear(16, 8), torch.rand(8, 16) < 0.3
+    ref = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 1))
+    ref[0].load_state_dict(lin.state_dict())
+    with torch.no_grad():
+        ref[0].weight.mul_(mask)
+    m = to_sparse(nn.Sequential(lin, nn.Tanh(), copy.deepcopy(ref[2])), masks={"0.weight": mask})
+    x = torch.randn(5, 16)
+
+    def penalty(model):
+        xi = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model(xi).sum(), xi, create_graph=True)
+        (g.norm(dim=1) - 1).pow(2).mean().backward()
+
+    penalty(m)
+    penalty(ref)
+    assert m[0].values.grad.abs().sum() > 0
+    assert torch.allclose(m[0].values.grad, ref[0].weight.grad[m[0].mask()], atol=1e-6)
+
+
+def test_to_dense_refuses_layers_a_live_sparsifier_holds():
+    m = to_sparse(_mlp())
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.2), total_steps=1000)
+    with pytest.raises(st.InputError, match=r"values are held by a Sparsifier .* call .remove\(\) on it before"):
+        to_dense(m)
+    sp.remove()
+    assert isinstance(to_dense(m)[0], nn.Linear)
+
+
+def test_save_compressed_takes_the_sparsifiers_masks_of_a_mixed_model(tmp_path):
+    """A masked conv and a compressed head (``--execution sparse`` on a CNN): ``masks=sp.masks`` names the head's
+    weight, which the state_dict holds as CSR; it was refused as "not entries of the model's state_dict"."""
+    torch.manual_seed(0)
+    m = to_sparse(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)))
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
+    size = save_compressed(m, tmp_path / "m.pt", masks=sp.masks)
+    assert size < save_compressed(m, tmp_path / "dense_conv.pt")  # the conv stored at its mask
+    back = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    back.load_state_dict(load_compressed(tmp_path / "m.pt", dense=True))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(back(x), m(x), atol=1e-5)
+    with pytest.raises(st.InputError, match="not entries of the model's state_dict"):
+        save_compressed(m, tmp_path / "x.pt", masks={"nope.weight": torch.ones(2, 2, dtype=torch.bool)})

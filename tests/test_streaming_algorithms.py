@@ -585,24 +585,29 @@ def test_regrown_weights_get_a_new_parameters_state_on_every_storage(monkeypatch
 
 
 def test_state_an_optimizer_made_before_attaching_follows_a_converted_layers_mask():
-    # to_sparse with a mask, Adagrad (state made in its constructor), then a Sparsifier that draws
-    # another mask: kept positions keep their accumulator, new ones start at initial_accumulator_value
+    # to_sparse with a mask, Adagrad (state made in its constructor), then a Sparsifier: the converted
+    # pattern is kept as the first mask (with its accumulators); at the first update, kept positions keep
+    # their accumulator and regrown ones start at initial_accumulator_value
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 5))
-    first = torch.rand(64, 20) < 0.5
+    first = torch.rand(64, 20) < 0.2
     to_sparse(model, masks={"0.weight": first})
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05, initial_accumulator_value=0.1)
     layer0 = model[0]
     opt.state[layer0.values]["sum"].add_(torch.arange(layer0.nnz, dtype=torch.float32))  # as if it had trained
     before = torch.zeros(64 * 20)
     before[layer0.flat_index()] = opt.state[layer0.values]["sum"]
-    sp = st.Sparsifier(model, opt, st.SET(density=0.2, update_interval=5), total_steps=10)
+    sp = st.Sparsifier(model, opt, st.SET(density=0.2, update_interval=1, end=None), total_steps=10)
+    assert torch.equal(sp.masks["0.weight"], first)
+    assert torch.equal(_momentum(sp, opt, "0.weight", "sum").reshape(-1), before)
+    x, y = _data(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = _momentum(sp, opt, "0.weight", "sum").reshape(-1).clone()  # (the update follows this step)
+    opt.step()  # crashed with a size mismatch before the state followed the positions
     now = _momentum(sp, opt, "0.weight", "sum").reshape(-1)
     mask = sp.masks["0.weight"].reshape(-1)
     kept, new = mask & first.reshape(-1), mask & ~first.reshape(-1)
-    assert kept.any() and new.any()
-    assert torch.equal(now[kept], before[kept]) and bool((now[new] == 0.1).all()) and bool((now[~mask] == 0).all())
-    x, y = _data(1)[0]
-    nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()  # crashed with a size mismatch before the state followed the positions
+    assert sp.updates == 1 and kept.any() and new.any()
+    assert bool((now[new] == 0.1).all()) and bool((now[~mask] == 0).all())
+    assert bool((now[kept] >= before[kept]).all())  # kept: their accumulator, plus this step's g²
     assert_invariants(sp, opt)

@@ -2,16 +2,20 @@
 
 Densities come from the algorithm's distribution (ERK by default) with ``dense=`` pins, turned
 into exact integer counts (:func:`~sparsetrain.distributions.exact_counts`). Masks come from the
-algorithm when it scores them (SNIP, GraSP), from a checkpoint when one is given, and are drawn
-at random otherwise. Each layer's storage then realises its mask; a compressed layer with
+algorithm when it scores them (SNIP, GraSP), from a checkpoint when one is given, from the
+pattern a compressed layer was converted with (``to_sparse(model, masks=...)``: kept, not
+replaced), and are drawn at random otherwise. Each layer's storage then realises its mask; a compressed layer with
 deferred initialisation draws its values at the chosen positions only.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
+
+from .errors import InputError, InputWarning
 
 from .distributions import exact_counts
 from .checkpoint import saved_mask
@@ -21,6 +25,15 @@ from .selection import Selected
 from .storage import Storage, storage_for
 
 __all__ = ["build_layers"]
+
+
+def _converted_pattern(storage: Storage, shape: torch.Size) -> Optional[torch.Tensor]:
+    """The flat positions a compressed layer was converted with, if it holds fewer than all its
+    weights (``to_sparse(model, masks=...)``, or a model whose zeros were a mask); else ``None``."""
+    module = storage.module
+    if module is None or module.deferred or module.nnz >= shape.numel():
+        return None
+    return module.flat_index().clone()
 
 
 def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected], pinned: Sequence[str],
@@ -38,9 +51,11 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
                                 dense=pinned, power=algorithm.erk_power)
     compressed = any(st.module is not None for st in storages.values())
     if compressed and getattr(algorithm, "needs_batch", False):
-        raise ValueError(
+        raise InputError(
             f"{type(algorithm).__name__} scores its initial mask on dense weights; choose the mask on "
-            "the dense model first, then convert with st.sparse.to_sparse(model, masks=sp.masks)"
+            "the dense model first, then convert: masks = sp.masks; sp.remove(); "
+            "st.sparse.to_sparse(model, masks=masks); and build the optimizer and a Sparsifier (e.g. st.Static or "
+            "st.RigL) on the converted model: it starts from the converted pattern"
         )
     # the algorithms see every weight with its dense shape (no data needed: scored masks are refused)
     seen = [(s.name, s.param if storages[s.name].module is None
@@ -48,12 +63,16 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
     given = algorithm.initial_masks(model, seen, counts, generator)
     del seen
     layers: dict[str, LayerState] = {}
+    kept: list[str] = []  # compressed layers that keep the pattern they were converted with
     for s, shape in zip(selected, shapes):
         name, param, storage = s.name, s.param, storages[s.name]
+        pattern = _converted_pattern(storage, shape) if state is None and (given is None or name not in given) else None
         with torch.no_grad():
             dense_w = storage.initial_weight()
             if dense_w is None:  # deferred: no weights yet; drawn below at the chosen positions only
                 init_std = storage.deferred_init_std(counts[name])
+            elif pattern is not None:  # the spread of the weights it holds, not of its zeros
+                init_std = float(param.float().std()) if param.numel() > 1 else 0.0
             else:
                 init_std = float(dense_w.float().std()) if dense_w.numel() > 1 else 0.0
             del dense_w
@@ -69,6 +88,15 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
         elif given is not None and name in given:
             mask = given[name].to(param.device, torch.bool).reshape(shape).clone()
             target = float(torch.count_nonzero(mask)) / shape.numel()
+        elif pattern is not None:
+            kept.append(name)
+            target = pattern.numel() / shape.numel()
+            if indexed:
+                positions = pattern.to(param.device)
+            else:
+                mask = torch.zeros(shape.numel(), dtype=torch.bool, device=param.device)
+                mask[pattern.to(param.device)] = True
+                mask = mask.reshape(shape)
         elif indexed:
             positions = random_positions(shape.numel(), counts[name], generator).to(param.device)
         else:
@@ -103,4 +131,13 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
             layer.set_mask(mask)
         del mask, positions
         layers[name] = layer
+    if kept:
+        total = sum(l.shape.numel() for l in layers.values())
+        real = sum(l.n_active for l in layers.values()) / total
+        if abs(real - algorithm.initial_density) > 0.01 * algorithm.initial_density:
+            warnings.warn(
+                f"sparsetrain: {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''} keep the sparsity pattern they "
+                f"were converted with (st.sparse.to_sparse(model, masks=...)) as their initial mask, so the model's "
+                f"density is {real:.4g}, not the algorithm's density={algorithm.initial_density:g}; convert them with "
+                "masks of that density, or without masks to let the Sparsifier draw them", InputWarning, stacklevel=4)
     return layers

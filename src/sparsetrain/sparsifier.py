@@ -214,6 +214,10 @@ class Sparsifier:
         self.total_steps = int(total_steps) if total_steps is not None else None
         self.algorithm.check_total_steps(self.total_steps, warn=False)  # warned at the end, once nothing failed
         self.track_usage = bool(track_usage)
+        if not self.track_usage and algorithm.needs_usage_counters:
+            raise InputError(f"{type(algorithm).__name__} with count='steps' ranks growth by how long each weight was "
+                             "active, which the usage counters record: keep track_usage=True, or use count='updates' "
+                             "(its own per-update counts, no counters needed)")
         self.nan_safe = bool(nan_safe)
         self.distributed = distributed
         self.process_group = process_group

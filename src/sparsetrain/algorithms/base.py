@@ -92,6 +92,8 @@ class Algorithm:
     dynamic: bool = True
     #: whether the dense gradient is needed at *every* step (then :meth:`on_step` receives it)
     dense_grad_every_step: bool = False
+    #: whether updates read the per-weight usage counters (``Sparsifier(track_usage=True)``)
+    needs_usage_counters: bool = False
 
     def __init__(
         self,

@@ -115,6 +115,11 @@ class DSTEE(Algorithm):
             # one more round elapsed: the weights active during it count it
             self._rounds[name] = r + layer.mask.to(torch.int32)
 
+    @property
+    def needs_usage_counters(self) -> bool:  # type: ignore[override]
+        """``count="steps"`` reads N_i from the Sparsifier's usage counters."""
+        return self.count == "steps"
+
     def usage(self, layer) -> Any:
         """N_i for ``layer``: steps active (from the sparsifier's counters) or update rounds; an int32
         tensor of the layer's shape, or :class:`~sparsetrain.bits.SparseCounts` on an index-backed layer."""

@@ -119,4 +119,10 @@ def to_dense(model: nn.Module) -> nn.Module:
             made[id(m)] = m.to_linear()
         return made[id(m)]
 
+    for name, m in model.named_modules():
+        holder = ownership.held_by(m.values) if isinstance(m, SparseLinear) else None
+        if holder is not None:
+            raise InputError(f"{name + '.' if name else ''}values are held by a Sparsifier ({holder!r}): call .remove() "
+                             "on it before st.sparse.to_dense(model); the Sparsifier and the optimizer would keep "
+                             "training the compressed values while the new nn.Linear never changes")
     return _replace(model, lambda m: isinstance(m, SparseLinear), make)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._util import atomic_save
+from ..errors import InputError
 
 __all__ = ["save_compressed", "load_compressed", "compressed_size", "pack_bits", "unpack_bits"]
 
@@ -77,14 +78,19 @@ def _compress(model_or_state, masks: Optional[Mapping[str, torch.Tensor]]) -> di
             if state[prefix + "crow_indices"].numel():  # (a dense pattern has no CSR: all its values count)
                 state[prefix + "values"] = state[prefix + "values"][: state[key].numel()]
     masks = dict(masks or {})
+    # a compressed layer's mask (sp.masks names it "<layer>.weight") is its stored pattern already
+    for key in [k for k in masks if k.endswith("weight") and k not in state
+                and k[: -len("weight")] + "col_indices" in state]:
+        del masks[key]
     unknown = sorted(set(masks) - set(state))
     if unknown:
-        raise ValueError(f"masks for {unknown} are not entries of the model's state_dict")
+        raise InputError(f"masks for {unknown} are not entries of the model's state_dict (a checkpoint of "
+                         "another model, or masks of another model?)")
     entries = {}
     for key, value in state.items():
         if key in masks:
             if tuple(masks[key].shape) != tuple(value.shape):
-                raise ValueError(f"mask of {key} has shape {tuple(masks[key].shape)}, weight {tuple(value.shape)}")
+                raise InputError(f"mask of {key} has shape {tuple(masks[key].shape)}, weight {tuple(value.shape)}")
             entries[key] = _entry(value, masks[key].to(torch.bool))
         else:
             entries[key] = value.detach().cpu().clone() if torch.is_tensor(value) else value

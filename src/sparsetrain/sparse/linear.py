@@ -108,7 +108,9 @@ class _SparseLinearFn(torch.autograd.Function):
         gx = gvals = gbias = None
         if ctx.needs_input_grad[2]:
             gbias = gyt.sum(1)
-        allowed = ctx.native and kernels.use_native(gyt)
+        # a backward with create_graph=True (a gradient penalty) runs in grad mode: the compiled kernels
+        # have no autograd of their own, so torch's differentiable products are used there
+        allowed = ctx.native and kernels.use_native(gyt) and not torch.is_grad_enabled()
         # the compiled kernels pack gyt once for both products (a transposed view is packed
         # directly, no transposed copy); torch's take one contiguous copy
         gp = _Once(lambda: kernels.pack(gyt))
