@@ -199,8 +199,10 @@ def test_the_kernel_choice_is_applied_and_recorded(tmp_path):
         if kernels.native_available():
             assert run(_cfg(epochs=1, execution="sparse", kernels="native"))["sparse_kernels"] == "native"
             # auto: per operation the faster of the two on this machine, measured and recorded
-            assert run(_cfg(epochs=1, execution="sparse", kernels="auto"))["sparse_kernels"] in ("native", "torch",
-                                                                                                "mixed")
+            auto = run(_cfg(epochs=1, execution="sparse", kernels="auto"))
+            assert auto["sparse_kernels"] in ("native", "torch", "mixed")
+            # every layer's forward choice is found (the first one's was looked up with evaluation's layout: None)
+            assert all(c["spmm"] in ("native", "torch") for c in auto["kernel_choices"].values())
         with pytest.raises(ValueError, match="kernels"):
             run(_cfg(kernels="mkl"))
     finally:

@@ -612,3 +612,10 @@ def test_save_compressed_takes_the_sparsifiers_masks_of_a_mixed_model(tmp_path):
     assert torch.allclose(back(x), m(x), atol=1e-5)
     with pytest.raises(st.InputError, match="not entries of the model's state_dict"):
         save_compressed(m, tmp_path / "x.pt", masks={"nope.weight": torch.ones(2, 2, dtype=torch.bool)})
+
+
+def test_to_sparse_that_converts_nothing_says_so():
+    with pytest.warns(st.InputWarning, match="to_sparse converted no layer of this model: it has no plain nn.Linear"):
+        to_sparse(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
+    with pytest.warns(st.InputWarning, match="include= selected none of them"):
+        to_sparse(_mlp(), include=lambda name, m: False)

@@ -195,12 +195,16 @@ def recorded(op: str, rows: int, cols: int, batch: int, nnz: int, layout: str = 
 def layer_kernels(module, batch: int) -> dict[str, Optional[str]]:
     """For a :class:`~sparsetrain.sparse.SparseLinear` trained with this batch: the recorded choice
     of each of its operations (forward ``spmm``, input-gradient ``spmm_t``, value-gradient ``sddmm``),
-    for the operand layouts the layer last ran them with."""
+    for the operand layouts the layer ran them with at that batch size (else the last ones)."""
     out_f, in_f, nnz = module.out_features, module.in_features, module.nnz
-    layouts = getattr(module, "kernel_layouts", {})
-    return {"spmm": recorded("spmm", out_f, in_f, batch, nnz, layouts.get("spmm", "")),
-            "spmm_t": recorded("spmm_t", in_f, out_f, batch, nnz, layouts.get("spmm_t", "")),
-            "sddmm": recorded("sddmm", out_f, in_f, batch, nnz, layouts.get("sddmm", ""))}
+    layouts, by_batch = getattr(module, "kernel_layouts", {}), getattr(module, "kernel_layouts_by_batch", {})
+
+    def layout(op: str) -> str:  # the layout it ran with at this batch size, else the last one
+        return by_batch.get((op, batch), layouts.get(op, ""))
+
+    return {"spmm": recorded("spmm", out_f, in_f, batch, nnz, layout("spmm")),
+            "spmm_t": recorded("spmm_t", in_f, out_f, batch, nnz, layout("spmm_t")),
+            "sddmm": recorded("sddmm", out_f, in_f, batch, nnz, layout("sddmm"))}
 
 
 def decisions() -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from .. import ownership
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from .linear import SparseLinear
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,18 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
     read_as_weight = {id(c) for m in model.modules() if isinstance(m, nn.TransformerEncoderLayer)
                       for c in (m.linear1, m.linear2)}
 
+    said: set[int] = set()
+
     def pick(m):
         if type(m) is not nn.Linear:
             return False
         if holders.get(id(m.weight), 0) > 1:  # a tied weight (e.g. an LM head sharing the embedding) stays
             return False
         if id(m) in read_as_weight:
-            log.info("sparsetrain: %s stays an nn.Linear (nn.TransformerEncoderLayer reads its weight); a "
-                     "Sparsifier keeps it masked", names.get(id(m), ""))
+            if id(m) not in said:
+                said.add(id(m))
+                log.info("sparsetrain: %s stays an nn.Linear (nn.TransformerEncoderLayer reads its weight); a "
+                         "Sparsifier keeps it masked", names.get(id(m), ""))
             return False
         name = names.get(id(m), "")
         return include is None or include(name, m)
@@ -94,7 +99,15 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
         made[id(m)] = SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device, init=init)
         return made[id(m)]
 
-    return _replace(model, pick, make)
+    out = _replace(model, pick, make)
+    if not made:
+        why = ("include= selected none of them" if include is not None and any(type(m) is nn.Linear for m in
+                                                                               model.modules()) else
+               "it has no plain nn.Linear left to convert (subclasses, convolutions, tied and "
+               "TransformerEncoderLayer feed-forward Linears stay as they are)")
+        warnings.warn(f"sparsetrain: to_sparse converted no layer of this model: {why}; a Sparsifier keeps its "
+                      "layers masked-dense", InputWarning, stacklevel=2)
+    return out
 
 
 def _refuse_held(layers) -> None:

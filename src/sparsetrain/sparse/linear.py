@@ -63,6 +63,8 @@ def _pick(op: str, allowed: bool, rows: int, cols: int, batch: int, nnz: int, na
         return allowed
     if m is not None:
         m.__dict__.setdefault("kernel_layouts", {})[op] = layout  # (layers pickled before it existed)
+        # per batch size too: training's and evaluation's layouts differ (the first layer's input)
+        m.__dict__.setdefault("kernel_layouts_by_batch", {})[(op, batch)] = layout
     return autotune.prefer_native(op, rows, cols, batch, nnz, native, fallback, layout=layout)
 
 
