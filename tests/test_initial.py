@@ -43,10 +43,35 @@ def test_a_converted_pattern_of_another_density_is_kept_and_warned_about():
     m = _mlp()
     half = {"0.weight": torch.rand(64, 32) < 0.5, "2.weight": torch.rand(10, 64) < 0.5}
     to_sparse(m, masks=half)
-    with pytest.warns(st.InputWarning, match=r"keep the sparsity pattern they were converted with .* density is 0\.4\d+, not the algorithm's density=0\.1"):
+    with pytest.warns(st.InputWarning, match=r"start from the masks given to st.sparse.to_sparse.* density is "
+                                             r"0\.4\d+, not the 0\.1\d* the algorithm"):
         sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.SET(density=0.1), total_steps=100)
     assert all(torch.equal(sp.masks[k], half[k]) for k in half)
     # converted without masks (every weight stored): the Sparsifier draws its masks as usual
     full = to_sparse(_mlp())
     sp = st.Sparsifier(full, torch.optim.SGD(full.parameters(), lr=0.1), st.SET(density=0.1), total_steps=100)
     assert sp.density == pytest.approx(0.1, abs=0.002)
+
+
+def test_only_masks_given_to_to_sparse_are_kept_and_never_for_a_pinned_layer():
+    # zeros are not a mask: a zero-initialised head converted without masks gets drawn weights (it kept none)
+    m = _mlp()
+    nn.init.zeros_(m[2].weight)
+    to_sparse(m)
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
+    assert sp.layers["2.weight"].n_active > 0 and sp.density == pytest.approx(0.1, abs=0.002)
+    # an all-True mask is a given mask too (SNIP's global ranking often keeps a small layer whole)
+    m = _mlp()
+    given = {"0.weight": torch.ones(64, 32, dtype=torch.bool), "2.weight": torch.rand(10, 64) < 0.1}
+    to_sparse(m, masks=given)
+    with pytest.warns(st.InputWarning, match="start from the masks given to st.sparse.to_sparse"):
+        sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
+    assert all(torch.equal(sp.masks[k], given[k]) for k in given)
+    # a layer pinned dense with dense= is dense, whatever its given mask
+    m = _mlp()
+    to_sparse(m, masks={"0.weight": torch.rand(64, 32) < 0.3, "2.weight": torch.rand(10, 64) < 0.3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.5), dense=["2.weight"],
+                           total_steps=1000)
+    assert sp.layers["2.weight"].pinned and bool(sp.masks["2.weight"].all())

@@ -138,13 +138,18 @@ def test_a_row_never_counts_a_seed_twice_and_warns_when_its_runs_differ():
     from sparsetrain.errors import InputError, InputWarning
     from sparsetrain.experiments.report import check_rows
 
-    other = dict(_result(0, 0.3), config={**_result(0, 0.3)["config"], "batch_size": 256})
-    with pytest.raises(InputError, match=r"2 runs of rigl at density 0.1 have seed 0: a table row averages seeds"):
-        check_rows([_result(0, 0.9), other])
-    mixed = dict(_result(1, 0.3), config={**_result(1, 0.3)["config"], "batch_size": 256})
-    with pytest.warns(InputWarning, match=r"the rigl runs at density 0.1 differ in batch_size: \['256', 'None'\]"):
-        check_rows([_result(0, 0.9), mixed])
+    def with_(seed, acc, **kw):
+        r = _result(seed, acc)
+        return dict(r, config={**r["config"], **kw})
+
+    with pytest.raises(InputError, match=r"2 runs of rigl at density 0.1 have seed 0 with different settings "
+                                         r"\(batch_size\): a table row averages seeds"):
+        check_rows([_result(0, 0.9), with_(0, 0.3, batch_size=256)])
+    # a setting an older version did not record counts as its default (batch_size 128)
+    with pytest.warns(InputWarning, match=r"the rigl runs at density 0.1 differ in batch_size: \['128', '256'\]"):
+        check_rows([_result(0, 0.9), with_(1, 0.3, batch_size=256)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_rows([_result(0, 0.9), _result(1, 0.8), dict(_result(2, 0.8), config={**_result(2, 0.8)["config"],
-                                                                                     "threads": 2})])
+        assert len(check_rows([_result(0, 0.9), with_(1, 0.8, batch_size=128), with_(2, 0.8, threads=2)])) == 3
+        # the same run recorded twice (two compares' dense runs): kept once
+        assert len(check_rows([_result(0, 0.9), _result(0, 0.9), _result(1, 0.8)])) == 2

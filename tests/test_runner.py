@@ -285,3 +285,21 @@ def test_resume_refuses_a_checkpoint_copied_from_a_run_with_other_settings(tmp_p
     run(_cfg(epochs=2, lr=0.1), tmp_path / "c")
     (tmp_path / "c" / "summary.json").unlink()
     assert RunDirectory(tmp_path / "c").prepare(_cfg(epochs=2, lr=0.1), resume=True)["epoch"] == 2  # its own: fine
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """A sweep resumed after the library gained a run setting: its config.json (and checkpoint) lack the key,
+    which the run trained with at what is now the default; it was refused as "different settings"."""
+    import json
+
+    from sparsetrain.experiments.rundir import RunDirectory
+
+    out = tmp_path / "r"
+    run(_cfg(epochs=2), out)
+    (out / "summary.json").unlink()
+    meta = json.loads((out / "config.json").read_text())
+    del meta["config"]["label_smoothing"]
+    (out / "config.json").write_text(json.dumps(meta))
+    assert RunDirectory(out).prepare(_cfg(epochs=2), resume=True)["epoch"] == 2
+    with pytest.raises(ValueError, match="label_smoothing"):  # a non-default value is still a different setting
+        RunDirectory(out).prepare(_cfg(epochs=2, label_smoothing=0.1), resume=True)

@@ -311,6 +311,14 @@ def test_a_batch_of_keyword_inputs_is_scored_like_its_tensor_form():
         got = masks(batch)
         assert all(torch.equal(got[n], ref[n]) for n in ref)
     assert all(0 < int(ref[n].sum()) < ref[n].numel() for n in ref)
+    # a mapping alone (targets inside it) is one batch, and a list of mappings several: loss_fn(output, None)
+    def masks_of(batch):
+        m = Net()
+        alg = st.SNIP(density=0.3, batch=batch, loss_fn=lambda out, y: out.pow(2).mean())
+        return st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), alg).masks
+
+    one, two = masks_of({"inputs": x}), masks_of([{"inputs": x}, {"inputs": x}])
+    assert all(torch.equal(one[n], two[n]) for n in one)  # the same batch twice ranks the same
     m = Net(logits_dict=True)
     with pytest.raises(st.InputError, match="GraSP divides the model's output by its temperature"):
         st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.GraSP(density=0.3, batch=({"inputs": x}, y)))

@@ -3,8 +3,8 @@
 Densities come from the algorithm's distribution (ERK by default) with ``dense=`` pins, turned
 into exact integer counts (:func:`~sparsetrain.distributions.exact_counts`). Masks come from the
 algorithm when it scores them (SNIP, GraSP), from a checkpoint when one is given, from the
-pattern a compressed layer was converted with (``to_sparse(model, masks=...)``: kept, not
-replaced), and are drawn at random otherwise. Each layer's storage then realises its mask; a compressed layer with
+masks a compressed layer was given when converted (``to_sparse(model, masks=...)``: kept,
+not replaced), and are drawn at random otherwise. Each layer's storage then realises its mask; a compressed layer with
 deferred initialisation draws its values at the chosen positions only.
 """
 
@@ -27,11 +27,11 @@ from .storage import Storage, storage_for
 __all__ = ["build_layers"]
 
 
-def _converted_pattern(storage: Storage, shape: torch.Size) -> Optional[torch.Tensor]:
-    """The flat positions a compressed layer was converted with, if it holds fewer than all its
-    weights (``to_sparse(model, masks=...)``, or a model whose zeros were a mask); else ``None``."""
+def _converted_pattern(storage: Storage) -> Optional[torch.Tensor]:
+    """The flat positions of the mask a compressed layer was given by ``to_sparse(model, masks=...)``
+    (all of them for an all-True mask), or ``None`` (converted without one: its zeros are not a mask)."""
     module = storage.module
-    if module is None or module.deferred or module.nnz >= shape.numel():
+    if module is None or module.deferred or not getattr(module, "given_pattern", False):
         return None
     return module.flat_index().clone()
 
@@ -66,7 +66,8 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
     kept: list[str] = []  # compressed layers that keep the pattern they were converted with
     for s, shape in zip(selected, shapes):
         name, param, storage = s.name, s.param, storages[s.name]
-        pattern = _converted_pattern(storage, shape) if state is None and (given is None or name not in given) else None
+        pattern = (_converted_pattern(storage) if state is None and (given is None or name not in given)
+                   and name not in pinned else None)
         with torch.no_grad():
             dense_w = storage.initial_weight()
             if dense_w is None:  # deferred: no weights yet; drawn below at the chosen positions only
@@ -134,10 +135,12 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
     if kept:
         total = sum(l.shape.numel() for l in layers.values())
         real = sum(l.n_active for l in layers.values()) / total
-        if abs(real - algorithm.initial_density) > 0.01 * algorithm.initial_density:
+        planned = sum(counts.values()) / total  # what the algorithm's density and distribution give
+        if abs(real - planned) > 0.01 * planned:
             warnings.warn(
-                f"sparsetrain: {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''} keep the sparsity pattern they "
-                f"were converted with (st.sparse.to_sparse(model, masks=...)) as their initial mask, so the model's "
-                f"density is {real:.4g}, not the algorithm's density={algorithm.initial_density:g}; convert them with "
-                "masks of that density, or without masks to let the Sparsifier draw them", InputWarning, stacklevel=4)
+                f"sparsetrain: {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''} start from the masks given to "
+                f"st.sparse.to_sparse(model, masks=...), so the model's density is {real:.4g}, not the "
+                f"{planned:.4g} the algorithm's density={algorithm.initial_density:g} and distribution give; give "
+                "masks of that density, or convert without masks= to let the Sparsifier draw them",
+                InputWarning, stacklevel=4)
     return layers

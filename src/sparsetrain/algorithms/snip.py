@@ -21,8 +21,12 @@ POSITIONS = ("scored", "random")
 
 
 def _is_single_batch(batch) -> bool:
-    return isinstance(batch, (tuple, list)) and len(batch) == 2 and (torch.is_tensor(batch[0])
-                                                                      or isinstance(batch[0], Mapping))
+    # (mapping, y) is one batch of keyword inputs, and so is a mapping alone (targets inside it, as a
+    # Hugging Face batch's labels); (mapping, mapping) is two batches of them
+    if isinstance(batch, Mapping):
+        return True
+    return isinstance(batch, (tuple, list)) and len(batch) == 2 and (
+        torch.is_tensor(batch[0]) or (isinstance(batch[0], Mapping) and not isinstance(batch[1], Mapping)))
 
 
 def _to(x: Any, device) -> Any:
@@ -92,8 +96,11 @@ class _Saliency(Static):
         for b in source:
             if self.num_batches is not None and len(out) >= self.num_batches:
                 break
+            if isinstance(b, Mapping):  # keyword inputs with the targets inside: loss_fn(output, None)
+                b = (b, None)
             if not (isinstance(b, (tuple, list)) and len(b) >= 2):
-                raise InputTypeError(f"{type(self).__name__}: every batch must be an (x, y) pair, got {type(b).__name__}")
+                raise InputTypeError(f"{type(self).__name__}: every batch must be an (x, y) pair or a mapping of "
+                                     f"keyword inputs, got {type(b).__name__}")
             x, y = b[0], b[1]
             out.append((_to(x, device), _to(y, device)))
         if not out:
@@ -179,7 +186,8 @@ class SNIP(_Saliency):
         density: global density D.
         batch: ``(x, y)``, or an iterable of ``(x, y)`` batches (all are used unless
             ``num_batches`` is given); ``x`` is a tensor (``model(x)``) or a mapping of keyword
-            inputs (``model(**x)``, a Hugging Face batch).
+            inputs (``model(**x)``, a Hugging Face batch); a batch may also be a mapping alone
+            (targets inside it: ``loss_fn(output, None)``).
         loss_fn: ``loss_fn(output, target) -> scalar``; default cross-entropy (for a Hugging Face
             model: ``lambda out, y: out.loss`` with ``labels`` in ``x``).
         positions: ``"scored"`` (default) or ``"random"``.

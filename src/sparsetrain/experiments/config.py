@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..tickets import phase_split
 from .data import DATASETS, dataset_name
 from .models import MODELS
-from .report import SUP_SUFFIX  # a method named "<name>+sup-tickets" is <name> with Sup-tickets on
+from .paired import SUP_SUFFIX  # a method named "<name>+sup-tickets" is <name> with Sup-tickets on
 
 __all__ = ["RunConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "AUGMENTS", "accepted_kwargs"]
 

@@ -541,40 +541,68 @@ def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> li
         raise InputError(f"the runs are of {len(setups)} different setups (dataset/model: {listed}), whose accuracies "
                          "must not be averaged together: report them one at a time, with --dataset and --model, or "
                          "from separate directories")
-    check_rows(results)
-    return results
+    return check_rows(results)
 
 
 # settings that say how a run was executed or stored, not what was trained
 _HOW = ("seed", "threads", "data_root", "checkpoint_every", "device", "execution", "kernels", "name")
 
 
-def check_rows(results) -> None:
-    """Each table row averages one setting over seeds: an :class:`InputError` if a row would count a
-    seed twice (runs of one method, density and seed from two commands), an
-    :class:`InputWarning` if its runs differ in a setting other than the seed."""
+def _setting(config: dict[str, Any], key: str) -> str:
+    """A run setting, comparable across versions: a key an older version did not write takes its default."""
+    from dataclasses import MISSING, fields
+
+    from .config import RunConfig
+    from .rundir import json_safe
+
+    if key not in config:
+        f = next((f for f in fields(RunConfig) if f.name == key), None)
+        if f is not None:
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else None)
+            return json.dumps(json_safe(default), sort_keys=True, default=str)
+    return json.dumps(config.get(key), sort_keys=True, default=str)
+
+
+def check_rows(results) -> list[dict[str, Any]]:
+    """Each table row averages one setting over seeds. Returns ``results`` with a run recorded twice
+    (the same settings and seed, e.g. the dense runs of two compares at different densities) kept
+    once; an :class:`InputError` if a row would count a seed twice with different settings (runs
+    from two commands); an :class:`InputWarning` if a row's runs differ in a setting other than the
+    seed (settings an older version did not record count as their defaults)."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
         c = r["config"]
         groups.setdefault((r.get("label", c["method"]), 1.0 if c["method"] == "dense" else c["density"]), []).append(r)
+    out = []
     for (label, density), rs in groups.items():
-        seeds: dict[Any, int] = {}
-        for r in rs:
-            seeds[r["config"].get("seed")] = seeds.get(r["config"].get("seed"), 0) + 1
-        twice = sorted(s for s, n in seeds.items() if n > 1)
-        if twice:
-            raise InputError(
-                f"{seeds[twice[0]]} runs of {label} at density {density:g} have seed {twice[0]}"
-                f"{f' (and {len(twice) - 1} more seeds are repeated)' if len(twice) > 1 else ''}: a table row averages "
-                "seeds, each once, so these runs come from two commands (e.g. a compare and a sweep written to one "
-                "directory). Report each command's directory separately, or remove the duplicates")
         keys = sorted({k for r in rs for k in r["config"]} - set(_HOW))
-        differ = [k for k in keys if len({json.dumps(r["config"].get(k), sort_keys=True, default=str) for r in rs}) > 1]
+        sig = [tuple(_setting(r["config"], k) for k in keys) for r in rs]
+        kept: dict[tuple, tuple] = {}  # (seed, settings) -> settings, first of its kind
+        by_seed: dict[Any, list[tuple]] = {}
+        for r, g in zip(rs, sig):
+            seed = r["config"].get("seed")
+            if (seed, g) in kept:
+                continue  # the same run twice
+            kept[(seed, g)] = g
+            by_seed.setdefault(seed, []).append(g)
+            out.append(r)
+        twice = sorted((s for s, gs in by_seed.items() if len(gs) > 1), key=str)
+        if twice:
+            differ = [k for i, k in enumerate(keys) if len({g[i] for g in by_seed[twice[0]]}) > 1]
+            raise InputError(
+                f"{len(by_seed[twice[0]])} runs of {label} at density {density:g} have seed {twice[0]} with different "
+                f"settings ({', '.join(differ[:3])}){f' (and {len(twice) - 1} more seeds)' if len(twice) > 1 else ''}: "
+                "a table row averages seeds, each once, so these runs come from two commands (e.g. a compare and "
+                "a sweep written to one directory). Report each command's directory separately, or remove one")
+        distinct = list(kept.values())
+        differ = [k for i, k in enumerate(keys) if len({g[i] for g in distinct}) > 1]
         if differ:
-            shown = ", ".join(f"{k}: {sorted({str(r['config'].get(k)) for r in rs})}" for k in differ[:3])
+            shown = ", ".join(f"{k}: {sorted({str(json.loads(g[keys.index(k)])) for g in distinct})}" for k in differ[:3])
             warnings.warn(f"the {label} runs at density {density:g} differ in {shown}{' ...' if len(differ) > 3 else ''}: "
                           "their row averages runs trained differently; label them apart (--name) or report them "
                           "separately", InputWarning)
+    return out
 
 
 def describe_runs(results) -> str:

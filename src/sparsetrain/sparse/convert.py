@@ -36,8 +36,8 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
 
     Call it *before* creating the optimizer: the new layers' parameters are ``values`` and
     ``bias``. ``masks`` maps ``"<module>.weight"`` to bool masks (e.g. ``sp.masks`` of a
-    masked-dense run); without one a layer keeps its nonzeros (all of them for a fresh layer, so a
-    Sparsifier attached next chooses the mask). ``include(name, module)`` limits the conversion.
+    masked-dense run): a Sparsifier attached next starts from those masks. Without one a layer
+    keeps its nonzeros (all of them for a fresh layer) and a Sparsifier attached next chooses the mask. ``include(name, module)`` limits the conversion.
     A Linear whose weight is shared with another module (a language model's head tied to the token
     embedding) is left as it is: the compressed layer would untie it; so are the feed-forward
     Linears of ``nn.TransformerEncoderLayer``, whose forward reads their ``weight`` (a Sparsifier
@@ -97,6 +97,8 @@ def to_sparse(model: nn.Module, masks: Optional[dict[str, torch.Tensor]] = None,
         if mask is None and not m.weight.is_meta and bool((m.weight == 0).any()):
             mask = m.weight != 0
         made[id(m)] = SparseLinear.from_linear(m, mask=mask, index_dtype=index_dtype, device=device, init=init)
+        # a mask given in masks= is the pattern a Sparsifier attached next starts from (its zeros alone are not)
+        made[id(m)].given_pattern = key in masks
         return made[id(m)]
 
     out = _replace(model, pick, make)
