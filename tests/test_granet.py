@@ -216,3 +216,19 @@ def test_an_unreachable_final_density_is_said_at_the_start_and_pruning_stops_at_
         warnings.simplefilter("always")
         st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), "granet", density=0.1, total_steps=300)
     assert not [x for x in w if "cannot be reached" in str(x.message)]
+
+
+def test_the_summary_says_the_per_layer_target_is_the_starts():
+    import warnings
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.GraNet(density=0.1, initial_density=0.5),
+                           total_steps=1000)
+    assert "(target: each layer's density at the start, initial_density=0.5; pruning moves the global density to " \
+           "density=0.1" in sp.summary()
+    m2 = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    rigl = st.Sparsifier(m2, torch.optim.SGD(m2.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
+    assert "(target:" not in rigl.summary()

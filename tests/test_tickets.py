@@ -196,7 +196,7 @@ def test_full_run_superposes_prunes_to_budget_and_leaves_live_model_alone(method
         # the live model is untouched by capture, superposition, pruning and recalibration
         assert all(torch.equal(live_before[k], v) for k, v in model.state_dict().items())
         assert rec["ticket"] == cycle + 1 and "ticket_acc" in rec and "sup_acc" in rec
-        assert rec["density_after"] == pytest.approx(tk.budget / sum(sp.masks[n].numel() for n in sp.masks))
+        assert rec["density_after"] == pytest.approx(sp.density)  # the budget, measured like sp.density
         assert rec["density_before"] >= rec["density_after"] - 1e-9
         if cycle:
             assert 0 < rec["overlap_prev"] <= 1
@@ -212,6 +212,10 @@ def test_full_run_superposes_prunes_to_budget_and_leaves_live_model_alone(method
     # the superposed model's norm statistics are its own (recalibrated), not the live model's
     assert not torch.equal(sup["1.running_mean"], model.state_dict()["1.running_mean"])
     assert len(tk.ensemble().members) == tk.cycles
+    # one epoch_end past the planned epochs would superpose a ticket beyond K: refused
+    with pytest.raises(ValueError, match=r"epoch_end called for epoch \d+ of a \d+-epoch run"):
+        tk.epoch_end()
+    assert len(tk.history) == tk.cycles
 
 
 def test_superposed_model_is_the_average_of_base_and_tickets_before_pruning():
@@ -296,6 +300,12 @@ def test_bad_arguments_are_rejected():
         st.SupTickets(sp, 10, 5, cycle_epochs=1, drop_fraction=1.5)
     with pytest.raises(TypeError, match="Sparsifier"):
         st.SupTickets(object(), 10, 5)
+    with pytest.raises(ValueError, match="0 <= lr_low <= lr_high"):  # an inverted cycle
+        st.SupTickets(sp, 10, 5, cycle_epochs=1, lr_low=0.1, lr_high=0.01)
+    with pytest.raises(ValueError, match="epochs must be a whole number, got 10.7"):
+        st.SupTickets(sp, 10.7, 5, cycle_epochs=1)
+    with pytest.raises(ValueError, match="cycle_epochs must be a whole number"):
+        st.SupTickets(sp, 10, 5, cycle_epochs=1.9)
     tk = st.SupTickets(sp, 10, 5, cycle_epochs=1)
     other = st.SupTickets(sp, 20, 5, cycle_epochs=1)
     with pytest.raises(ValueError, match="phase split"):

@@ -85,6 +85,11 @@ def summary(sp: "Sparsifier") -> str:
         lines.append(f"{line}  {why[r[0]]}" if r[0] in why and 0 < i < len(rows) - 1 else line)
         if i == 0 or i == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
+    start, final = float(sp.algorithm.initial_density), float(sp.algorithm.density)
+    if abs(start - final) > 1e-12:  # GraNet: the per-layer layout is the start's; pruning is global
+        lines.append(f"(target: each layer's density at the start, initial_density={start:g}; pruning moves the "
+                     f"global density to density={final:g}, the total row's target, shared between layers by "
+                     "magnitude)")
     if why:  # the selection: why each sparse layer is sparse (above) and what was left dense
         left = sp.selection.table()
         lines += (["left dense:"] + left) if left else []

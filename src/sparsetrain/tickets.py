@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import operator
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -39,7 +40,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, SequentialLR
 
 from ._util import global_topk
-from .errors import InputError
+from .errors import InputError, InputTypeError
 from .storage import dense_state, load_dense_state
 from .sparsifier import Sparsifier
 
@@ -57,6 +58,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "sparsetrain.tickets/1"
+
+
+def _whole(name: str, value: Any) -> int:
+    """``value`` as an int if it is a whole number (``10``, ``10.0``, ``numpy.int64``), else an :class:`InputError`."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    raise InputError(f"{name} must be a whole number, got {value!r}")
 
 
 def phase_split(epochs: int, cycle_epochs: int = 8, ratio: float = 0.1,
@@ -267,20 +278,23 @@ class SupTickets:
                  drop_fraction: float = 0.5, grow: str = "gradient", beta: Optional[float] = None,
                  keep_tickets: bool = True):
         if not isinstance(sparsifier, Sparsifier):
-            raise TypeError(f"SupTickets needs an attached sparsetrain.Sparsifier, got {type(sparsifier).__name__}")
-        if int(steps_per_epoch) < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+            raise InputTypeError(f"SupTickets needs an attached sparsetrain.Sparsifier, got {type(sparsifier).__name__}")
+        epochs, steps_per_epoch, cycle_epochs = (_whole(n, v) for n, v in (
+            ("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("cycle_epochs", cycle_epochs)))
+        if steps_per_epoch < 1:
+            raise InputError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         if not 0.0 <= float(drop_fraction) <= 1.0:
-            raise ValueError(f"drop_fraction must be in [0, 1], got {drop_fraction}")
+            raise InputError(f"drop_fraction must be in [0, 1], got {drop_fraction}")
         if grow not in ("gradient", "random", "algorithm"):
-            raise ValueError(f"unknown grow rule {grow!r}; valid: gradient, random, algorithm")
+            raise InputError(f"unknown grow rule {grow!r}; valid: gradient, random, algorithm")
         if beta is not None and not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"beta (exponential average factor) must be in [0, 1), got {beta}")
-        if not (lr_low >= 0 and lr_high >= 0):
-            raise ValueError(f"lr_low and lr_high must be >= 0, got {lr_low}, {lr_high}")
+            raise InputError(f"beta (exponential average factor) must be in [0, 1), got {beta}")
+        if not (0 <= lr_low <= lr_high and math.isfinite(lr_high)):
+            raise InputError(f"the cycle's learning rates must satisfy 0 <= lr_low <= lr_high (finite), got "
+                             f"lr_low={lr_low}, lr_high={lr_high}")
         self.sparsifier = sparsifier
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
         self.pre_epochs, self.cycles, self.cycle_epochs = phase_split(epochs, cycle_epochs, ratio, cycles)
         self.lr_low, self.lr_high = float(lr_low), float(lr_high)
         self.drop_fraction = float(drop_fraction)
@@ -356,6 +370,10 @@ class SupTickets:
         ``f(model) -> accuracy`` reported for every ticket and superposed model. Returns the
         cycle's record at a cycle's end, else ``None``.
         """
+        if self.epoch >= self.epochs:
+            raise InputError(f"SupTickets.epoch_end called for epoch {self.epoch + 1} of a {self.epochs}-epoch run: its "
+                             f"{self.cycles} cycles are done and θ_sup is final; call it once per epoch, and give "
+                             "SupTickets(epochs=) the number of epochs the loop trains")
         self.epoch += 1
         record = None
         if self.epoch == self.pre_epochs:
@@ -398,15 +416,17 @@ class SupTickets:
         sup = dense_state(self.model)
         superpose(sup, ticket, k, self.beta)
         sparse = {n: sup[n] for n, l in sp.layers.items() if not l.is_dense}
-        total = sum(w.numel() for w in sparse.values())
-        record["density_before"] = sum(int((w != 0).sum()) for w in sparse.values()) / max(total, 1)
+        # over every layer of the sparsifier, dense ones included: the same measure as sp.density
+        total = sum(l.shape.numel() for l in sp.layers.values())
+        held_dense = sum(l.shape.numel() for l in sp.layers.values() if l.is_dense)
+        record["density_before"] = (sum(int((w != 0).sum()) for w in sparse.values()) + held_dense) / max(total, 1)
         masks = prune_to_budget(sparse, self.budget)
         for n, l in sp.layers.items():
             if l.is_dense:
                 masks[n] = torch.ones_like(l.mask)
         self.masks = masks
         load_dense_state(self.model, sup, masks)
-        record["density_after"] = sum(int(masks[n].sum()) for n in sparse) / max(total, 1)
+        record["density_after"] = sum(int(masks[n].sum()) for n in sp.layers) / max(total, 1)
         record["layer_density"] = {n: int(torch.count_nonzero(m)) / max(m.numel(), 1) for n, m in masks.items()}
         if recalibrate is not None:
             record["recalibration_batches"] = recalibrate_norms(self.model, recalibrate, device)
