@@ -43,7 +43,7 @@ def test_a_converted_pattern_of_another_density_is_kept_and_warned_about():
     m = _mlp()
     half = {"0.weight": torch.rand(64, 32) < 0.5, "2.weight": torch.rand(10, 64) < 0.5}
     to_sparse(m, masks=half)
-    with pytest.warns(st.InputWarning, match=r"start from the masks given to st.sparse.to_sparse.* density is "
+    with pytest.warns(st.InputWarning, match=r"start from the masks they hold .* density is "
                                              r"0\.4\d+, not the 0\.1\d* the algorithm"):
         sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.SET(density=0.1), total_steps=100)
     assert all(torch.equal(sp.masks[k], half[k]) for k in half)
@@ -64,7 +64,7 @@ def test_only_masks_given_to_to_sparse_are_kept_and_never_for_a_pinned_layer():
     m = _mlp()
     given = {"0.weight": torch.ones(64, 32, dtype=torch.bool), "2.weight": torch.rand(10, 64) < 0.1}
     to_sparse(m, masks=given)
-    with pytest.warns(st.InputWarning, match="start from the masks given to st.sparse.to_sparse"):
+    with pytest.warns(st.InputWarning, match="start from the masks they hold"):
         sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
     assert all(torch.equal(sp.masks[k], given[k]) for k in given)
     # a layer pinned dense with dense= is dense, whatever its given mask
@@ -75,3 +75,23 @@ def test_only_masks_given_to_to_sparse_are_kept_and_never_for_a_pinned_layer():
         sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.5), dense=["2.weight"],
                            total_steps=1000)
     assert sp.layers["2.weight"].pinned and bool(sp.masks["2.weight"].all())
+
+
+def test_a_reloaded_compressed_model_keeps_its_trained_pattern(tmp_path):
+    """Fine-tuning from a compressed checkpoint without the Sparsifier's state: the loaded pattern is a (trained)
+    mask, kept when a new Sparsifier attaches; a random draw over the loaded weights lost them."""
+    from sparsetrain.sparse import load_compressed, save_compressed
+
+    m = to_sparse(_mlp())
+    sp = st.Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
+    masks = {k: v.clone() for k, v in sp.masks.items()}
+    save_compressed(m, tmp_path / "m.pt")
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        ref = m(x)
+    fresh = to_sparse(_mlp())
+    fresh.load_state_dict(load_compressed(tmp_path / "m.pt"))
+    sp2 = st.Sparsifier(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), st.RigL(density=0.1), total_steps=1000)
+    assert all(torch.equal(sp2.masks[k], masks[k]) for k in masks)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), ref, atol=1e-6)

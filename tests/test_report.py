@@ -142,8 +142,8 @@ def test_a_row_never_counts_a_seed_twice_and_warns_when_its_runs_differ():
         r = _result(seed, acc)
         return dict(r, config={**r["config"], **kw})
 
-    with pytest.raises(InputError, match=r"2 runs of rigl at density 0.1 have seed 0 with different settings "
-                                         r"\(batch_size\): a table row averages seeds"):
+    with pytest.raises(InputError, match=r"2 runs of rigl at density 0.1 have seed 0 with different batch_size: a "
+                                         r"table row averages seeds"):
         check_rows([_result(0, 0.9), with_(0, 0.3, batch_size=256)])
     # a setting an older version did not record counts as its default (batch_size 128)
     with pytest.warns(InputWarning, match=r"the rigl runs at density 0.1 differ in batch_size: \['128', '256'\]"):
@@ -153,3 +153,8 @@ def test_a_row_never_counts_a_seed_twice_and_warns_when_its_runs_differ():
         assert len(check_rows([_result(0, 0.9), with_(1, 0.8, batch_size=128), with_(2, 0.8, threads=2)])) == 3
         # the same run recorded twice (two compares' dense runs): kept once
         assert len(check_rows([_result(0, 0.9), _result(0, 0.9), _result(1, 0.8)])) == 2
+    # the same settings but another result (another commit) or execution: not the same run
+    with pytest.raises(InputError, match=r"seed 0 with different result \(commit\?\)"):
+        check_rows([_result(0, 0.9), _result(0, 0.42)])
+    with pytest.raises(InputError, match=r"seed 0 with different execution"):
+        check_rows([_result(0, 0.9), with_(0, 0.9, execution="sparse")])

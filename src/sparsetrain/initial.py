@@ -28,10 +28,12 @@ __all__ = ["build_layers"]
 
 
 def _converted_pattern(storage: Storage) -> Optional[torch.Tensor]:
-    """The flat positions of the mask a compressed layer was given by ``to_sparse(model, masks=...)``
-    (all of them for an all-True mask), or ``None`` (converted without one: its zeros are not a mask)."""
+    """The flat positions of the mask a compressed layer holds (``SparseLinear.given_pattern``: given
+    to ``to_sparse(model, masks=...)``, all of them for an all-True mask; loaded from a compressed
+    state; left by an earlier Sparsifier), or ``None`` (converted without masks: its zeros are not a
+    mask; or an empty pattern)."""
     module = storage.module
-    if module is None or module.deferred or not getattr(module, "given_pattern", False):
+    if module is None or module.deferred or not getattr(module, "given_pattern", False) or module.nnz == 0:
         return None
     return module.flat_index().clone()
 
@@ -130,6 +132,8 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
         else:
             storage.realise(layer, optimizer, values)
             layer.set_mask(mask)
+        if storage.module is not None:  # its pattern is a mask now: a Sparsifier attached later starts from it
+            storage.module.given_pattern = True
         del mask, positions
         layers[name] = layer
     if kept:
@@ -138,9 +142,10 @@ def build_layers(algorithm, model: torch.nn.Module, selected: Sequence[Selected]
         planned = sum(counts.values()) / total  # what the algorithm's density and distribution give
         if abs(real - planned) > 0.01 * planned:
             warnings.warn(
-                f"sparsetrain: {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''} start from the masks given to "
-                f"st.sparse.to_sparse(model, masks=...), so the model's density is {real:.4g}, not the "
-                f"{planned:.4g} the algorithm's density={algorithm.initial_density:g} and distribution give; give "
-                "masks of that density, or convert without masks= to let the Sparsifier draw them",
+                f"sparsetrain: {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''} start from the masks they hold "
+                f"(given to st.sparse.to_sparse(model, masks=...), loaded from a compressed state, or left by an "
+                f"earlier Sparsifier), so the model's density is {real:.4g}, not the {planned:.4g} the algorithm's "
+                f"density={algorithm.initial_density:g} and distribution give; give masks of that density, or "
+                "convert a fresh model without masks= to let the Sparsifier draw them",
                 InputWarning, stacklevel=4)
     return layers

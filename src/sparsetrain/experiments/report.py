@@ -546,6 +546,8 @@ def one_setup(results: list, dataset: Optional[str], model: Optional[str]) -> li
 
 # settings that say how a run was executed or stored, not what was trained
 _HOW = ("seed", "threads", "data_root", "checkpoint_every", "device", "execution", "kernels", "name")
+# ... of which these may change its numbers: a run recorded twice matches in them too
+_EXECUTION = ("device", "execution", "kernels")
 
 
 def _setting(config: dict[str, Any], key: str) -> str:
@@ -578,23 +580,28 @@ def check_rows(results) -> list[dict[str, Any]]:
     for (label, density), rs in groups.items():
         keys = sorted({k for r in rs for k in r["config"]} - set(_HOW))
         sig = [tuple(_setting(r["config"], k) for k in keys) for r in rs]
-        kept: dict[tuple, tuple] = {}  # (seed, settings) -> settings, first of its kind
+        kept: dict[tuple, tuple] = {}  # (seed, settings, how, result) -> settings: each run once
         by_seed: dict[Any, list[tuple]] = {}
         for r, g in zip(rs, sig):
             seed = r["config"].get("seed")
-            if (seed, g) in kept:
-                continue  # the same run twice
-            kept[(seed, g)] = g
-            by_seed.setdefault(seed, []).append(g)
+            # the same run recorded twice: same settings, same execution, same result (two compares' dense runs)
+            same = (seed, g, tuple(_setting(r["config"], k) for k in _EXECUTION), r.get("test_acc"))
+            if same in kept:
+                continue
+            kept[same] = g
+            by_seed.setdefault(seed, []).append(same)
             out.append(r)
         twice = sorted((s for s, gs in by_seed.items() if len(gs) > 1), key=str)
         if twice:
-            differ = [k for i, k in enumerate(keys) if len({g[i] for g in by_seed[twice[0]]}) > 1]
+            runs = by_seed[twice[0]]
+            differ = [k for i, k in enumerate(keys) if len({x[1][i] for x in runs}) > 1] or \
+                [k for i, k in enumerate(_EXECUTION) if len({x[2][i] for x in runs}) > 1] or ["result (commit?)"]
             raise InputError(
-                f"{len(by_seed[twice[0]])} runs of {label} at density {density:g} have seed {twice[0]} with different "
-                f"settings ({', '.join(differ[:3])}){f' (and {len(twice) - 1} more seeds)' if len(twice) > 1 else ''}: "
+                f"{len(runs)} runs of {label} at density {density:g} have seed {twice[0]} with different "
+                f"{', '.join(differ[:3])}{f' (and {len(twice) - 1} more seeds)' if len(twice) > 1 else ''}: "
                 "a table row averages seeds, each once, so these runs come from two commands (e.g. a compare and "
-                "a sweep written to one directory). Report each command's directory separately, or remove one")
+                "a sweep written to one directory, or two library versions). Report each command's directory "
+                "separately, label them apart (--name), or remove one")
         distinct = list(kept.values())
         differ = [k for i, k in enumerate(keys) if len({g[i] for g in distinct}) > 1]
         if differ:

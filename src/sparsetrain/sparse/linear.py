@@ -274,6 +274,11 @@ class SparseLinear(nn.Module):
     shape. ``state_dict()`` holds values and the index buffers (a compressed checkpoint).
     """
 
+    #: whether the stored pattern is a mask a :class:`~sparsetrain.Sparsifier` attached next starts
+    #: from: one given to ``to_sparse(masks=...)``, loaded from a compressed state, or left by an
+    #: earlier Sparsifier. Not a pattern taken from a dense weight's zeros, nor a dense pattern.
+    given_pattern: bool = False
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
                  index_dtype: torch.dtype = torch.int32, deferred: bool = False, init: str = "dense",
@@ -477,7 +482,8 @@ class SparseLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        if prefix + "weight" in state_dict and prefix + "values" not in state_dict:
+        adopted = prefix + "weight" in state_dict and prefix + "values" not in state_dict
+        if adopted:
             self._adopt_dense_weight(state_dict, prefix)
         if prefix + "t_perm" not in state_dict and prefix + "col_indices" in state_dict:
             # a compressed checkpoint stores only the CSR; rebuild the transpose
@@ -508,6 +514,8 @@ class SparseLinear(nn.Module):
         self._deferred = False
         self._dense_pattern = self.col_indices.numel() == 0 and self.values.numel() == n and n > 0
         self._nnz = n if self._dense_pattern else int(self.col_indices.numel())
+        # a compressed state's pattern is a mask (a trained one); a dense weight's zeros are not
+        self.given_pattern = not self._dense_pattern and not adopted
 
     def _adopt_dense_weight(self, state_dict, prefix: str) -> None:
         """A dense ``weight`` entry (an ``nn.Linear`` / masked-dense checkpoint) as this layer's
