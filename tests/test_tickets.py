@@ -306,6 +306,8 @@ def test_bad_arguments_are_rejected():
         st.SupTickets(sp, 10.7, 5, cycle_epochs=1)
     with pytest.raises(ValueError, match="cycle_epochs must be a whole number"):
         st.SupTickets(sp, 10, 5, cycle_epochs=1.9)
+    with pytest.raises(ValueError, match="cycles must be a whole number, got 1.5"):
+        st.SupTickets(sp, 10, 5, cycle_epochs=1, cycles=1.5)
     tk = st.SupTickets(sp, 10, 5, cycle_epochs=1)
     other = st.SupTickets(sp, 20, 5, cycle_epochs=1)
     with pytest.raises(ValueError, match="phase split"):

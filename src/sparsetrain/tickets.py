@@ -281,6 +281,7 @@ class SupTickets:
             raise InputTypeError(f"SupTickets needs an attached sparsetrain.Sparsifier, got {type(sparsifier).__name__}")
         epochs, steps_per_epoch, cycle_epochs = (_whole(n, v) for n, v in (
             ("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("cycle_epochs", cycle_epochs)))
+        cycles = None if cycles is None else _whole("cycles", cycles)
         if steps_per_epoch < 1:
             raise InputError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         if not 0.0 <= float(drop_fraction) <= 1.0:
