@@ -127,6 +127,17 @@ def test_summary_names_each_layers_storage():
     assert model[0].dense_grad_request is None  # the storage detached its hooks
 
 
+def _closure(model, opt, x):
+    """A closure for ``opt.step(closure)`` (LBFGS) on ``model(x).sum()``."""
+    def closure():
+        opt.zero_grad()
+        loss = model(x).sum()
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def test_optimizer_state_masks_cannot_reach_is_warned_about_after_the_first_step():
     import warnings
 
@@ -138,14 +149,7 @@ def test_optimizer_state_masks_cannot_reach_is_warned_about_after_the_first_step
         m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
         opt = make(m.parameters())
         sp = st.Sparsifier(m, opt, st.RigL(density=0.3, update_interval=2), total_steps=100)
-        x = torch.randn(5, 8)
-
-        def closure():
-            opt.zero_grad()
-            loss = m(x).sum()
-            loss.backward()
-            return loss
-
+        closure = _closure(m, opt, torch.randn(5, 8))
         with pytest.warns(st.InputWarning, match=rf"{type(opt).__name__} keeps state not shaped like the weights "
                                                  rf"\({keys} of 0.weight"):
             opt.step(closure)
@@ -171,14 +175,7 @@ def test_lbfgs_state_is_warned_about_whatever_its_first_parameter():
     m = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = torch.optim.LBFGS(m.parameters())  # its state sits under the LayerNorm's weight, which is not sparse
     sp = st.Sparsifier(m, opt, st.RigL(density=0.3, update_interval=2), total_steps=100)
-    x = torch.randn(5, 8)
-
-    def closure():
-        opt.zero_grad()
-        loss = m(x).sum()
-        loss.backward()
-        return loss
-
+    closure = _closure(m, opt, torch.randn(5, 8))
     with pytest.warns(st.InputWarning, match=r"LBFGS keeps state not shaped like the weights \(d, old_dirs"):
         opt.step(closure)
     sp.remove()

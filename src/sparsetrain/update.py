@@ -175,6 +175,28 @@ def layer_record(k_drop: int, k_grow: int, n_before: int, fresh: int, changed: i
     return info
 
 
+def _skip_reason(rule, layers: list[LayerState], t: int, manual: bool) -> Optional[tuple[str, str, str]]:
+    """Why this update cannot run, as ``(record's "skipped", message, fix)``, or ``None``: a non-finite
+    captured gradient, a non-finite weight (a bad batch: magnitudes cannot be ranked, whatever the
+    rule), or no gradient at all for a rule that grows by it."""
+    fix = " (check the learning rate / loss scaling)"
+    sparse = [l for l in layers if not l.is_dense]
+    if rule.needs_dense_grad and sparse and all(l.grad_buffer is None for l in sparse):
+        if manual:
+            return "no gradient", ("sp.update() called outside an optimizer step has no dense gradient to grow by "
+                                   "(one is captured only for a step an update follows): call "
+                                   "sp.request_update(...) before the step instead, or grow='random'"), ""
+        return "no gradient", (f"no sparse layer received a gradient before step {t} (optimizer.step() without "
+                               "loss.backward()?)"), ""
+    bad = capture.first_nonfinite(layers) if rule.needs_dense_grad else None
+    if bad is not None:
+        return "non-finite gradient", f"non-finite gradient in {bad} at step {t}", fix
+    bad = next((l.name for l in sparse if not bool(torch.isfinite(l.param).all())), None)
+    if bad is not None:
+        return "non-finite weight", f"non-finite weight in {bad} after step {t}", fix
+    return None
+
+
 @torch.no_grad()
 def run_update(sp: "Sparsifier", rule, manual: bool = False) -> dict[str, Any]:
     """Run one topology update of ``sp`` by ``rule`` now; append and return its record."""
@@ -185,30 +207,16 @@ def run_update(sp: "Sparsifier", rule, manual: bool = False) -> dict[str, Any]:
     if forced:
         record["forced"] = rule.label
     layers = list(sp.layers.values())
-    # a weight the step made NaN/inf (a bad batch): magnitudes cannot be ranked, whatever the rule
-    bad_weight = next((l.name for l in layers if not l.is_dense and not bool(torch.isfinite(l.param).all())), None)
-    if rule.needs_dense_grad or bad_weight is not None:
-        sparse = [l for l in layers if not l.is_dense]
-        no_grad = rule.needs_dense_grad and bool(sparse) and all(l.grad_buffer is None for l in sparse)
-        bad = None if no_grad or not rule.needs_dense_grad else capture.first_nonfinite(layers)
-        if no_grad or bad is not None or bad_weight is not None:
-            why, detail = (("non-finite gradient", f"non-finite gradient in {bad} at step {t}") if bad is not None else
-                           ("non-finite weight", f"non-finite weight in {bad_weight} after step {t}")
-                           if bad_weight is not None else
-                           ("no gradient", f"sp.update() called outside an optimizer step has no dense gradient to "
-                                           "grow by (one is captured only for a step an update follows): call "
-                                           "sp.request_update(...) before the step instead, or grow='random'")
-                           if manual else
-                           ("no gradient", f"no sparse layer received a gradient before step {t} (optimizer.step() "
-                                           "without loss.backward()?)"))
-            fix = " (check the learning rate / loss scaling)" if bad is not None or bad_weight is not None else ""
-            warnings.warn(f"sparsetrain: {detail}; topology update skipped, masks unchanged{fix}", RuntimeWarning,
-                          stacklevel=3)
-            record.update(skipped=why, grown=0, turnover=0.0, itop_rate=sp.itop_rate)
-            sp.history.append(record)
-            return record
-        if not sp.algorithm.dense_grad_every_step:
-            sp.dense_grad_steps += 1
+    problem = _skip_reason(rule, layers, t, manual)
+    if problem is not None:
+        why, detail, fix = problem
+        warnings.warn(f"sparsetrain: {detail}; topology update skipped, masks unchanged{fix}", RuntimeWarning,
+                      stacklevel=3)
+        record.update(skipped=why, grown=0, turnover=0.0, itop_rate=sp.itop_rate)
+        sp.history.append(record)
+        return record
+    if rule.needs_dense_grad and not sp.algorithm.dense_grad_every_step:
+        sp.dense_grad_steps += 1
     ctx = UpdateContext(step=t, total_steps=sp.total_steps, drop_fraction=p_t, generator=sp.generator,
                         update_index=sp.updates + 1)
     streaming = {l.name: g for l in layers if (g := l.storage.stream_growth(l, rule)) is not None}

@@ -36,8 +36,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group run results by (method, density) and average over seeds (mean ± sample std)."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
-        key = (r.get("label", r["config"]["method"]), 1.0 if r["config"]["method"] == "dense" else r["config"]["density"])
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(_row_key(r), []).append(r)
     rows = []
     for (method, density), rs in groups.items():
         acc_m, acc_s = _mean_std([100 * r["test_acc"] for r in rs])
@@ -550,20 +549,10 @@ _HOW = ("seed", "threads", "data_root", "checkpoint_every", "device", "execution
 _EXECUTION = ("device", "execution", "kernels")
 
 
-def _setting(config: dict[str, Any], key: str) -> str:
-    """A run setting, comparable across versions: a key an older version did not write takes its default."""
-    from dataclasses import MISSING, fields
-
-    from .config import RunConfig
-    from .rundir import json_safe
-
-    if key not in config:
-        f = next((f for f in fields(RunConfig) if f.name == key), None)
-        if f is not None:
-            default = f.default if f.default is not MISSING else (
-                f.default_factory() if f.default_factory is not MISSING else None)
-            return json.dumps(json_safe(default), sort_keys=True, default=str)
-    return json.dumps(config.get(key), sort_keys=True, default=str)
+def _row_key(r: dict[str, Any]) -> tuple[str, float]:
+    """The table row a run belongs to: its label and density (dense: 1.0, shared by every density)."""
+    c = r["config"]
+    return r.get("label", c["method"]), 1.0 if c["method"] == "dense" else c["density"]
 
 
 def check_rows(results) -> list[dict[str, Any]]:
@@ -572,20 +561,22 @@ def check_rows(results) -> list[dict[str, Any]]:
     once; an :class:`InputError` if a row would count a seed twice with different settings (runs
     from two commands); an :class:`InputWarning` if a row's runs differ in a setting other than the
     seed (settings an older version did not record count as their defaults)."""
+    from .rundir import complete_settings
+
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
-        c = r["config"]
-        groups.setdefault((r.get("label", c["method"]), 1.0 if c["method"] == "dense" else c["density"]), []).append(r)
+        groups.setdefault(_row_key(r), []).append(r)
     out = []
     for (label, density), rs in groups.items():
-        keys = sorted({k for r in rs for k in r["config"]} - set(_HOW))
-        sig = [tuple(_setting(r["config"], k) for k in keys) for r in rs]
+        configs = [complete_settings(r["config"]) for r in rs]
+        keys = sorted({k for c in configs for k in c} - set(_HOW))
+        text = lambda c, k: json.dumps(c.get(k), sort_keys=True, default=str)  # noqa: E731
         kept: dict[tuple, tuple] = {}  # (seed, settings, how, result) -> settings: each run once
         by_seed: dict[Any, list[tuple]] = {}
-        for r, g in zip(rs, sig):
-            seed = r["config"].get("seed")
+        for r, c in zip(rs, configs):
+            seed, g = c.get("seed"), tuple(text(c, k) for k in keys)
             # the same run recorded twice: same settings, same execution, same result (two compares' dense runs)
-            same = (seed, g, tuple(_setting(r["config"], k) for k in _EXECUTION), r.get("test_acc"))
+            same = (seed, g, tuple(text(c, k) for k in _EXECUTION), r.get("test_acc"))
             if same in kept:
                 continue
             kept[same] = g

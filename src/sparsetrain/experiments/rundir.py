@@ -24,7 +24,7 @@ import os
 import pickle
 import platform
 import warnings
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -36,7 +36,7 @@ from ..checkpoint import checksum
 from ..errors import InputError, InputWarning
 from .config import RunConfig
 
-__all__ = ["RunDirectory", "RunExistsError", "RUN_FILES", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "json_safe"]
+__all__ = ["RunDirectory", "RunExistsError", "RUN_FILES", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "json_safe", "complete_settings"]
 
 #: ``format`` of ``checkpoint_last.pt`` (a resumable training state).
 CHECKPOINT_FORMAT = "sparsetrain.run/1"
@@ -48,6 +48,13 @@ RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint_last.pt
 
 class RunExistsError(FileExistsError):
     """The output directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+def complete_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Saved run settings with every setting a later version added at its default (an older run
+    resumes and reports alike: the added setting did not exist for it, so it ran with what is now
+    the default)."""
+    return {**json_safe(asdict(RunConfig())), **config}
 
 
 def json_safe(obj: Any) -> Any:
@@ -148,7 +155,7 @@ class RunDirectory:
         theirs = ckpt.get("config") if isinstance(ckpt, dict) else None
         if not isinstance(theirs, dict) or not (self.path / "config.json").exists():
             return
-        saved, theirs = self._complete(self._meta()["config"]), self._complete(theirs)
+        saved, theirs = complete_settings(self._meta()["config"]), complete_settings(theirs)
         diff = sorted(k for k in set(saved) | set(theirs) if k not in ("threads", "epochs")
                       and saved.get(k) != theirs.get(k))
         if diff:
@@ -158,24 +165,12 @@ class RunDirectory:
                 f"{', ...' if len(diff) > 4 else ''}): it comes from another run. Put back this run's checkpoint, or "
                 "start over with --overwrite")
 
-    @staticmethod
-    def _complete(config: dict[str, Any]) -> dict[str, Any]:
-        """Saved settings with every setting a later version added at its default (an older run
-        resumes; the added setting did not exist for it, so it ran with what is now the default)."""
-        out = dict(config)
-        for f in fields(RunConfig):
-            if f.name not in out:
-                default = f.default if f.default is not MISSING else (
-                    f.default_factory() if f.default_factory is not MISSING else None)
-                out[f.name] = json_safe(default)
-        return out
-
     def check_settings(self, cfg: RunConfig) -> None:
         """Refuse to continue (or report) the run in this directory with other settings than its own
         (``threads`` aside), finished or not."""
         if not (self.path / "config.json").exists():
             return
-        saved = self._complete(self._meta()["config"])
+        saved = complete_settings(self._meta()["config"])
         ours = json_safe(asdict(cfg))
         diff = sorted(k for k in set(saved) | set(ours) if k != "threads" and saved.get(k) != ours.get(k))
         if diff:
